@@ -1,0 +1,156 @@
+"""Every public file minllama needs, and how to fetch one that is missing.
+
+`ensure("data/sst-train.txt")` returns the path, downloading the file first if it is not there yet. Downloads go to a
+temporary file beside the target, are checked against a known sha256, and only then renamed into place, so a file at
+the final path is always complete. For machines without internet, set MINLLAMA_ASSET_MIRROR=DIR to copy the files from
+DIR/<name> instead (same checks). From the command line: `python assets.py [--list | --all | NAME ...]`.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.client
+import os
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from tqdm import tqdm
+
+MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
+_COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One public file: its path relative to the repository root, where to get it, and how to check it."""
+
+    name: str
+    urls: tuple[str, ...]
+    sha256: str | None = None  # None: not verified
+    size: int | None = None  # bytes, for the progress bar when the server does not say
+    large: bool = False  # left out of `python assets.py` unless --all
+
+
+ASSETS: dict[str, Asset] = {a.name: a for a in [
+    Asset("tokenizer.model", ("https://raw.githubusercontent.com/karpathy/llama2.c/master/tokenizer.model",),
+          "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347", 499723),
+    Asset("sanity_check.data", (_COURSE + "sanity_check.data",),
+          "34f7c763a3bb025940029bd970594e985bf69b7ed6e693a8f5cccbef0cee55b0", 289851),
+    *(Asset(f"data/{name}", (_COURSE + f"data/{name}",), sha256, size) for name, sha256, size in [
+        ("sst-train.txt", "7aeac81f2a387f2ce7fab98ed8f40ef85cc9c8ad11bcbb63b122e95665cb1f35", 936994),
+        ("sst-dev.txt", "11963c76cd073e68006da0390620aadf5a4b8f775e2f900e92a50b3002e39b9b", 121643),
+        ("sst-test.txt", "bdcc8352d37bdc82113e4a4dd887b824144201539d5a1e49be566232d306a4ba", 242474),
+        ("sst-label-mapping.json", "831e6914e25d9b9eb56ff9095b3f035bdaf1b9568d385a70ef481c82af0382b3", 49),
+        ("cfimdb-train.txt", "278e200499d1d68a1a9d80e3947a2203cc97130632d8a53f2b9c11de9cb6c699", 1629241),
+        ("cfimdb-dev.txt", "b38f0c095c4624e85927116728140e96d0221969b34146f65eae5b5bb24752b8", 239671),
+        ("cfimdb-test.txt", "8ad2f6da7bfb0e8fc36cf89eda47c574cc9c35d6347e665f31bc904d9ecfe0a7", 465946),
+        ("cfimdb-label-mapping.json", "afeac43f5a5fe8758469078418519df4c8503c2e30e2fcf6c61464fce3d44a36", 16),
+    ]),
+    # The two sources are different files (course vs llama2.c parameter names), so no single hash fits both.
+    Asset("stories42M.pt", ("https://www.cs.cmu.edu/~vijayv/stories42M.pt",
+                            "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories42M.pt"), large=True),
+]}
+
+
+class AssetError(RuntimeError):
+    """A missing asset could not be fetched."""
+
+
+def find(path: str | os.PathLike) -> Asset | None:
+    """The known asset whose relative name `path` ends with (whole path components only), or None."""
+    parts = Path(path).parts
+    for asset in ASSETS.values():
+        name = Path(asset.name).parts
+        if parts[-len(name):] == name:
+            return asset
+    return None
+
+
+def ensure(path: str | os.PathLike) -> Path:
+    """Return `path`, fetching it first if it is missing and is a known asset. Raise FileNotFoundError otherwise."""
+    path = Path(path)
+    if path.exists():
+        return path
+    asset = find(path)
+    if asset is None:
+        raise FileNotFoundError(f"{path} does not exist, and it is not a known asset ({', '.join(ASSETS)})")
+    fetch(asset, path)
+    return path
+
+
+def fetch(asset: Asset, dest: Path) -> None:
+    """Download `asset` to `dest` from its URLs in order, or copy it from the mirror; raise AssetError on failure."""
+    mirror = os.environ.get(MIRROR_ENV)
+    sources: list[str | Path] = [Path(mirror) / asset.name] if mirror else list(asset.urls)
+    failures = []
+    for source in sources:
+        try:
+            _copy(source, dest, asset)
+            return
+        except (OSError, ValueError, http.client.HTTPException) as e:  # HTTPError, URLError are OSErrors
+            failures.append(f"  {source}: {e}")
+    where = f"the mirror {MIRROR_ENV}={mirror}" if mirror else f"any URL (or set {MIRROR_ENV} to a folder that has it)"
+    raise AssetError(f"could not fetch {asset.name} from {where}:\n" + "\n".join(failures) +
+                     f"\nDownload it by hand from {' or '.join(asset.urls)} and put it at {dest.absolute()}")
+
+
+def _open(source: str | Path) -> tuple[BinaryIO, int | None]:
+    """An open binary stream for a URL or a local file, and its length in bytes when known."""
+    if isinstance(source, Path):
+        return open(source, "rb"), source.stat().st_size
+    response = urllib.request.urlopen(source, timeout=60)
+    length = response.headers.get("Content-Length")
+    return response, int(length) if length else None
+
+
+def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
+    """Copy `source` to a temporary file beside `dest`, check its length and sha256, then rename it to `dest`."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    try:
+        stream, length = _open(source)
+        digest, received = hashlib.sha256(), 0
+        with stream, open(tmp, "wb") as out, tqdm(total=length or asset.size, unit="B", unit_scale=True,
+                                                   unit_divisor=1024, desc=asset.name) as bar:
+            while chunk := stream.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        if length is not None and received != length:
+            raise ValueError(f"incomplete download: got {received} of {length} bytes")
+        if asset.sha256 is not None and digest.hexdigest() != asset.sha256:
+            raise ValueError(f"sha256 mismatch: expected {asset.sha256}, got {digest.hexdigest()}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Fetch the named assets (default: all but the large ones) into the current directory."""
+    parser = argparse.ArgumentParser(description="Fetch the public files minllama needs into the current directory.")
+    parser.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all small ones)")
+    parser.add_argument("--all", action="store_true", help="also fetch the large ones (the stories42M.pt checkpoint)")
+    parser.add_argument("--list", action="store_true", help="list the known assets and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for a in ASSETS.values():
+            size = f"{a.size:>9,}" if a.size else "    large" if a.large else "        ?"
+            print(f"{a.name:32} {size}  {'present' if Path(a.name).exists() else 'missing'}  {a.urls[0]}")
+        return 0
+    if unknown := [n for n in args.names if n not in ASSETS]:
+        parser.error(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(ASSETS)}")
+    for name in args.names or [n for n, a in ASSETS.items() if args.all or not a.large]:
+        try:
+            ensure(name)
+        except AssetError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""Read and write Llama checkpoints as (model_args, state_dict), with the course's tensor names.
+
+Three formats, told apart by their first bytes, not by the file name:
+  * a torch.save zip of {"model_args": ..., "model": state_dict} - the course's stories42M.pt, or a checkpoint of
+    llama2.c's train.py (attention weights named wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix);
+  * a llama2.c legacy `.bin` export: a 7 x int32 header, then float32 tensors;
+  * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
+In a `.bin`, every per-layer tensor kind is stored for all layers before the next kind; TENSORS and BIN_ORDER say
+which kinds come in which order, and drive both the reader and the writer.
+"""
+import math
+import os
+import pickle
+import struct
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import numpy as np
+import torch
+
+from config import LlamaConfig
+
+# kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `_sizes`)
+TENSORS = {
+    "tok_embeddings": ("tok_embeddings.weight", ("vocab_size", "dim")),
+    "attention_norm": ("layers.{}.attention_norm.weight", ("dim",)),
+    "wq": ("layers.{}.attention.compute_query.weight", ("q_dim", "dim")),
+    "wk": ("layers.{}.attention.compute_key.weight", ("kv_dim", "dim")),
+    "wv": ("layers.{}.attention.compute_value.weight", ("kv_dim", "dim")),
+    "wo": ("layers.{}.attention.compute_output.weight", ("dim", "q_dim")),
+    "ffn_norm": ("layers.{}.ffn_norm.weight", ("dim",)),
+    "w1": ("layers.{}.feed_forward.w1.weight", ("hidden_dim", "dim")),
+    "w2": ("layers.{}.feed_forward.w2.weight", ("dim", "hidden_dim")),
+    "w3": ("layers.{}.feed_forward.w3.weight", ("hidden_dim", "dim")),
+    "norm": ("norm.weight", ("dim",)),
+    "freqs_cos": ("freqs_cos", ("max_seq_len", "half_head_dim")),  # legacy only: rotary tables nobody reads
+    "freqs_sin": ("freqs_sin", ("max_seq_len", "half_head_dim")),
+    "output": ("output.weight", ("vocab_size", "dim")),  # only when the classifier is not shared
+}
+ROTARY_TABLES = ("freqs_cos", "freqs_sin")
+BIN_ORDER = {
+    0: ("tok_embeddings", "attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3", "norm",
+        "freqs_cos", "freqs_sin", "output"),
+    1: ("attention_norm", "ffn_norm", "norm", "tok_embeddings", "wq", "wk", "wv", "wo", "w1", "w2", "w3", "output"),
+}
+BIN_HEADER = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "max_seq_len")  # int32 each
+V1_MAGIC, V1_HEADER_BYTES = 0x616B3432, 256  # "ak42" read as a little-endian uint32
+LLAMA2C_NAMES = {"attention.wq.": "attention.compute_query.", "attention.wk.": "attention.compute_key.",
+                 "attention.wv.": "attention.compute_value.", "attention.wo.": "attention.compute_output."}
+LLAMA2C_ARGS = {"norm_eps": "layer_norm_eps"}
+KNOWN_ARGS = {f.name for f in fields(LlamaConfig)}
+COURSE_KINDS = tuple(kind for kind in TENSORS if kind not in ROTARY_TABLES)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Load (model_args, state_dict) from a `.pt` or `.bin` file; the state dict has both embedding and output."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(V1_HEADER_BYTES)
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        return _read_pt(path)
+    return _read_bin(path, head)
+
+
+def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first_line = str(e).splitlines()[0]
+        raise ValueError(f"{path}: refused for safety: it holds pickled objects other than tensors and plain "
+                         f"data, and unpickling them could run arbitrary code ({first_line})") from None
+    except (RuntimeError, OSError) as e:  # a damaged zip archive
+        raise ValueError(f"{path}: not a readable torch.save file: {e}") from None
+    if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
+        raise ValueError(f"{path}: a torch.save file, but not a dict with 'model_args' and 'model'")
+    model_args = _course_args(ckpt["model_args"], str(path))
+    return model_args, _course_state_dict(ckpt["model"], model_args, str(path))
+
+
+def _course_args(model_args: dict, source: str) -> dict:
+    """model_args with llama2.c's names renamed to LlamaConfig's; an unknown key is an error."""
+    renamed = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
+    unknown = sorted(renamed.keys() - KNOWN_ARGS)
+    if unknown:
+        raise ValueError(f"{source}: unknown model_args key(s) {unknown}; known: {sorted(KNOWN_ARGS)}")
+    return renamed
+
+
+def _course_state_dict(state_dict: dict, model_args: dict, source: str) -> dict[str, torch.Tensor]:
+    """Rename llama2.c / torch.compile names to course names, tie a missing classifier, check names and shapes."""
+    renamed = {}
+    for key, tensor in state_dict.items():
+        name = key.removeprefix("_orig_mod.")
+        for llama2c, course in LLAMA2C_NAMES.items():
+            name = name.replace(llama2c, course)
+        renamed[name] = tensor
+    if "output.weight" not in renamed and "tok_embeddings.weight" in renamed:
+        renamed["output.weight"] = renamed["tok_embeddings.weight"]  # tied classifier
+    expected = _shapes(_sizes(model_args, renamed, source), COURSE_KINDS)
+    unexpected = sorted(renamed.keys() - expected.keys())
+    if unexpected:
+        raise ValueError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this model")
+    for name, shape in expected.items():
+        tensor = renamed.get(name)
+        if tensor is None or tuple(tensor.shape) != shape:
+            found = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
+            raise ValueError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
+    return renamed
+
+
+def _sizes(model_args: dict, state_dict: dict, source: str) -> dict[str, int]:
+    """The sizes the shapes in TENSORS are written in; hidden_dim comes from w1 when model_args lacks it."""
+    args = {k: v for k, v in model_args.items() if v is not None}
+    w1 = state_dict.get("layers.0.feed_forward.w1.weight")
+    if "hidden_dim" not in args and w1 is not None:
+        args["hidden_dim"] = w1.shape[0]
+    try:
+        config = LlamaConfig(**args)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: bad model sizes: {e}") from None
+    head_dim = config.head_dim
+    return {**asdict(config), "head_dim": head_dim, "q_dim": config.n_heads * head_dim,
+            "kv_dim": config.n_kv_heads * head_dim, "half_head_dim": head_dim // 2}
+
+
+def _shapes(sizes: dict[str, int], kinds: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """Name -> shape for the given kinds, in file order (each per-layer kind over all layers)."""
+    shapes = {}
+    for kind in kinds:
+        name, dims = TENSORS[kind]
+        for layer in range(sizes["n_layers"]) if "{}" in name else [None]:
+            shapes[name.format(layer)] = tuple(sizes[d] for d in dims)
+    return shapes
+
+
+def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
+    if len(head) >= 8 and struct.unpack_from("<I", head) == (V1_MAGIC,):
+        (version,) = struct.unpack_from("<i", head, 4)
+        if version != 1:
+            raise ValueError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
+                             "float32, are supported; version 2 is int8-quantized)")
+        if len(head) < V1_HEADER_BYTES:
+            raise ValueError(f"{path}: truncated llama2.c version-1 header ({len(head)} of 256 bytes)")
+        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head, 8)))
+        if head[36] not in (0, 1):
+            raise ValueError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {head[36]}")
+        header_bytes, shared = V1_HEADER_BYTES, bool(head[36])
+        sizes = _sizes(model_args, {}, f"{path}: bad llama2.c version-1 header")
+    else:
+        if len(head) < 28:
+            raise ValueError(f"{path}: not a checkpoint (too short for any known format)")
+        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head)))
+        version, header_bytes, shared = 0, 28, model_args["vocab_size"] > 0
+        model_args["vocab_size"] = abs(model_args["vocab_size"])
+        not_legacy = (f"{path}: not a checkpoint (not a torch.save zip, no llama2.c 'ak42' magic, "
+                      "and the first 28 bytes are not a llama2.c legacy header)")
+        sizes = _sizes(model_args, {}, not_legacy)
+    kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
+    shapes = _shapes(sizes, kinds)
+    expected = header_bytes + 4 * sum(math.prod(shape) for shape in shapes.values())
+    actual = path.stat().st_size
+    if actual != expected:
+        raise ValueError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
+                         f"expected {expected} bytes, found {actual}")
+    state_dict = {}
+    with open(path, "rb") as f:
+        f.seek(header_bytes)
+        for name, shape in shapes.items():
+            state_dict[name] = torch.from_numpy(np.fromfile(f, dtype="<f4", count=math.prod(shape)).reshape(shape))
+    for name in ROTARY_TABLES:
+        state_dict.pop(name, None)
+    if shared:
+        state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
+    return model_args, state_dict
+
+
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, in float32 exactly as llama2.c computes the tables its legacy export holds."""
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len), freqs).float()
+    return torch.cos(angles), torch.sin(angles)
+
+
+def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dict, version: int = 1) -> None:
+    """Export to llama2.c's float32 `.bin` (version 0 = legacy, 1 = "ak42"); the classifier is shared iff equal."""
+    if version not in BIN_ORDER:
+        raise ValueError(f"{path}: can write llama2.c .bin versions {sorted(BIN_ORDER)}, not {version}")
+    source = f"writing {path}"
+    model_args = _course_args(model_args, source)
+    if model_args.get("layer_norm_eps", 1e-5) != 1e-5:
+        raise ValueError(f"{source}: a llama2.c .bin cannot store layer_norm_eps={model_args['layer_norm_eps']} "
+                         "(llama2.c always uses 1e-5)")
+    state_dict = _course_state_dict(state_dict, model_args, source)
+    sizes = _sizes(model_args, state_dict, source)
+    shared = torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
+    header = [sizes[k] for k in BIN_HEADER]
+    if version == 0:
+        if not shared:  # a negative vocab_size says that the classifier follows
+            header[BIN_HEADER.index("vocab_size")] *= -1
+        header_bytes = struct.pack("<7i", *header)
+    else:
+        header_bytes = struct.pack("<Ii7iB", V1_MAGIC, 1, *header, shared).ljust(V1_HEADER_BYTES, b"\0")
+    freqs_cos, freqs_sin = rotary_tables(sizes["head_dim"], sizes["max_seq_len"])
+    tensors = {**state_dict, "freqs_cos": freqs_cos, "freqs_sin": freqs_sin}
+    kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
+
+    def write(f: BinaryIO) -> None:
+        f.write(header_bytes)
+        for name in _shapes(sizes, kinds):
+            f.write(tensors[name].detach().cpu().float().numpy().astype("<f4").tobytes())
+    _write_atomically(Path(path), write)
+
+
+def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict) -> None:
+    """Save the course's torch.save layout {"model_args": ..., "model": state_dict}, with course names."""
+    model_args = _course_args(model_args, f"writing {path}")
+    state_dict = _course_state_dict(state_dict, model_args, f"writing {path}")
+    _write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
+
+
+def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,184 @@
+"""Tests for assets.py, against an HTTP server on 127.0.0.1 and temporary mirrors; no outside network."""
+import functools
+import hashlib
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+import assets
+from assets import Asset, AssetError
+
+REPO = Path(__file__).resolve().parent.parent
+BODY = b"hello, minllama\n" * 1000
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+class Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a directory; /truncated promises more bytes than it sends, like a dropped connection."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path != "/truncated":
+            return super().do_GET()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY[:100])
+        self.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> str:
+    """Base URL of a local server whose /hello.txt holds BODY."""
+    root = tmp_path_factory.mktemp("www")
+    (root / "hello.txt").write_bytes(BODY)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def closed_url() -> str:
+    """A URL on 127.0.0.1 where nothing listens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hello.txt"
+
+
+@pytest.fixture(autouse=True)
+def no_mirror(monkeypatch):
+    """CI sets the mirror variable; these tests choose for themselves."""
+    monkeypatch.delenv(assets.MIRROR_ENV, raising=False)
+
+
+def add_asset(monkeypatch, *urls: str, sha256: str | None = SHA, name: str = "data/hello.txt") -> Asset:
+    """Register a test asset in the asset table for the duration of one test."""
+    asset = Asset(name, urls, sha256, len(BODY))
+    monkeypatch.setitem(assets.ASSETS, name, asset)
+    return asset
+
+
+def test_download_lands_verified_without_temp_files(tmp_path, monkeypatch, server):
+    add_asset(monkeypatch, f"{server}/hello.txt")
+    path = assets.ensure(tmp_path / "data" / "hello.txt")
+    assert path == tmp_path / "data" / "hello.txt"
+    assert path.read_bytes() == BODY
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["hello.txt"]
+
+
+def test_urls_are_tried_in_order(tmp_path, monkeypatch, server):
+    add_asset(monkeypatch, f"{server}/missing.txt", f"{server}/hello.txt")
+    assert assets.ensure(tmp_path / "data" / "hello.txt").read_bytes() == BODY
+
+
+@pytest.mark.parametrize("case", ["hash", "404", "unreachable", "truncated"])
+def test_failed_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch, server, closed_url, case):
+    url, sha, why = {
+        "hash": (f"{server}/hello.txt", "0" * 64, "sha256 mismatch"),
+        "404": (f"{server}/missing.txt", SHA, "404"),
+        "unreachable": (closed_url, SHA, "refused"),
+        "truncated": (f"{server}/truncated", None, f"got 100 of {len(BODY)} bytes"),
+    }[case]
+    add_asset(monkeypatch, url, sha256=sha)
+    dest = tmp_path / "data" / "hello.txt"
+    with pytest.raises(AssetError) as e:
+        assets.ensure(dest)
+    message = str(e.value)
+    assert url in message and why in message and str(dest) in message
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_interrupted_download_leaves_nothing(tmp_path, monkeypatch, server):
+    class Interrupt(assets.tqdm):
+        def update(self, n=1):
+            raise KeyboardInterrupt
+
+    add_asset(monkeypatch, f"{server}/hello.txt")
+    monkeypatch.setattr(assets, "tqdm", Interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        assets.ensure(tmp_path / "data" / "hello.txt")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_mirror_is_copied_and_verified(tmp_path, monkeypatch, closed_url):
+    mirror = tmp_path / "mirror"
+    (mirror / "data").mkdir(parents=True)
+    (mirror / "data" / "hello.txt").write_bytes(BODY)
+    monkeypatch.setenv(assets.MIRROR_ENV, str(mirror))
+    add_asset(monkeypatch, closed_url)  # the network must not be used
+    assert assets.ensure(tmp_path / "out" / "data" / "hello.txt").read_bytes() == BODY
+
+    (mirror / "data" / "hello.txt").write_bytes(BODY + b"tampered")
+    with pytest.raises(AssetError, match="sha256 mismatch"):
+        assets.ensure(tmp_path / "again" / "data" / "hello.txt")
+    assert list((tmp_path / "again" / "data").iterdir()) == []
+
+
+def test_file_missing_from_mirror_names_mirror_and_url(tmp_path, monkeypatch):
+    monkeypatch.setenv(assets.MIRROR_ENV, str(tmp_path))
+    with pytest.raises(AssetError) as e:
+        assets.ensure(tmp_path / "out" / "stories42M.pt")
+    message = str(e.value)
+    assert str(tmp_path / "stories42M.pt") in message
+    assert "https://www.cs.cmu.edu/~vijayv/stories42M.pt" in message
+
+
+def test_existing_file_is_returned_untouched(tmp_path, monkeypatch, closed_url):
+    add_asset(monkeypatch, closed_url, name="tokenizer.model")
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(b"not checked")
+    assert assets.ensure(path) == path
+    assert path.read_bytes() == b"not checked"
+
+
+def test_unknown_missing_path_is_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        assets.ensure(tmp_path / "nope.bin")
+
+
+def test_find_matches_whole_path_components():
+    assert assets.find("/x/y/tokenizer.model").name == "tokenizer.model"
+    assert assets.find("data/sst-train.txt").name == "data/sst-train.txt"
+    assert assets.find("/x/mytokenizer.model") is None
+    assert assets.find("other/sst-train.txt") is None
+
+
+def test_table_covers_the_small_assets_with_hashes():
+    small = [a for a in assets.ASSETS.values() if not a.large]
+    assert len(small) == 10 and all(a.sha256 and a.urls and a.size for a in small)
+    assert [a.name for a in assets.ASSETS.values() if a.large] == ["stories42M.pt"]
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "assets.py"), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_fetches_all_small_assets_from_mirror(tmp_path, asset_mirror):
+    """The real table against the real mirror: every small file arrives and matches its recorded sha256."""
+    env = {"PATH": "/usr/bin:/bin", assets.MIRROR_ENV: str(asset_mirror)}
+    result = cli(cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    fetched = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert fetched == sorted(a.name for a in assets.ASSETS.values() if not a.large)
+    listing = cli("--list", cwd=tmp_path, env=env).stdout
+    assert all(f"{name} " in listing for name in assets.ASSETS)
+    assert listing.count("present") == 10 and listing.count("missing") == 1
+
+
+def test_cli_failures_exit_nonzero(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", assets.MIRROR_ENV: str(tmp_path)}
+    result = cli("stories42M.pt", cwd=tmp_path, env=env)
+    assert result.returncode == 1 and "stories42M.pt" in result.stderr and "by hand" in result.stderr
+    result = cli("no-such-asset", cwd=tmp_path, env=env)
+    assert result.returncode == 2 and "no-such-asset" in result.stderr

@@ -1,0 +1,222 @@
+"""Tests for checkpoint.py: every format round-trips, the .bin layouts match llama2.c's, bad files are refused."""
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import read_checkpoint, rotary_tables, save_checkpoint, write_llama2c_bin
+
+ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
+LAYER_SHAPES = {  # written out here, independently of checkpoint.TENSORS: head_dim 4, kv_dim 8
+    "attention_norm.weight": (16,), "attention.compute_query.weight": (16, 16),
+    "attention.compute_key.weight": (8, 16), "attention.compute_value.weight": (8, 16),
+    "attention.compute_output.weight": (16, 16), "ffn_norm.weight": (16,),
+    "feed_forward.w1.weight": (40, 16), "feed_forward.w2.weight": (16, 40), "feed_forward.w3.weight": (40, 16),
+}
+
+
+def random_state_dict(shared: bool, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    sd = {"tok_embeddings.weight": torch.randn(37, 16, generator=g), "norm.weight": torch.randn(16, generator=g)}
+    for layer in range(2):
+        for name, shape in LAYER_SHAPES.items():
+            sd[f"layers.{layer}.{name}"] = torch.randn(shape, generator=g)
+    sd["output.weight"] = sd["tok_embeddings.weight"] if shared else torch.randn(37, 16, generator=g)
+    return sd
+
+
+def llama2c_bin_bytes(sd: dict[str, torch.Tensor], version: int, shared: bool) -> bytes:
+    """The bytes llama2.c's export.py writes (legacy_export / version1_export), spelled out kind by kind."""
+    def stacked(name: str) -> list[torch.Tensor]:
+        return [sd[f"layers.{layer}.{name}"] for layer in range(2)]
+    sizes = (16, 40, 2, 4, 2, 37, 8)
+    norms = stacked("attention_norm.weight") + stacked("ffn_norm.weight") + [sd["norm.weight"]]
+    attention = [t for w in ("query", "key", "value", "output") for t in stacked(f"attention.compute_{w}.weight")]
+    ffn = [t for w in ("w1", "w2", "w3") for t in stacked(f"feed_forward.{w}.weight")]
+    classifier = [] if shared else [sd["output.weight"]]
+    if version == 0:
+        header = struct.pack("<7i", *sizes[:5], 37 if shared else -37, 8)
+        tensors = ([sd["tok_embeddings.weight"]] + stacked("attention_norm.weight") + attention
+                   + stacked("ffn_norm.weight") + ffn + [sd["norm.weight"]] + list(rotary_tables(4, 8)) + classifier)
+    else:
+        header = (struct.pack("<Ii", 0x616B3432, 1) + struct.pack("<7i", *sizes) + bytes([shared])).ljust(256, b"\0")
+        tensors = norms + [sd["tok_embeddings.weight"]] + attention + ffn + classifier
+    return header + b"".join(t.numpy().astype("<f4").tobytes() for t in tensors)
+
+
+def assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("shared", [True, False])
+def test_bin_round_trip_matches_llama2c_layout(tmp_path, version, shared):
+    sd = random_state_dict(shared)
+    path = tmp_path / "model.bin"
+    write_llama2c_bin(path, ARGS, sd, version=version)
+    assert path.read_bytes() == llama2c_bin_bytes(sd, version, shared)
+    model_args, got = read_checkpoint(path)
+    assert model_args == ARGS
+    assert_same_state(got, sd)
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_bin_writer_takes_hidden_dim_from_w1(tmp_path):
+    args = {k: v for k, v in ARGS.items() if k != "hidden_dim"}
+    write_llama2c_bin(tmp_path / "m.bin", args, random_state_dict(True))
+    assert read_checkpoint(tmp_path / "m.bin")[0]["hidden_dim"] == 40
+
+
+def test_bin_writer_refuses_what_the_format_cannot_hold(tmp_path):
+    with pytest.raises(ValueError, match="layer_norm_eps"):
+        write_llama2c_bin(tmp_path / "m.bin", dict(ARGS, layer_norm_eps=1e-6), random_state_dict(True))
+    with pytest.raises(ValueError, match="versions"):
+        write_llama2c_bin(tmp_path / "m.bin", ARGS, random_state_dict(True), version=2)
+    sd = random_state_dict(True)
+    sd["layers.1.feed_forward.w2.weight"] = torch.zeros(16, 41)
+    with pytest.raises(ValueError, match=r"layers\.1\.feed_forward\.w2\.weight.*\(16, 40\)"):
+        write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod."])
+def test_course_pt_round_trip(tmp_path, prefix):
+    sd = random_state_dict(shared=True)
+    args = dict(ARGS, multiple_of=32, dropout=0.0, layer_norm_eps=1e-5)
+    torch.save({"model_args": args, "model": {prefix + k: v for k, v in sd.items()}, "iter_num": 7}, tmp_path / "c.pt")
+    model_args, got = read_checkpoint(tmp_path / "c.pt")
+    assert model_args == args
+    assert_same_state(got, sd)
+
+
+def test_save_checkpoint_round_trip_and_tied_output(tmp_path):
+    sd = random_state_dict(shared=False)
+    save_checkpoint(tmp_path / "c.pt", ARGS, sd)
+    assert_same_state(read_checkpoint(tmp_path / "c.pt")[1], sd)
+    untied = {k: v for k, v in random_state_dict(shared=True).items() if k != "output.weight"}
+    save_checkpoint(tmp_path / "c.pt", ARGS, untied)
+    _, got = read_checkpoint(tmp_path / "c.pt")
+    assert torch.equal(got["output.weight"], untied["tok_embeddings.weight"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]
+
+
+def test_llama2c_train_pt(tmp_path):
+    sd = random_state_dict(shared=True)
+    renames = {"compute_query": "wq", "compute_key": "wk", "compute_value": "wv", "compute_output": "wo"}
+    llama2c_sd = {}
+    for name, tensor in sd.items():
+        for course, llama2c in renames.items():
+            name = name.replace(course, llama2c)
+        llama2c_sd["_orig_mod." + name] = tensor
+    assert "_orig_mod.layers.0.attention.wq.weight" in llama2c_sd
+    args = dict(ARGS, norm_eps=1e-6, multiple_of=32, dropout=0.1)
+    args.pop("hidden_dim")
+    torch.save({"model": llama2c_sd, "model_args": args, "optimizer": {}, "config": {"lr": 1.0}}, tmp_path / "t.pt")
+    model_args, got = read_checkpoint(tmp_path / "t.pt")
+    args["layer_norm_eps"] = args.pop("norm_eps")
+    assert model_args == args
+    assert_same_state(got, sd)
+
+
+class NotATensor:
+    pass
+
+
+def test_pt_needing_arbitrary_unpickling_is_refused(tmp_path):
+    torch.save({"model_args": ARGS, "model": random_state_dict(True), "extra": NotATensor()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil\.pt.*refused for safety"):
+        read_checkpoint(tmp_path / "evil.pt")
+
+
+def test_pt_errors(tmp_path):
+    path = tmp_path / "c.pt"
+    torch.save({"model_args": dict(ARGS, rope_theta=1e4), "model": random_state_dict(True)}, path)
+    with pytest.raises(ValueError, match=r"c\.pt.*rope_theta"):
+        read_checkpoint(path)
+    sd = random_state_dict(True)
+    sd["layers.0.attention.bias"] = torch.zeros(16)
+    torch.save({"model_args": ARGS, "model": sd}, path)
+    with pytest.raises(ValueError, match=r"c\.pt.*layers\.0\.attention\.bias"):
+        read_checkpoint(path)
+    sd = random_state_dict(True)
+    del sd["layers.1.ffn_norm.weight"]
+    torch.save({"model_args": ARGS, "model": sd}, path)
+    with pytest.raises(ValueError, match=r"c\.pt.*layers\.1\.ffn_norm\.weight.*missing"):
+        read_checkpoint(path)
+    torch.save(random_state_dict(True), path)  # a bare state dict
+    with pytest.raises(ValueError, match=r"c\.pt.*'model_args' and 'model'"):
+        read_checkpoint(path)
+    torch.save({"model_args": ARGS, "model": random_state_dict(True)}, path)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"c\.pt.*not a readable torch\.save"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("version", [0, 1])
+@pytest.mark.parametrize("change", [-1, -4000, 3])
+def test_bin_of_wrong_size_is_refused(tmp_path, version, change):
+    path = tmp_path / "m.bin"
+    write_llama2c_bin(path, ARGS, random_state_dict(True), version=version)
+    data = path.read_bytes()
+    path.write_bytes(data[:change] if change < 0 else data + bytes(change))
+    with pytest.raises(ValueError, match=rf"m\.bin.*expected {len(data)} bytes, found {len(data) + change}"):
+        read_checkpoint(path)
+
+
+def test_bin_bad_headers(tmp_path):
+    path = tmp_path / "m.bin"
+    write_llama2c_bin(path, ARGS, random_state_dict(True), version=1)
+    data = bytearray(path.read_bytes())
+    data[4:8] = struct.pack("<i", 2)
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"m\.bin.*unsupported llama2\.c \.bin version 2"):
+        read_checkpoint(path)
+    data[4:8] = struct.pack("<i", 1)
+    data[8:12] = struct.pack("<i", -16)  # dim
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"m\.bin.*bad llama2\.c version-1 header.*dim"):
+        read_checkpoint(path)
+    data[8:12] = struct.pack("<i", 16)
+    data[36] = 7  # shared-classifier flag
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=r"m\.bin.*flag"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("content", [b"hello, this is a text file and not a model at all\n" * 20, bytes(1000), b"x"])
+def test_not_a_checkpoint(tmp_path, content):
+    (tmp_path / "notes.pt").write_bytes(content)
+    with pytest.raises(ValueError, match=r"notes\.pt.*not a checkpoint"):
+        read_checkpoint(tmp_path / "notes.pt")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.bin"):
+        read_checkpoint(tmp_path / "nope.bin")
+
+
+def test_real_stories260k(tmp_path, asset_mirror):
+    original = asset_mirror / "stories260K.bin"
+    model_args, sd = read_checkpoint(original)
+    assert model_args == dict(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512,
+                              max_seq_len=512)
+    assert len(sd) == 2 + 5 * 9 + 1
+    assert sd["tok_embeddings.weight"].shape == (512, 64) and sd["norm.weight"].shape == (64,)
+    assert torch.equal(sd["output.weight"], sd["tok_embeddings.weight"])  # shared classifier
+    assert sd["layers.4.attention.compute_query.weight"].shape == (64, 64)
+    assert sd["layers.4.attention.compute_key.weight"].shape == (32, 64)
+    assert sd["layers.4.attention.compute_output.weight"].shape == (64, 64)
+    assert sd["layers.4.feed_forward.w1.weight"].shape == (172, 64)
+    assert sd["layers.4.feed_forward.w2.weight"].shape == (64, 172)
+    # trained RMSNorm gains sit well above zero, the matrices around it: a misplaced offset would mix them up
+    for name in ["norm.weight"] + [f"layers.{i}.{n}_norm.weight" for i in range(5) for n in ("attention", "ffn")]:
+        assert sd[name].mean() > 0.2, name
+    assert all(t.mean().abs() < 0.05 for name, t in sd.items() if not name.endswith("norm.weight"))
+    copy = tmp_path / "copy.bin"
+    write_llama2c_bin(copy, model_args, sd, version=0)
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (original, copy)]
+    assert digest[0] == digest[1]

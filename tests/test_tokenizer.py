@@ -1,0 +1,104 @@
+"""Tokenizer against the real Llama 2 tokenizer.model from the asset mirror, and its error paths."""
+import io
+from pathlib import Path
+
+import pytest
+from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
+
+from tokenizer import Tokenizer
+
+TEXTS = ["Hello world", "Once upon a time, there was a little girl named Lily.", "naïve café: 東京 🦙 <s> 3.14"]
+
+
+@pytest.fixture(scope="module")
+def model_path(asset_mirror: Path) -> str:
+    return str(asset_mirror / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def tok(model_path: str) -> Tokenizer:
+    return Tokenizer(tokenizer_model=model_path)
+
+
+def tiny_model(path: Path, **options) -> str:
+    """Train a 40-piece sentencepiece model (no byte pieces, so no <0x00>) and write it to `path`."""
+    proto = io.BytesIO()
+    sentences = ["the quick brown fox jumps over the lazy dog"] * 20
+    SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences), model_writer=proto, vocab_size=40, model_type="bpe", minloglevel=2, **options
+    )
+    path.write_bytes(proto.getvalue())
+    return str(path)
+
+
+def test_llama_vocabulary(tok: Tokenizer):
+    assert tok.n_words == 32000
+    assert (tok.bos_id, tok.eos_id, tok.pad_id) == (1, 2, 3)
+    assert tok.sp_model.id_to_piece(tok.pad_id) == "<0x00>"
+
+
+def test_round_trip_and_agrees_with_sentencepiece(tok: Tokenizer, model_path: str):
+    sp = SentencePieceProcessor(model_file=model_path)
+    for text in TEXTS:
+        ids = tok.encode(text, bos=False, eos=False)
+        assert ids == sp.encode(text)
+        assert tok.decode(ids) == text
+
+
+def test_bos_eos_placement(tok: Tokenizer):
+    text = TEXTS[1]
+    plain = tok.encode(text, bos=False, eos=False)
+    assert tok.encode(text, bos=True, eos=False) == [tok.bos_id] + plain
+    assert tok.encode(text, bos=False, eos=True) == plain + [tok.eos_id]
+    assert tok.encode(text, bos=True, eos=True) == [tok.bos_id] + plain + [tok.eos_id]
+    assert tok.decode(tok.encode(text, bos=True, eos=True)) == text
+
+
+def test_truncation_happens_before_bos_eos(tok: Tokenizer, model_path: str):
+    text = TEXTS[1]
+    full = tok.encode(text, bos=False, eos=False)
+    short = Tokenizer(max_len=3, tokenizer_model=model_path)
+    assert len(full) > 3
+    assert short.encode(text, bos=True, eos=True) == [tok.bos_id] + full[:3] + [tok.eos_id]
+    assert short.encode(text, bos=False, eos=False) == full[:3]
+    assert Tokenizer(max_len=len(full), tokenizer_model=model_path).encode(text, bos=False, eos=False) == full
+
+
+def test_default_model_is_fetched_through_assets(tmp_path: Path, asset_mirror: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_mirror))
+    tok = Tokenizer()
+    assert (tmp_path / "tokenizer.model").is_file()
+    assert tok.n_words == 32000
+
+
+def test_missing_file_says_how_to_fetch_it(tmp_path: Path):
+    missing = tmp_path / "nowhere.model"
+    with pytest.raises(FileNotFoundError, match="python assets.py tokenizer.model") as e:
+        Tokenizer(tokenizer_model=str(missing))
+    assert str(missing) in str(e.value) and "MINLLAMA_ASSET_MIRROR" in str(e.value)
+
+
+def test_not_a_sentencepiece_model(tmp_path: Path):
+    junk = tmp_path / "junk.model"
+    junk.write_text("this is not a protobuf")
+    with pytest.raises(ValueError, match="junk.model is not a sentencepiece model"):
+        Tokenizer(tokenizer_model=str(junk))
+
+
+def test_pad_falls_back_to_sentencepiece_pad_id(tmp_path: Path):
+    tok = Tokenizer(tokenizer_model=tiny_model(tmp_path / "pad.model", pad_id=3))
+    assert tok.sp_model.piece_to_id("<0x00>") == tok.sp_model.unk_id()  # the model has no <0x00> piece
+    assert tok.pad_id == 3 and tok.sp_model.id_to_piece(3) == "<pad>"
+
+
+def test_model_without_any_pad_is_an_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="nopad.model has neither"):
+        Tokenizer(tokenizer_model=tiny_model(tmp_path / "nopad.model"))
+
+
+def test_bad_arguments(tok: Tokenizer, model_path: str):
+    with pytest.raises(ValueError, match="max_len"):
+        Tokenizer(max_len=0, tokenizer_model=model_path)
+    with pytest.raises(TypeError, match="expects a str"):
+        tok.encode([1, 2, 3], bos=True, eos=False)

@@ -1,0 +1,65 @@
+"""The Llama 2 tokenizer: a sentencepiece BPE model of 32000 pieces, read from `tokenizer.model`."""
+from pathlib import Path
+
+from sentencepiece import SentencePieceProcessor
+
+DEFAULT_MODEL = "tokenizer.model"
+PAD_PIECE = "<0x00>"  # Llama 2 defines no pad token; the course pads with the byte piece for NUL (id 3)
+
+
+class Tokenizer:
+    """Turns text into piece ids and back.
+
+    `max_len` caps the number of text pieces; BOS/EOS are added after the cap, so an encoding can be up to
+    max_len + 2 ids long. Without `tokenizer_model` the default `tokenizer.model` is used, fetched if missing.
+    """
+
+    def __init__(self, max_len: int | None = None, tokenizer_model: str | None = None):
+        if max_len is not None and max_len <= 0:
+            raise ValueError(f"max_len must be positive or None, got {max_len}")
+        if tokenizer_model is None:
+            import assets  # imported here so that an explicit model file needs no download machinery
+
+            path = assets.ensure(DEFAULT_MODEL)
+        else:
+            path = Path(tokenizer_model)
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with "
+                    f"`python assets.py {DEFAULT_MODEL}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"
+                )
+        try:
+            self.sp_model = SentencePieceProcessor(model_file=str(path))
+        except RuntimeError as e:
+            raise ValueError(f"{path} is not a sentencepiece model: {e}") from e
+        self.max_len = max_len
+        self.n_words: int = self.sp_model.vocab_size()
+        self.bos_id: int = self.sp_model.bos_id()
+        self.eos_id: int = self.sp_model.eos_id()
+        self.pad_id: int = self._find_pad_id(path)
+
+    def _find_pad_id(self, path: Path) -> int:
+        """Id of the piece `<0x00>`, else sentencepiece's own pad id; a model with neither is an error."""
+        pad = self.sp_model.piece_to_id(PAD_PIECE)
+        if self.sp_model.id_to_piece(pad) == PAD_PIECE:  # piece_to_id answers unk_id for an unknown piece
+            return pad
+        if self.sp_model.pad_id() >= 0:
+            return self.sp_model.pad_id()
+        raise ValueError(f"{path} has neither a {PAD_PIECE} piece nor a pad id to pad with")
+
+    def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
+        """Piece ids of `s`, truncated to max_len, then with BOS prepended and/or EOS appended."""
+        if not isinstance(s, str):
+            raise TypeError(f"Tokenizer.encode expects a str, got {type(s).__name__}")
+        ids = self.sp_model.encode(s)
+        if self.max_len is not None:
+            ids = ids[: self.max_len]
+        if bos:
+            ids = [self.bos_id] + ids
+        if eos:
+            ids = ids + [self.eos_id]
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        """Text of a sequence of piece ids (BOS/EOS are dropped by sentencepiece)."""
+        return self.sp_model.decode([int(i) for i in ids])
