@@ -1,0 +1,58 @@
+"""What a training run measured: one JSON line per epoch in `metrics.jsonl`, and, when matplotlib is installed, a
+picture of the loss and accuracy curves beside the dev-set confusion matrix.
+"""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import confusion_matrix
+
+from checkpoint import _write_atomically
+
+
+def append(path: str | os.PathLike, record: dict) -> None:
+    """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line."""
+    path = Path(path)
+    before = path.read_text() if path.exists() else ""
+    if before and not before.endswith("\n"):
+        before += "\n"
+    _write_atomically(path, lambda f: f.write((before + json.dumps(record) + "\n").encode()))
+
+
+def plot(
+    records: list[dict], true: list[int], pred: list[int], label_names: list[str], path: str | os.PathLike
+) -> bool:
+    """Draw loss and accuracy per epoch and the confusion matrix of (true, pred) into the PNG `path`.
+
+    Returns False, after a one-line note, when matplotlib is not installed: the picture is optional.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only, no window
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed, so {path} was not drawn (pip install matplotlib)")
+        return False
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc, ax_cm) = plt.subplots(1, 3, figsize=(15, 4.5))
+    ax_loss.plot(epochs, [r["loss"] for r in records], marker="o")
+    ax_loss.set(title="training loss", xlabel="epoch")
+    for split in ("train", "dev"):
+        ax_acc.plot(epochs, [r[f"{split}_acc"] for r in records], marker="o", label=f"{split} accuracy")
+    ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
+    ax_acc.legend()
+    counts = confusion_matrix(true, pred, labels=np.arange(len(label_names)))
+    ax_cm.imshow(counts, cmap="Blues")
+    for (i, j), n in np.ndenumerate(counts):
+        ax_cm.text(j, i, str(n), ha="center", va="center")
+    ticks = np.arange(len(label_names))
+    ax_cm.set(title="dev confusion matrix", xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks,
+              xticklabels=label_names, yticklabels=label_names)
+    fig.tight_layout()
+    try:
+        _write_atomically(Path(path), lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
+    return True
