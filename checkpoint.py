@@ -2,7 +2,8 @@
 
 Three formats, told apart by their first bytes, not by the file name:
   * a torch.save zip of {"model_args": ..., "model": state_dict} - the course's stories42M.pt, or a checkpoint of
-    llama2.c's train.py (attention weights named wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix);
+    llama2.c's train.py (attention weights named wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix), or one of
+    run_llama.py's fine-tuned classifiers (the Llama's tensors prefixed "llama.", plus a linear classifier head);
   * a llama2.c legacy `.bin` export: a 7 x int32 header, then float32 tensors;
   * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
 In a `.bin`, every per-layer tensor kind is stored for all layers before the next kind; TENSORS and BIN_ORDER say
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 
 from config import LlamaConfig
+from rope import precompute_freqs
 
 # kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `_sizes`)
 TENSORS = {
@@ -51,21 +53,33 @@ LLAMA2C_NAMES = {"attention.wq.": "attention.compute_query.", "attention.wk.": "
 LLAMA2C_ARGS = {"norm_eps": "layer_norm_eps"}
 KNOWN_ARGS = {f.name for f in fields(LlamaConfig)}
 COURSE_KINDS = tuple(kind for kind in TENSORS if kind not in ROTARY_TABLES)
+CLASSIFIER_PREFIX = "llama."  # run_llama.py's LlamaEmbeddingClassifier holds its Llama as `self.llama` ...
+CLASSIFIER_HEAD = ("classifier_head.weight", "classifier_head.bias")  # ... beside a linear head of its own
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Load (model_args, state_dict) from a `.pt` or `.bin` file; the state dict has both embedding and output."""
+    """Load (model_args, state_dict) from a `.pt` or `.bin` file; the state dict has both embedding and output.
+
+    Of a fine-tuned classifier this is its Llama part; `read_checkpoint_with_classifier` also returns the head.
+    """
+    model_args, state_dict, _ = read_checkpoint_with_classifier(path)
+    return model_args, state_dict
+
+
+def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """Load (model_args, Llama state_dict, classifier head); the head is {} unless the file is a fine-tuned
+    classifier of run_llama.py, whose head tensors are CLASSIFIER_HEAD."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     with open(path, "rb") as f:
-        head = f.read(V1_HEADER_BYTES)
-    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
+        first_bytes = f.read(V1_HEADER_BYTES)
+    if first_bytes.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
         return _read_pt(path)
-    return _read_bin(path, head)
+    return *_read_bin(path, first_bytes), {}
 
 
-def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -77,7 +91,31 @@ def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
         raise ValueError(f"{path}: a torch.save file, but not a dict with 'model_args' and 'model'")
     model_args = _course_args(ckpt["model_args"], str(path))
-    return model_args, _course_state_dict(ckpt["model"], model_args, str(path))
+    state_dict, classifier = _split_classifier(ckpt["model"], model_args, str(path))
+    return model_args, _course_state_dict(state_dict, model_args, str(path)), classifier
+
+
+def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Split a fine-tuned classifier's tensors into the Llama's (prefix removed) and the head's, checking the head.
+
+    Any other state dict is returned as it is, with an empty head.
+    """
+    names = {key.removeprefix("_orig_mod."): tensor for key, tensor in state_dict.items()}
+    if not any(name.startswith(CLASSIFIER_PREFIX) for name in names):
+        return state_dict, {}
+    head = {name: names.pop(name) for name in CLASSIFIER_HEAD if name in names}
+    unexpected = sorted(name for name in names if not name.startswith(CLASSIFIER_PREFIX))
+    if unexpected:
+        raise ValueError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors), with unexpected "
+                         f"tensor(s) {unexpected}; besides the Llama it may hold only {list(CLASSIFIER_HEAD)}")
+    missing = [name for name in CLASSIFIER_HEAD if name not in head]
+    if missing:
+        raise ValueError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
+    weight, bias = (head[name] for name in CLASSIFIER_HEAD)
+    if weight.dim() != 2 or weight.shape[1] != model_args.get("dim") or tuple(bias.shape) != weight.shape[:1]:
+        raise ValueError(f"{source}: classifier head of shapes {tuple(weight.shape)} and {tuple(bias.shape)}; "
+                         f"expected (n_labels, dim={model_args.get('dim')}) and (n_labels,)")
+    return {name.removeprefix(CLASSIFIER_PREFIX): tensor for name, tensor in names.items()}, head
 
 
 def _course_args(model_args: dict, source: str) -> dict:
@@ -137,6 +175,7 @@ def _shapes(sizes: dict[str, int], kinds: tuple[str, ...]) -> dict[str, tuple[in
 
 
 def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(model_args, state_dict) of a llama2.c `.bin`; `head` is the file's first bytes, up to 256."""
     if len(head) >= 8 and struct.unpack_from("<I", head) == (V1_MAGIC,):
         (version,) = struct.unpack_from("<i", head, 4)
         if version != 1:
@@ -177,13 +216,6 @@ def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
     return model_args, state_dict
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotary angles, in float32 exactly as llama2.c computes the tables its legacy export holds."""
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    angles = torch.outer(torch.arange(max_seq_len), freqs).float()
-    return torch.cos(angles), torch.sin(angles)
-
-
 def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dict, version: int = 1) -> None:
     """Export to llama2.c's float32 `.bin` (version 0 = legacy, 1 = "ak42"); the classifier is shared iff equal."""
     if version not in BIN_ORDER:
@@ -203,7 +235,7 @@ def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dic
         header_bytes = struct.pack("<7i", *header)
     else:
         header_bytes = struct.pack("<Ii7iB", V1_MAGIC, 1, *header, shared).ljust(V1_HEADER_BYTES, b"\0")
-    freqs_cos, freqs_sin = rotary_tables(sizes["head_dim"], sizes["max_seq_len"])
+    freqs_cos, freqs_sin = precompute_freqs(sizes["head_dim"], sizes["max_seq_len"])
     tensors = {**state_dict, "freqs_cos": freqs_cos, "freqs_sin": freqs_sin}
     kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
 

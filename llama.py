@@ -29,15 +29,23 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, preallocated for max_seq_len positions."""
+    """Keys and values of the positions seen so far, for up to max_seq_len positions.
 
-    def __init__(self, batch_size: int, n_kv_heads: int, max_seq_len: int, head_dim: int, like: torch.Tensor):
-        shape = (batch_size, n_kv_heads, max_seq_len, head_dim)
-        self.key = torch.empty(shape, dtype=like.dtype, device=like.device)  # read only where written
-        self.value = torch.empty(shape, dtype=like.dtype, device=like.device)
+    The buffers are allocated at the first update, with the dtype and device of the keys they hold (so the cache
+    also works under autocast), and are read only where they have been written.
+    """
+
+    def __init__(self, max_seq_len: int):
+        self.max_seq_len = max_seq_len
+        self.key: torch.Tensor | None = None
+        self.value: torch.Tensor | None = None
 
     def update(self, start_pos: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store key/value (batch, n_kv_heads, seqlen, head_dim) at start_pos; return those of all positions so far."""
+        if self.key is None:
+            batch_size, n_kv_heads, _, head_dim = key.shape
+            self.key = key.new_empty(batch_size, n_kv_heads, self.max_seq_len, head_dim)
+            self.value = value.new_empty(batch_size, n_kv_heads, self.max_seq_len, head_dim)
         end = start_pos + key.shape[2]
         self.key[:, :, start_pos:end] = key
         self.value[:, :, start_pos:end] = value
@@ -71,9 +79,11 @@ class Attention(nn.Module):
 
         query is (batch, n_heads, seqlen, head_dim); key and value are (batch, n_kv_heads, kv_len, head_dim) and
         cover the kv_len − seqlen earlier positions too, so query t may attend to keys 0 … kv_len − seqlen + t.
+        Key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1; keys already repeated to n_heads work too.
         """
-        key = key.repeat_interleave(self.n_rep, dim=1)  # key/value head h serves query heads h·n_rep … (h+1)·n_rep−1
-        value = value.repeat_interleave(self.n_rep, dim=1)
+        n_rep = query.shape[1] // key.shape[1]
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
         scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_dim)
         seqlen, kv_len = query.shape[2], key.shape[2]
         future = torch.ones(seqlen, kv_len, dtype=torch.bool, device=query.device).triu(kv_len - seqlen + 1)
@@ -81,7 +91,10 @@ class Attention(nn.Module):
         probs = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(query))
         return probs @ value
 
-    def forward(self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor], start_pos: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
+    ) -> torch.Tensor:
+        """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables."""
         batch_size, seqlen, _ = x.shape
         query = self.compute_query(x).view(batch_size, seqlen, self.n_heads, self.head_dim)
         key = self.compute_key(x).view(batch_size, seqlen, self.n_kv_heads, self.head_dim)
@@ -137,7 +150,9 @@ class LlamaLayer(nn.Module):
         self.attention_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
         self.ffn_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor], start_pos: int = 0) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
+    ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), freqs, start_pos)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -163,6 +178,8 @@ class LlamaPreTrainedModel(nn.Module):
 
 
 class Llama(LlamaPreTrainedModel):
+    """Token embedding, n_layers decoder layers, a final RMSNorm and the output projection tied to the embedding."""
+
     def __init__(self, config: LlamaConfig):
         super().__init__(config)
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
@@ -210,10 +227,12 @@ class Llama(LlamaPreTrainedModel):
         once the context no longer fits, the window slides, every position changes, and the step is recomputed
         in full. Either way the result is that of the plain loop (use_cache=False).
         """
+        if temperature < 0.0:
+            raise ValueError(f"temperature must be >= 0.0, got {temperature}")
         max_seq_len = self.params.max_seq_len
         n_cached = 0
         if use_cache:
-            self.setup_cache(idx.shape[0])
+            self.setup_cache()
         try:
             for _ in range(max_new_tokens):
                 if use_cache and idx.shape[1] <= max_seq_len:
@@ -229,14 +248,13 @@ class Llama(LlamaPreTrainedModel):
             self.clear_cache()
         return idx
 
-    def setup_cache(self, batch_size: int) -> None:
+    def setup_cache(self) -> None:
+        """Give every attention layer an empty KV cache, which later forward passes fill and read."""
         for layer in self.layers:
-            attention = layer.attention
-            attention.cache = KVCache(
-                batch_size, attention.n_kv_heads, self.params.max_seq_len, attention.head_dim, self.output.weight
-            )
+            layer.attention.cache = KVCache(self.params.max_seq_len)
 
     def clear_cache(self) -> None:
+        """Drop the KV caches, so that forward passes see only their own tokens again."""
         for layer in self.layers:
             layer.attention.cache = None
 
@@ -250,7 +268,12 @@ def sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def load_pretrained(checkpoint: str, device: str | torch.device | None = None) -> Llama:
-    """Load a checkpoint (course or llama2.c `.pt`, llama2.c `.bin`) strictly, in eval mode, on CUDA if available."""
+    """Load a checkpoint strictly, in eval mode, on `device` (default: CUDA if available, else CPU).
+
+    Reads the course's stories42M.pt, llama2.c train.py checkpoints, llama2.c legacy and version-1 `.bin` exports,
+    and the Llama part of run_llama.py's fine-tuned classifiers (see checkpoint.py). A missing stories42M.pt is
+    downloaded first.
+    """
     path = assets.ensure(checkpoint)
     model_args, state_dict = read_checkpoint(path)
     model = Llama(LlamaConfig.from_model_args(model_args, source=str(path)))

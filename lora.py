@@ -29,7 +29,7 @@ from torch import nn
 from llama import Attention
 
 ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compute_output")
-DEFAULT_TARGETS = ("compute_query", "compute_value")  # the paper's choice for GPT-3 (§7.1)
+DEFAULT_TARGETS = ("compute_query", "compute_value")  # the paper's choice (§7.1, Table 5)
 
 
 class LoRALinear(nn.Linear):
@@ -91,11 +91,9 @@ def add_lora(
     a LoRA adapter (LoRALinear). Only the adapters require grad afterwards; unfreeze a head yourself.
     `model` is changed in place and returned; on bad arguments it is left untouched.
     """
-    if isinstance(targets, str) or not targets or len(set(targets)) != len(targets) \
-            or not set(targets) <= set(ATTENTION_PROJECTIONS):
-        raise ValueError(
-            f"LoRA targets must be distinct names among {ATTENTION_PROJECTIONS}, got {targets!r}"
-        )
+    distinct = not isinstance(targets, str) and len(targets) == len(set(targets)) > 0
+    if not distinct or not set(targets) <= set(ATTENTION_PROJECTIONS):
+        raise ValueError(f"LoRA targets must be distinct names among {ATTENTION_PROJECTIONS}, got {targets!r}")
     attentions = [m for m in model.modules() if isinstance(m, Attention)]
     if not attentions:
         raise ValueError(f"add_lora: {type(model).__name__} contains no llama.Attention module to adapt")

@@ -12,9 +12,13 @@ import torch
 
 
 def precompute_freqs(head_dim: int, max_seq_len: int, theta: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos(p·θ_i) and sin(p·θ_i) for p < max_seq_len, i < head_dim/2, each of shape (max_seq_len, head_dim/2)."""
-    inv_freq = theta ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+    """cos(p·θ_i) and sin(p·θ_i) for p < max_seq_len, i < head_dim/2, each of shape (max_seq_len, head_dim/2).
+
+    Computed in float32 operation for operation as llama2.c does, so these are bit for bit the tables that its
+    legacy `.bin` export stores.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    angles = torch.outer(torch.arange(max_seq_len).float(), inv_freq)
     return torch.cos(angles), torch.sin(angles)
 
 

@@ -2,11 +2,11 @@
 import hashlib
 import struct
 
-import numpy as np
 import pytest
 import torch
 
-from checkpoint import read_checkpoint, rotary_tables, save_checkpoint, write_llama2c_bin
+from checkpoint import read_checkpoint, read_checkpoint_with_classifier, save_checkpoint, write_llama2c_bin
+from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
 LAYER_SHAPES = {  # written out here, independently of checkpoint.TENSORS: head_dim 4, kv_dim 8
@@ -39,7 +39,7 @@ def llama2c_bin_bytes(sd: dict[str, torch.Tensor], version: int, shared: bool) -
     if version == 0:
         header = struct.pack("<7i", *sizes[:5], 37 if shared else -37, 8)
         tensors = ([sd["tok_embeddings.weight"]] + stacked("attention_norm.weight") + attention
-                   + stacked("ffn_norm.weight") + ffn + [sd["norm.weight"]] + list(rotary_tables(4, 8)) + classifier)
+                   + stacked("ffn_norm.weight") + ffn + [sd["norm.weight"]] + list(precompute_freqs(4, 8)) + classifier)
     else:
         header = (struct.pack("<Ii", 0x616B3432, 1) + struct.pack("<7i", *sizes) + bytes([shared])).ljust(256, b"\0")
         tensors = norms + [sd["tok_embeddings.weight"]] + attention + ffn + classifier
@@ -219,4 +219,43 @@ def test_real_stories260k(tmp_path, asset_mirror):
     copy = tmp_path / "copy.bin"
     write_llama2c_bin(copy, model_args, sd, version=0)
     digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (original, copy)]
-    assert digest[0] == digest[1]
+    assert digest[0] == digest[1]  # byte for byte, so rope.precompute_freqs gives llama2.c's stored rotary tables
+
+
+def finetuned_state_dict(prefix: str = "") -> dict[str, torch.Tensor]:
+    """run_llama.py's LlamaEmbeddingClassifier: the Llama under "llama.", then a linear head of 3 labels."""
+    sd = {f"{prefix}llama.{name}": t for name, t in random_state_dict(shared=True).items()}
+    head = {"classifier_head.weight": torch.randn(3, 16), "classifier_head.bias": torch.randn(3)}
+    return {**sd, **{prefix + name: tensor for name, tensor in head.items()}}
+
+
+@pytest.mark.parametrize("prefix", ["", "_orig_mod."])
+def test_finetuned_classifier(tmp_path, prefix):
+    sd = finetuned_state_dict(prefix)
+    torch.save({"model_args": ARGS, "model": sd, "optim": {"state": {}}, "args": {"lr": 1e-5}, "epoch": 2},
+               tmp_path / "f.pt")
+    model_args, llama, head = read_checkpoint_with_classifier(tmp_path / "f.pt")
+    assert model_args == ARGS
+    assert_same_state(llama, random_state_dict(shared=True))
+    assert_same_state(head, {name: sd[prefix + name] for name in ("classifier_head.weight", "classifier_head.bias")})
+    assert_same_state(read_checkpoint(tmp_path / "f.pt")[1], llama)
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda sd: sd.update({"pooler.weight": torch.zeros(16, 16)}), r"unexpected tensor\(s\) \['pooler\.weight'\]"),
+    (lambda sd: sd.update({"llama.layers.0.attention.compute_query.lora_A": torch.zeros(2, 16)}),
+     r"layers\.0\.attention\.compute_query\.lora_A"),
+    (lambda sd: sd.pop("classifier_head.bias"), r"without \['classifier_head\.bias'\]"),
+    (lambda sd: sd.update({"classifier_head.weight": torch.zeros(3, 15)}), r"classifier head of shapes \(3, 15\)"),
+    (lambda sd: sd.pop("llama.layers.1.ffn_norm.weight"), r"layers\.1\.ffn_norm\.weight.*missing"),
+])
+def test_finetuned_classifier_is_read_strictly(tmp_path, change, error):
+    sd = finetuned_state_dict()
+    change(sd)
+    torch.save({"model_args": ARGS, "model": sd}, tmp_path / "f.pt")
+    with pytest.raises(ValueError, match=rf"f\.pt.*{error}"):
+        read_checkpoint(tmp_path / "f.pt")
+
+
+def test_bin_has_no_classifier(asset_mirror):
+    assert read_checkpoint_with_classifier(asset_mirror / "stories260K.bin")[2] == {}

@@ -1,0 +1,191 @@
+"""Export a checkpoint to Hugging Face transformers or to llama2.c.
+
+    python convert.py CHECKPOINT --to hf OUT_DIR       # config.json + model.safetensors for LlamaForCausalLM
+    python convert.py CHECKPOINT --to llama2c OUT.bin  # llama2.c's version-1 float32 export
+
+CHECKPOINT is any file load_pretrained reads, or a classifier fine-tuned by run_llama.py, of which the Llama part is
+exported (neither format has a place for the classifier head).
+
+transformers' Llama computes the same function as ours under other tensor names, with one difference of layout: its
+rotary embedding turns the pairs (x[i], x[i + head_dim/2]) of a head ("rotate_half"), ours the neighbours
+(x[2i], x[2i+1]), by the same angles. Reordering the rows of the query and key projections in each head, even rows
+first and odd rows after, makes its pair i hold our pair i; queries and keys are then permuted alike, which leaves
+every dot product q·k, and so the attention, unchanged.
+"""
+import argparse
+import importlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+import assets
+from checkpoint import read_checkpoint_with_classifier, write_llama2c_bin
+from config import LlamaConfig
+from llama import Llama
+
+if TYPE_CHECKING:
+    import transformers
+
+ROPE_THETA = 10000.0  # rope.py's default base θ, the one Llama 2 uses
+HF_NAMES = {  # our name -> transformers' name
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+HF_LAYER_NAMES = {  # within layers.N -> within model.layers.N
+    "attention.compute_query.weight": "self_attn.q_proj.weight",
+    "attention.compute_key.weight": "self_attn.k_proj.weight",
+    "attention.compute_value.weight": "self_attn.v_proj.weight",
+    "attention.compute_output.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+HF_FILES = ("config.json", "model.safetensors")
+
+
+def import_hf(module: str):
+    """Import transformers or safetensors, which only the Hugging Face export (and the tests) need."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ImportError(f"the Hugging Face export needs the {module.partition('.')[0]} package: "
+                          "pip install transformers safetensors (or pip install -r requirements-test.txt)") from None
+
+
+def hf_config(config: LlamaConfig, tie_word_embeddings: bool) -> "transformers.LlamaConfig":
+    """The transformers.LlamaConfig of the same architecture: no biases, SiLU gates, rotary base 10000."""
+    transformers = import_hf("transformers")
+    return transformers.LlamaConfig(
+        vocab_size=config.vocab_size,
+        hidden_size=config.dim,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        head_dim=config.head_dim,
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.layer_norm_eps,
+        rope_theta=ROPE_THETA,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        tie_word_embeddings=tie_word_embeddings,
+        bos_token_id=1,  # the Llama 2 tokenizer's <s> and </s>
+        eos_token_id=2,
+    )
+
+
+def half_split_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a query or key projection (n_heads·head_dim, dim) for transformers' rotary layout.
+
+    In each head, row 2i + c (pair i, component c) moves to row c·head_dim/2 + i: the even rows, then the odd ones.
+    This is the `permute` of transformers' convert_llama_weights_to_hf.py.
+    """
+    rows, dim = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
+
+
+def hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """Our state dict with transformers' LlamaForCausalLM names, query and key rows reordered by half_split_rows.
+
+    lm_head.weight is always included (equal to model.embed_tokens.weight when the embedding is tied).
+    """
+    hf = {}
+    for name, tensor in state_dict.items():
+        if name.startswith("layers."):
+            layer, within = name.removeprefix("layers.").split(".", 1)
+            hf_name = f"model.layers.{layer}.{HF_LAYER_NAMES[within]}" if within in HF_LAYER_NAMES else None
+        else:
+            hf_name = HF_NAMES.get(name)
+        if hf_name is None:
+            raise ValueError(f"tensor {name!r} has no counterpart in transformers' LlamaForCausalLM")
+        if name.endswith("attention.compute_query.weight"):
+            tensor = half_split_rows(tensor, config.n_heads)
+        elif name.endswith("attention.compute_key.weight"):
+            tensor = half_split_rows(tensor, config.n_kv_heads)
+        hf[hf_name] = tensor
+    return hf
+
+
+def is_tied(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the output projection equals the token embedding (then exports store it once)."""
+    return torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
+
+
+def to_hf(model: Llama) -> "transformers.LlamaForCausalLM":
+    """A transformers LlamaForCausalLM holding the weights of `model`, in eval mode, on the same device."""
+    transformers = import_hf("transformers")
+    state_dict = model.state_dict()
+    hf = transformers.LlamaForCausalLM(hf_config(model.config, is_tied(state_dict)))
+    hf.load_state_dict(hf_state_dict(state_dict, model.config), strict=True)
+    return hf.to(model.output.weight.device).eval()
+
+
+def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write config.json and model.safetensors, which LlamaForCausalLM.from_pretrained(out_dir) loads.
+
+    Both are written into a temporary folder beside out_dir and then renamed into place, so out_dir never holds a
+    half-written file. Files already in out_dir other than these two are left alone.
+    """
+    tied = is_tied(state_dict)
+    llama_config = hf_config(config, tied)
+    safetensors_torch = import_hf("safetensors.torch")
+    tensors = hf_state_dict(state_dict, config)
+    if tied:
+        del tensors["lm_head.weight"]  # stored once; from_pretrained ties it to the embedding again
+    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder")
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    try:
+        tmp.mkdir(parents=True)
+        llama_config.save_pretrained(tmp)  # config.json
+        safetensors_torch.save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        if out_dir.is_dir():
+            for name in HF_FILES:
+                os.replace(tmp / name, out_dir / name)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; returns the exit status."""
+    parser = argparse.ArgumentParser(description="Export a Llama checkpoint to Hugging Face transformers or llama2.c.")
+    parser.add_argument("checkpoint", metavar="CHECKPOINT",
+                        help="a file load_pretrained reads, or a classifier fine-tuned by run_llama.py")
+    parser.add_argument("--to", required=True, choices=("hf", "llama2c"),
+                        help="hf: a folder with config.json and model.safetensors; llama2c: a version-1 .bin file")
+    parser.add_argument("out", metavar="OUT", help="the folder (hf) or file (llama2c) to write")
+    args = parser.parse_args(argv)
+    try:
+        path = assets.ensure(args.checkpoint)
+        model_args, state_dict, classifier = read_checkpoint_with_classifier(path)
+        if args.to == "hf":
+            hidden_dim = state_dict["layers.0.feed_forward.w1.weight"].shape[0]  # llama2.c's train.py omits it
+            save_hf(args.out, LlamaConfig.from_model_args({**model_args, "hidden_dim": hidden_dim}, str(path)),
+                    state_dict)
+        else:
+            write_llama2c_bin(args.out, model_args, state_dict, version=1)
+    except (OSError, ValueError, ImportError, assets.AssetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} from {path}")
+    if classifier:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in classifier.items())
+        print(f"note: {path} is a fine-tuned classifier; its Llama was exported, its classifier head ({shapes}) "
+              "was not (neither format can hold it)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

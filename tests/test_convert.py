@@ -1,0 +1,175 @@
+"""Tests for convert.py: exports that transformers and load_pretrained read back with the same logits."""
+import json
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import LlamaForCausalLM
+
+import convert
+from checkpoint import save_checkpoint
+from config import LlamaConfig
+from llama import Llama, load_pretrained
+from test_llama import random_model
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, layer_norm_eps=1e-6)
+LLAMA2C_CONFIG = replace(CONFIG, layer_norm_eps=1e-5)  # llama2.c's .bin holds no eps: it is always 1e-5
+TOKENS = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(0))
+
+
+def all_logits(model: Llama, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
+    with torch.no_grad():
+        return model(tokens, targets=tokens)[0]
+
+
+def hf_logits(out_dir: Path, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
+    hf = LlamaForCausalLM.from_pretrained(out_dir).eval()
+    assert hf.dtype == torch.float32
+    with torch.no_grad():
+        return hf(tokens).logits
+
+
+def test_half_split_rows():
+    """Within each head the even rows come first, then the odd ones."""
+    weight = torch.arange(8.0)[:, None].expand(8, 3)
+    assert convert.half_split_rows(weight, n_heads=2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_hf_export(tmp_path, capsys, tied):
+    model = random_model(CONFIG, tied=tied)
+    save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), model.state_dict())
+    out = tmp_path / "hf"
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(out)]) == 0
+    assert "note" not in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "model.pt"]  # no temporary folder left
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["tie_word_embeddings"] == tied
+    assert (config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]) == (32, 96, 2)
+    assert (config["num_attention_heads"], config["num_key_value_heads"], config["head_dim"]) == (4, 2, 8)
+    assert (config["vocab_size"], config["max_position_embeddings"], config["rms_norm_eps"]) == (61, 16, 1e-6)
+    assert config.get("rope_theta", config.get("rope_parameters", {}).get("rope_theta")) == 10000.0
+    assert not config["attention_bias"] and not config["mlp_bias"] and config["hidden_act"] == "silu"
+    assert ("lm_head.weight" in safetensors.torch.load_file(out / "model.safetensors")) == (not tied)
+    assert (hf_logits(out) - all_logits(model)).abs().max() < 1e-4
+
+
+def test_hf_export_of_stories260k(tmp_path, asset_mirror):
+    out = tmp_path / "hf"
+    assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "hf", str(out)]) == 0
+    model = load_pretrained(str(asset_mirror / "stories260K.bin"), device="cpu")
+    tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
+    assert (hf_logits(out, tokens) - all_logits(model, tokens)).abs().max() < 1e-4
+
+
+def test_hf_export_replaces_its_files_only(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), random_model(CONFIG).state_dict())
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "README.md").write_text("mine")
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["hidden_size"] == 32
+    assert (out / "README.md").read_text() == "mine"
+
+
+def test_hf_export_failure_leaves_nothing(tmp_path, monkeypatch, capsys):
+    save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), random_model(CONFIG).state_dict())
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "hf")]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.undo()
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "a-file")]) == 1
+    assert "a-file exists and is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_llama2c_export(tmp_path, tied):
+    model = random_model(LLAMA2C_CONFIG, tied=tied)
+    save_checkpoint(tmp_path / "model.pt", asdict(model.config), model.state_dict())
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin")]) == 0
+    assert (tmp_path / "model.bin").read_bytes()[:8] == struct.pack("<Ii", 0x616B3432, 1)  # llama2.c version 1
+    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), device="cpu")), all_logits(model))
+
+
+def test_llama2c_export_of_stories260k(tmp_path, asset_mirror):
+    assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "llama2c", str(tmp_path / "v1.bin")]) == 0
+    original = load_pretrained(str(asset_mirror / "stories260K.bin"), device="cpu")
+    exported = load_pretrained(str(tmp_path / "v1.bin"), device="cpu")
+    tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(all_logits(exported, tokens), all_logits(original, tokens))
+
+
+def test_llama2c_export_refuses_other_eps(tmp_path, capsys):
+    save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), random_model(CONFIG).state_dict())  # layer_norm_eps 1e-6
+    assert convert.main([str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin")]) == 1
+    assert "layer_norm_eps=1e-06" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def save_finetuned(path: Path, model: Llama, n_labels: int = 5) -> None:
+    """A checkpoint laid out as run_llama.py saves its fine-tuned LlamaEmbeddingClassifier."""
+    state_dict = {"llama." + name: tensor for name, tensor in model.state_dict().items()}
+    state_dict["classifier_head.weight"] = torch.randn(n_labels, model.config.dim)
+    state_dict["classifier_head.bias"] = torch.randn(n_labels)
+    torch.save({"model_args": asdict(model.config), "model": state_dict, "optim": {"state": {}, "param_groups": []},
+                "args": {"lr": 1e-5, "option": "finetune"}, "epoch": 3}, path)
+
+
+@pytest.mark.parametrize("to, out", [("hf", "hf"), ("llama2c", "model.bin")])
+def test_finetuned_classifier_exports_its_llama(tmp_path, capsys, to, out):
+    model = random_model(LLAMA2C_CONFIG)
+    save_finetuned(tmp_path / "finetune.pt", model)
+    assert convert.main([str(tmp_path / "finetune.pt"), "--to", to, str(tmp_path / out)]) == 0
+    printed = capsys.readouterr().out
+    assert "classifier head (classifier_head.weight (5, 32), classifier_head.bias (5,)) was not" in printed
+    if to == "hf":
+        assert (hf_logits(tmp_path / out) - all_logits(model)).abs().max() < 1e-4
+    else:
+        assert torch.equal(all_logits(load_pretrained(str(tmp_path / out), device="cpu")), all_logits(model))
+
+
+def test_finetuned_classifier_with_unknown_tensors_is_refused(tmp_path, capsys):
+    model = random_model(CONFIG)
+    save_finetuned(tmp_path / "finetune.pt", model)
+    ckpt = torch.load(tmp_path / "finetune.pt", weights_only=True)
+    ckpt["model"]["llama.layers.0.attention.compute_query.lora_A"] = torch.zeros(4, 32)
+    torch.save(ckpt, tmp_path / "lora.pt")
+    assert convert.main([str(tmp_path / "lora.pt"), "--to", "hf", str(tmp_path / "hf")]) == 1
+    assert "layers.0.attention.compute_query.lora_A" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_without_transformers(tmp_path):
+    """--to llama2c needs neither transformers nor safetensors; --to hf says how to install them."""
+    model = random_model(LLAMA2C_CONFIG)
+    save_checkpoint(tmp_path / "model.pt", asdict(model.config), model.state_dict())
+    blocked = "import sys; sys.modules['transformers'] = sys.modules['safetensors'] = None; import runpy; " \
+              "sys.argv = ['convert.py'] + sys.argv[1:]; runpy.run_path('convert.py', run_name='__main__')"
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", blocked, *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+
+    result = run(str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin"))
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), device="cpu")), all_logits(model))
+    result = run(str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "hf"))
+    assert result.returncode == 1
+    assert "needs the transformers package: pip install transformers safetensors" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "hf").exists()
