@@ -69,7 +69,7 @@ class AdamW(torch.optim.Optimizer):
             lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
 
             for p in params:
-                grad = p.grad * scale  # a clipped copy; p.grad itself is left as backward() made it
+                grad = p.grad if scale == 1.0 else p.grad * scale  # clipped in a copy: p.grad stays as it was
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
@@ -82,7 +82,8 @@ class AdamW(torch.optim.Optimizer):
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 alpha = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t) if group["correct_bias"] else lr
                 p.addcdiv_(m, v.sqrt().add_(eps), value=-alpha)
-                p.mul_(1 - lr * weight_decay)  # θ ← θ − lr·λ·θ
+                if weight_decay:
+                    p.mul_(1 - lr * weight_decay)  # θ ← θ − lr·λ·θ
         return loss
 
 

@@ -1,0 +1,81 @@
+"""Sentiment classifiers on top of a pretrained Llama: zero-shot prompting and a fine-tuned linear head.
+
+Both take right-padded batches of token ids with each row's length, and read the model at each row's last real
+token. The last column would be a pad for every row shorter than the longest, and the causal model has not seen
+the sentence's end from a position before it, so reading there would score something other than the sentence.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llama import load_pretrained
+from tokenizer import Tokenizer
+
+
+@dataclass
+class ClassifierConfig:
+    """What run_llama.py tells a classifier: the pretrained checkpoint, the number of labels, and, for the
+    fine-tuned head, the dropout before it and whether Llama is trained ("finetune") or frozen ("pretrain")."""
+
+    pretrained_model_path: str
+    num_labels: int
+    hidden_dropout_prob: float = 0.3
+    option: str = "finetune"
+
+
+def last_token(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """h (batch, seqlen, dim) at position lengths[b] − 1 of each row b: (batch, dim)."""
+    return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+
+
+class LlamaZeroShotClassifier(nn.Module):
+    """A frozen Llama that scores each label as a continuation of the prompt (the course's rule): the score of a
+    label is Σ log p(t | prompt) over the label's tokens t, all read as the next token after the prompt."""
+
+    def __init__(self, config: ClassifierConfig, tokenizer: Tokenizer, label_names: list[str]):
+        super().__init__()
+        if len(label_names) != config.num_labels:
+            raise ValueError(f"{len(label_names)} label names {label_names} for num_labels={config.num_labels}")
+        self.num_labels = config.num_labels
+        self.tokenizer = tokenizer
+        self.label_name_ids = [tokenizer.encode(label, bos=False, eos=False) for label in label_names]
+        if not all(self.label_name_ids):
+            raise ValueError(f"every label name needs at least one token: {label_names}")
+        self.llama = load_pretrained(config.pretrained_model_path, device="cpu")
+        for param in self.llama.parameters():  # zero-shot classification does not update Llama
+            param.requires_grad = False
+        # all labels' tokens in one row, and the label each belongs to; buffers, so they move with the model
+        label_tokens = [(i, token) for i, ids in enumerate(self.label_name_ids) for token in ids]
+        self.register_buffer("label_of_token", torch.tensor([i for i, _ in label_tokens]), persistent=False)
+        self.register_buffer("label_tokens", torch.tensor([token for _, token in label_tokens]), persistent=False)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen) of the given lengths."""
+        h = last_token(self.llama.hidden_states(input_ids), lengths)
+        log_probs = F.log_softmax(self.llama.output(h).float(), dim=-1)  # the vocabulary at one position per row
+        token_log_probs = log_probs[:, self.label_tokens]
+        scores = token_log_probs.new_zeros(len(h), self.num_labels)
+        return scores.index_add_(1, self.label_of_token, token_log_probs)  # Σ over each label's tokens
+
+
+class LlamaEmbeddingClassifier(nn.Module):
+    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the sentence's last token."""
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        if config.option not in ("pretrain", "finetune"):
+            raise ValueError(f"option must be 'pretrain' (Llama frozen) or 'finetune' (Llama trained), "
+                             f"not {config.option!r}")
+        self.num_labels = config.num_labels
+        self.llama = load_pretrained(config.pretrained_model_path, device="cpu")
+        for param in self.llama.parameters():
+            param.requires_grad = config.option == "finetune"
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier_head = nn.Linear(self.llama.config.dim, self.num_labels)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities (batch, num_labels) for right-padded input_ids (batch, seqlen) of the given lengths."""
+        h = last_token(self.llama.hidden_states(input_ids), lengths)
+        return F.log_softmax(self.classifier_head(self.dropout(h)), dim=-1)

@@ -1,0 +1,356 @@
+"""run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
+import os
+import re
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+from sklearn.metrics import accuracy_score, f1_score
+
+import run_llama
+from checkpoint import save_checkpoint
+from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from config import LlamaConfig
+from llama import Llama, load_pretrained
+from run_llama import InputError
+from tokenizer import Tokenizer
+
+SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory) -> str:
+    """A random Llama with the Llama 2 vocabulary, tiny sizes and stories42M's context, in the course's format."""
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, asdict(config), Llama(config).state_dict())
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_model(asset_mirror: Path) -> str:
+    return str(asset_mirror / "tokenizer.model")
+
+
+def copy_head(mirror: Path, cwd: Path, name: str, n: int) -> list[str]:
+    """Write the first n lines of the mirror's data/<name> to cwd/data/<name>; return them."""
+    lines = (mirror / "data" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+    (cwd / "data").mkdir(exist_ok=True)
+    (cwd / "data" / name).write_text("".join(lines), encoding="utf-8")
+    return lines
+
+
+def sentences(lines: list[str]) -> list[str]:
+    return [line.split(" ||| ", 1)[1].strip() for line in lines]
+
+
+def run(cwd: Path, mirror: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(mirror)}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def read_predictions(path: Path, num_labels: int) -> tuple[list[int], list[str]]:
+    """Parse `<pred> ||| <sentence>` lines, checking each prediction is a label."""
+    preds, sents = [], []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        pred, sentence = line.split(" ||| ")
+        assert int(pred) in range(num_labels)
+        preds.append(int(pred))
+        sents.append(sentence)
+    return preds, sents
+
+
+def files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+# ---- the three options as a student runs them ----
+def test_generate(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
+    result = run(tmp_path, asset_mirror, "--option", "generate",
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+    assert result.returncode == 0, result.stderr
+    greedy = (tmp_path / "generated-sentence-temp-0.txt").read_bytes().decode("utf-8")
+    sampled = (tmp_path / "generated-sentence-temp-1.txt").read_bytes().decode("utf-8")
+
+    torch.manual_seed(1337)  # the default --seed, then the same draws: loading, greedy, sampled
+    llama = load_pretrained(model_path, "cpu")
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    prompt = torch.tensor([tokenizer.encode(run_llama.PREFIX, bos=True, eos=False)])
+    for text, temperature in ((greedy, 0.0), (sampled, 1.0)):
+        expected = llama.generate(prompt, 75, temperature=temperature, use_cache=False)
+        assert expected.shape[1] == prompt.shape[1] + 75
+        assert text == tokenizer.decode(expected[0].tolist())
+        assert text.startswith(run_llama.PREFIX)
+    assert greedy != sampled
+    assert result.stdout.count(run_llama.PREFIX) == 2  # both printed
+
+
+def test_generate_in_bfloat16(tmp_path: Path, monkeypatch, model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    run_llama.main(["--option", "generate", "--dtype", "bfloat16",
+                    "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    prompt_length = len(tokenizer.encode(run_llama.PREFIX, bos=True, eos=False))
+    for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
+        text = (tmp_path / name).read_bytes().decode("utf-8")
+        assert text.startswith(run_llama.PREFIX)
+        assert len(tokenizer.encode(text, bos=True, eos=False)) > prompt_length
+
+
+def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
+    dev = copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 6)
+    test = copy_head(asset_mirror, tmp_path, "cfimdb-test.txt", 4)
+    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
+    result = run(tmp_path, asset_mirror, "--option", "prompt", "--batch_size", "10",
+                 "--train", "data/cfimdb-train.txt", "--dev", "data/cfimdb-dev.txt", "--test", "data/cfimdb-test.txt",
+                 "--label-names", "data/cfimdb-label-mapping.json",
+                 "--dev_out", "cfimdb-dev-prompting-output.txt", "--test_out", "cfimdb-test-prompting-output.txt",
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+    assert result.returncode == 0, result.stderr
+    dev_preds, dev_sents = read_predictions(tmp_path / "cfimdb-dev-prompting-output.txt", 2)
+    test_preds, test_sents = read_predictions(tmp_path / "cfimdb-test-prompting-output.txt", 2)
+    assert dev_sents == sentences(dev) and test_sents == sentences(test)
+    assert re.search(r"^dev acc :: \d\.\d{3}, macro-F1 :: \d\.\d{3}", result.stdout, re.M)
+    assert re.search(r"^test acc :: .*cfimdb-test\.txt is 0.*meaningless", result.stdout, re.M)  # placeholders
+
+    # each review alone, prompted as the course builds the prompt (one string, encoded at once)
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, 2), tokenizer, ["bad", "good"])
+    suffix = "Is this movie bad or good? This movie is "
+    with torch.no_grad():
+        for sentence, pred in zip(dev_sents + test_sents, dev_preds + test_preds):
+            ids = torch.tensor([tokenizer.encode(f"{sentence} {suffix}", bos=True, eos=False)])
+            assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
+
+
+def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
+    copy_head(asset_mirror, tmp_path, "sst-train.txt", 16)
+    dev = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 8)
+    test = copy_head(asset_mirror, tmp_path, "sst-test.txt", 6)
+    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    before = files(tmp_path)
+    result = run(tmp_path, asset_mirror, "--option", "finetune", "--epochs", "2", "--lr", "1e-3", "--batch_size", "4",
+                 "--train", "data/sst-train.txt", "--dev", "data/sst-dev.txt", "--test", "data/sst-test.txt",
+                 "--label-names", "data/sst-label-mapping.json",
+                 "--dev_out", "sst-dev-finetuning-output.txt", "--test_out", "sst-test-finetuning-output.txt",
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+    assert result.returncode == 0, result.stderr
+    outputs = {"finetune-2-0.001.pt", "sst-dev-finetuning-output.txt", "sst-test-finetuning-output.txt"}
+    assert files(tmp_path) == before | outputs  # and no temporary file left behind
+    epochs = re.findall(r"^epoch (\d): train loss :: \d+\.\d{3}, train acc :: \d\.\d{3}, dev acc :: (\d\.\d{3}), "
+                        r"[\d.]+s, [\d.]+ examples/s, padding \d+\.\d%$", result.stdout, re.M)
+    assert [e for e, _ in epochs] == ["0", "1"]
+
+    saved = torch.load(tmp_path / "finetune-2-0.001.pt", weights_only=True)
+    assert LlamaConfig(**saved["model_args"]) == load_pretrained(model_path, "cpu").config
+    assert saved["model_config"] == asdict(ClassifierConfig(model_path, 5, 0.3, "finetune"))
+    assert saved["label_names"] == ["awful", "bad", "average", "good", "excellent"]
+    assert saved["args"]["epochs"] == 2 and saved["args"]["train"] == "data/sst-train.txt"
+    assert saved["epoch"] in (0, 1) and saved["optim"]["state"]
+    assert abs(saved["best_dev_acc"] - max(float(acc) for _, acc in epochs)) < 1e-3
+    assert {k.split(".")[0] for k in saved["model"]} == {"llama", "classifier_head"}
+
+    # the written predictions are the saved model's, each sentence read alone
+    model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+    model.load_state_dict(saved["model"])
+    model.eval()
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    for name, lines in (("dev", dev), ("test", test)):
+        preds, sents = read_predictions(tmp_path / f"sst-{name}-finetuning-output.txt", 5)
+        assert sents == sentences(lines)
+        with torch.no_grad():
+            for sentence, pred in zip(sents, preds):
+                ids = torch.tensor([tokenizer.encode(sentence, bos=True, eos=False)])
+                assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
+
+
+def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset_mirror: Path, model_path: str,
+                                                         tokenizer_model: str):
+    """`--option finetune --train data/sst-train.txt`: SST's dev, test, labels and output names; the missing label
+    file is fetched (here from the mirror). Also with --group_by_length and --dtype bfloat16."""
+    for name, n in (("sst-train.txt", 12), ("sst-dev.txt", 5), ("sst-test.txt", 7)):
+        copy_head(asset_mirror, tmp_path, name, n)
+    result = run(tmp_path, asset_mirror, "--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1",
+                 "--batch_size", "4", "--group_by_length", "--dtype", "bfloat16",
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "sst-label-mapping.json").read_bytes() == \
+        (asset_mirror / "data" / "sst-label-mapping.json").read_bytes()
+    assert len(read_predictions(tmp_path / "sst-dev-finetuning-output.txt", 5)[0]) == 5
+    assert len(read_predictions(tmp_path / "sst-test-finetuning-output.txt", 5)[0]) == 7
+    assert torch.load(tmp_path / "finetune-1-2e-05.pt", weights_only=True)["args"]["dtype"] == "bfloat16"
+    assert not list(tmp_path.rglob("cfimdb*"))
+
+
+def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset_mirror: Path, model_path: str,
+                                                 tokenizer_model: str):
+    for name in ("sst-train.txt", "sst-test.txt"):
+        copy_head(asset_mirror, tmp_path, name, 4)
+    lines = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 4)
+    (tmp_path / "data" / "sst-dev.txt").write_text("".join(lines[:2]) + "3 | not the separator\n" + lines[3])
+    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    before = files(tmp_path)
+    result = run(tmp_path, asset_mirror, "--option", "prompt", "--train", "data/sst-train.txt",
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+    assert result.returncode != 0
+    assert "error: data/sst-dev.txt:3: expected 'label ||| sentence'" in result.stderr
+    assert files(tmp_path) == before
+
+
+# ---- the same errors and choices, in-process ----
+def test_default_and_derived_paths():
+    course = run_llama.get_args(["--option", "prompt"])
+    assert (course.train, course.dev, course.test, course.label_names, course.dev_out, course.test_out) == (
+        "data/cfimdb-train.txt", "data/cfimdb-dev.txt", "data/cfimdb-test.txt", "data/cfimdb-label-mapping.json",
+        "cfimdb-dev-prompting-output.txt", "cfimdb-test-prompting-output.txt")
+    assert (course.pretrained_model_path, course.tokenizer_model, course.seed, course.epochs, course.batch_size,
+            course.hidden_dropout_prob, course.lr, course.max_sentence_len, course.group_by_length, course.dtype) == (
+        "stories42M.pt", "tokenizer.model", 1337, 5, 8, 0.3, 2e-5, None, False, "float32")
+    sst = run_llama.get_args(["--option", "finetune", "--train", "data/sst-train.txt", "--test_out", "mine.txt"])
+    assert (sst.dev, sst.test, sst.label_names, sst.dev_out, sst.test_out, sst.filepath) == (
+        "data/sst-dev.txt", "data/sst-test.txt", "data/sst-label-mapping.json", "sst-dev-finetuning-output.txt",
+        "mine.txt", "finetune-5-2e-05.pt")
+    assert run_llama.get_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
+    with pytest.raises(SystemExit):
+        run_llama.get_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("sst-dev.txt", "3 ||| fine\nthree ||| not a number\n", r"data/sst-dev\.txt:2: the label 'three' is not an int"),
+    ("sst-dev.txt", "3 ||| fine\n\n", r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence'"),
+    ("sst-train.txt", "7 ||| too many stars\n", r"data/sst-train\.txt:1: label 7 is not one of 0 … 4"),
+    ("sst-test.txt", "", r"data/sst-test\.txt: empty file"),
+    ("sst-label-mapping.json", '["bad", "good"', r"data/sst-label-mapping\.json:1: not valid JSON"),
+])
+def test_bad_inputs_are_refused(tmp_path: Path, monkeypatch, model_path: str, tokenizer_model: str, file: str,
+                                content: str, message: str):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt"):
+        (tmp_path / "data" / name).write_text("1 ||| a sentence\n4 ||| another one\n")
+    (tmp_path / "data" / "sst-label-mapping.json").write_text('["awful", "bad", "average", "good", "excellent"]')
+    (tmp_path / "data" / file).write_text(content)
+    before = files(tmp_path)
+    with pytest.raises(InputError, match=message):
+        run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt",
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    assert files(tmp_path) == before
+
+
+def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path,
+                                                    tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    for name in ("sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset_mirror, tmp_path, name, 3)
+    before = files(tmp_path)
+    stories260k = str(asset_mirror / "stories260K.bin")  # a real llama2.c model with its own 512-piece vocabulary
+    for option in ("generate", "prompt"):
+        with pytest.raises(InputError, match=r"tokenizer.* has 32000 pieces, more than the 512 embeddings"):
+            run_llama.main(["--option", option, "--train", "data/sst-train.txt",
+                            "--pretrained-model-path", stories260k, "--tokenizer-model", tokenizer_model])
+    assert files(tmp_path) == before
+
+
+def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str,
+                            tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 3)
+    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
+    (tmp_path / "data" / "cfimdb-test.txt").write_text("-1 ||| A hidden label .\n-1 ||| Another one .\n")
+    prompt = ["--option", "prompt", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
+    run_llama.main(prompt)
+    assert "test acc :: meaningless: data/cfimdb-test.txt has placeholder labels (-1)" in capsys.readouterr().out
+    _, sents = read_predictions(tmp_path / "cfimdb-test-prompting-output.txt", 2)
+    assert sents == ["A hidden label .", "Another one ."]
+    (tmp_path / "data" / "cfimdb-dev.txt").write_text("-1 ||| Dev labels are needed .\n")
+    with pytest.raises(InputError, match=r"cfimdb-dev\.txt:1: label -1 is not one of 0 … 1 \("):
+        run_llama.main(prompt)
+
+
+def test_prompt_encoding_is_the_courses_and_keeps_the_prompt(asset_mirror: Path, tokenizer_model: str):
+    suffix = run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"])
+    assert suffix == "Is this movie awful, bad, average, good, or excellent? This movie is "
+    assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    suffix_ids = tokenizer.sp_model.encode(suffix)
+    path = str(asset_mirror / "data" / "sst-dev.txt")
+    split = run_llama.create_data(path, tokenizer, 5, suffix_ids)
+    for sentence, ids in zip(split.sentences[:200], split.token_ids):
+        assert ids == tokenizer.encode(f"{sentence} {suffix}", bos=True, eos=False)
+    short = run_llama.create_data(path, Tokenizer(3, tokenizer_model=tokenizer_model), 5, suffix_ids)
+    for sentence, ids in zip(short.sentences[:20], short.token_ids):
+        assert ids == [tokenizer.bos_id] + tokenizer.encode(sentence, bos=False, eos=False)[:3] + suffix_ids
+
+
+# ---- batching ----
+@pytest.fixture(scope="module")
+def sst_lengths(asset_mirror: Path, tokenizer_model: str) -> list[int]:
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    split = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    return [len(ids) for ids in split.token_ids]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("group_by_length", [True, False])
+def test_batches_cover_every_example_once(sst_lengths: list[int], shuffle: bool, group_by_length: bool):
+    torch.manual_seed(0)
+    batches = run_llama.batch_order(sst_lengths, 80, shuffle, group_by_length)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(sst_lengths)))
+    assert sorted(map(len, batches)) == [len(sst_lengths) % 80] + [80] * (len(sst_lengths) // 80)
+    torch.manual_seed(0)
+    assert run_llama.batch_order(sst_lengths, 80, shuffle, group_by_length) == batches  # seeded
+    if not shuffle and not group_by_length:
+        assert [i for batch in batches for i in batch] == list(range(len(sst_lengths)))
+
+
+def test_group_by_length_cuts_padding(sst_lengths: list[int]):
+    torch.manual_seed(0)
+    plain = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=False)
+    grouped = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
+    again = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
+    assert grouped != again  # a new grouping each epoch
+    fraction = run_llama.padded_fraction
+    assert fraction(sst_lengths, grouped) < fraction(sst_lengths, plain) / 4
+    computed = sum(len(b) * max(sst_lengths[i] for i in b) for b in plain)
+    assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
+
+
+def test_evaluation_order_does_not_depend_on_batches(asset_mirror: Path, model_path: str, tokenizer_model: str):
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    full = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
+    cpu = torch.device("cpu")
+    data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
+    torch.manual_seed(0)
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5))
+    args = run_llama.get_args([])
+    plain = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, False, False), args, cpu)
+    grouped = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, True, True), args, cpu)
+    assert plain == grouped and len(set(plain)) > 1
+
+
+# ---- metrics and devices ----
+def test_metrics_match_sklearn():
+    g = torch.Generator().manual_seed(0)
+    for num_labels in (2, 5):
+        y_true = torch.randint(num_labels, (200,), generator=g).tolist()
+        y_pred = torch.randint(num_labels - 1, (200,), generator=g).tolist()  # one label never predicted
+        assert run_llama.accuracy(y_true, y_pred) == pytest.approx(accuracy_score(y_true, y_pred))
+        assert run_llama.macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+
+
+def test_unavailable_hardware_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="--use_gpu: PyTorch sees no CUDA GPU"):
+        run_llama.get_device(run_llama.get_args(["--use_gpu"]))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Old GPU")
+    with pytest.raises(InputError, match="the GPU Old GPU has no bfloat16"):
+        run_llama.get_device(run_llama.get_args(["--use_gpu", "--dtype", "bfloat16"]))
+    assert run_llama.get_device(run_llama.get_args(["--dtype", "bfloat16"])).type == "cpu"
