@@ -243,17 +243,17 @@ def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dic
         f.write(header_bytes)
         for name in _shapes(sizes, kinds):
             f.write(tensors[name].detach().cpu().float().numpy().astype("<f4").tobytes())
-    _write_atomically(Path(path), write)
+    write_atomically(Path(path), write)
 
 
 def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict) -> None:
     """Save the course's torch.save layout {"model_args": ..., "model": state_dict}, with course names."""
     model_args = _course_args(model_args, f"writing {path}")
     state_dict = _course_state_dict(state_dict, model_args, f"writing {path}")
-    _write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
+    write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
 
 
-def _write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from checkpoint import _write_atomically
+from checkpoint import write_atomically
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
@@ -17,7 +17,7 @@ def append(path: str | os.PathLike, record: dict) -> None:
     before = path.read_text() if path.exists() else ""
     if before and not before.endswith("\n"):
         before += "\n"
-    _write_atomically(path, lambda f: f.write((before + json.dumps(record) + "\n").encode()))
+    write_atomically(path, lambda f: f.write((before + json.dumps(record) + "\n").encode()))
 
 
 def plot(
@@ -52,7 +52,7 @@ def plot(
               xticklabels=label_names, yticklabels=label_names)
     fig.tight_layout()
     try:
-        _write_atomically(Path(path), lambda f: fig.savefig(f, format="png"))
+        write_atomically(Path(path), lambda f: fig.savefig(f, format="png"))
     finally:
         plt.close(fig)
     return True

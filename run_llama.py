@@ -36,7 +36,7 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 import assets
-from checkpoint import _write_atomically
+from checkpoint import write_atomically
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
 from optimizer import AdamW
@@ -240,7 +240,7 @@ def model_eval(model: torch.nn.Module, data: LlamaDataset, batches: list[list[in
 
 
 def write_text(path: str, text: str) -> None:
-    _write_atomically(Path(path), lambda f: f.write(text.encode("utf-8")))
+    write_atomically(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
 def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[str]) -> None:
@@ -328,7 +328,7 @@ def save_model(model: LlamaEmbeddingClassifier, optimizer: AdamW, args: argparse
         "epoch": epoch,
         "best_dev_acc": best_dev_acc,
     }
-    _write_atomically(Path(args.filepath), lambda f: torch.save(checkpoint, f))
+    write_atomically(Path(args.filepath), lambda f: torch.save(checkpoint, f))
     print(f"save the model to {args.filepath}")
 
 
