@@ -254,11 +254,15 @@ def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict)
 
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written."""
+    """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written: a
+    process killed at any moment leaves either the old file or the new one (fsync makes that hold after a power cut
+    too)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
