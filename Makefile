@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test generate fetch
+.PHONY: test generate fetch test-min
 
 test: $(VENV)/test.stamp
 	$(PY) -m pytest -q tests
@@ -18,6 +18,12 @@ generate: $(VENV)/requirements.stamp
 
 fetch: $(VENV)/requirements.stamp
 	$(PY) assets.py
+
+# The lower bounds in requirements*.txt, checked: a second venv with exactly those versions runs the tests.
+test-min:
+	$(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install $$(grep -hE '^[a-z-]+>=' requirements.txt requirements-test.txt | sed 's/>=/==/')
+	.venv-min/bin/python -m pytest -q tests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

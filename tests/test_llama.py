@@ -38,9 +38,8 @@ def random_model(config: LlamaConfig = CONFIG, seed: int = 0, tied: bool = True)
 
 
 def reference(model: Llama):
-    """transformers' LlamaForCausalLM with the same weights, on its plain ("eager") attention."""
+    """transformers' LlamaForCausalLM with the same weights."""
     hf = to_hf(model)
-    hf.set_attn_implementation("eager")
     hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens, like ours
     return hf
 

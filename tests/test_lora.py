@@ -119,7 +119,7 @@ def test_save_and_load_onto_a_fresh_base_reproduces_outputs(tmp_path):
     torch.manual_seed(3)  # other adapters A and another head
     fresh = add_lora(Classifier(base_model()), rank=3, alpha=4.0, targets=ATTENTION_PROJECTIONS)
     assert not torch.allclose(fresh(tokens()), trained(tokens()))
-    load_lora_state_dict(fresh, torch.load(tmp_path / "lora.pt"), "classifier_head.")
+    load_lora_state_dict(fresh, torch.load(tmp_path / "lora.pt", weights_only=True), "classifier_head.")
     assert torch.equal(fresh(tokens()), trained(tokens()))
 
 

@@ -93,7 +93,7 @@ def test_state_dict_resumes_exactly():
     buffer = io.BytesIO()
     torch.save({"params": [p.detach() for p in first], "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
-    checkpoint = torch.load(buffer)
+    checkpoint = torch.load(buffer, weights_only=True)
 
     resumed = [p.clone().requires_grad_() for p in checkpoint["params"]]
     opt = AdamW(resumed, **hp)
