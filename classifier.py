@@ -11,18 +11,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from llama import load_pretrained
+from lora import DEFAULT_TARGETS, add_lora
 from tokenizer import Tokenizer
 
 
 @dataclass
 class ClassifierConfig:
     """What run_llama.py tells a classifier: the pretrained checkpoint, the number of labels, and, for the
-    fine-tuned head, the dropout before it and whether Llama is trained ("finetune") or frozen ("pretrain")."""
+    fine-tuned head, the dropout before it and what trains besides the head: all of Llama ("finetune"), nothing
+    ("pretrain"), or LoRA adapters of rank lora_rank on Llama's attention projections lora_targets ("lora")."""
 
     pretrained_model_path: str
     num_labels: int
     hidden_dropout_prob: float = 0.3
     option: str = "finetune"
+    lora_rank: int = 4
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
 
 
 def last_token(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -61,17 +67,23 @@ class LlamaZeroShotClassifier(nn.Module):
 
 
 class LlamaEmbeddingClassifier(nn.Module):
-    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the sentence's last token."""
+    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the sentence's last token.
+
+    With option "lora", Llama is frozen and its attention projections lora_targets get LoRA adapters (lora.py), so
+    only the adapters and the head train.
+    """
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
-        if config.option not in ("pretrain", "finetune"):
-            raise ValueError(f"option must be 'pretrain' (Llama frozen) or 'finetune' (Llama trained), "
-                             f"not {config.option!r}")
+        if config.option not in ("pretrain", "finetune", "lora"):
+            raise ValueError(f"option must be 'pretrain' (Llama frozen), 'finetune' (Llama trained) or 'lora' "
+                             f"(LoRA adapters trained), not {config.option!r}")
         self.num_labels = config.num_labels
         self.llama = load_pretrained(config.pretrained_model_path, device="cpu")
         for param in self.llama.parameters():
             param.requires_grad = config.option == "finetune"
+        if config.option == "lora":
+            add_lora(self.llama, config.lora_rank, config.lora_alpha, config.lora_dropout, config.lora_targets)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier_head = nn.Linear(self.llama.config.dim, self.num_labels)
 

@@ -1,51 +1,56 @@
-"""The course's three tasks on a pretrained Llama: text generation, zero-shot prompting, fine-tuning a classifier.
+"""The course's tasks on a pretrained Llama: text generation, zero-shot prompting, fine-tuning a classifier, and
+fine-tuning LoRA adapters (Hu et al. 2021) with a classifier head, on one process or several (torchrun).
 
     python run_llama.py --option generate
     python run_llama.py --option prompt --batch_size 10 --train data/sst-train.txt ...
     python run_llama.py --option finetune --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt ...
+    python run_llama.py --option lora --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt ...
+    torchrun --nproc_per_node=2 run_llama.py --option finetune ...   (see trainer.py)
 
 Data files hold one `label ||| sentence` per line. --dev, --test, --label-names, --dev_out and --test_out default
 to the files that go with --train (data/sst-train.txt → data/sst-dev.txt, sst-dev-finetuning-output.txt, ...);
 known files that are missing are fetched (see assets.py). Every file is written under a temporary name and then
-renamed, so an interrupted run leaves no half-written output.
-
-The fine-tuning checkpoint `finetune-{epochs}-{lr}.pt` is a torch.save of plain data (torch.load(...,
-weights_only=True) reads it), written whenever the dev accuracy improves:
-    "model_args"    the LlamaConfig fields of the model, as a dict
-    "model"         the LlamaEmbeddingClassifier state dict: "llama.*" (course tensor names) and "classifier_head.*"
-    "optim"         the AdamW state dict
-    "model_config"  the ClassifierConfig fields (pretrained_model_path, num_labels, hidden_dropout_prob, option)
-    "label_names"   the label names, label i being label_names[i]
-    "args"          vars(args): the command line, plain values only
-    "epoch"         the epoch (from 0) after which it was saved
-    "best_dev_acc"  the dev accuracy of that epoch
+renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora write the
+checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume goes on
+from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with matplotlib,
+draw {option}-{epochs}-{lr}.png (metrics.py).
 """
 import argparse
 import json
+import math
+import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, f1_score
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 import assets
+import metrics
 from checkpoint import write_atomically
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
+from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer
+from trainer import (CheckpointError, all_reduce_sum, barrier, distributed, gather, init_distributed,
+                     launched_by_torchrun, load_weights, printing_on_rank_0, rank_and_world_size, resume, rng_state,
+                     save_last, save_model, shares)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
 PLACEHOLDER = -1  # the label of an example whose gold label is withheld
 GROUP_CHUNK = 50  # --group_by_length sorts within chunks of this many batches
+METRICS = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 
 
 class InputError(Exception):
@@ -129,22 +134,24 @@ def prompt_suffix(label_names: list[str]) -> str:
     return f"Is this movie {labels}? This movie is "
 
 
-def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool) -> list[list[int]]:
+def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool,
+                generator: torch.Generator | None = None) -> list[list[int]]:
     """The example indices of each batch.
 
-    shuffle draws a permutation from torch's global generator (seeded by --seed). group_by_length sorts the
-    examples by length within chunks of GROUP_CHUNK batches (all of them when not shuffling), so that a batch
-    holds sentences of similar length and little padding; shuffled, the batches are then put in random order.
+    shuffle draws a permutation from `generator` (default: torch's global generator, seeded by --seed).
+    group_by_length sorts the examples by length within chunks of GROUP_CHUNK batches (all of them when not
+    shuffling), so that a batch holds sentences of similar length and little padding; shuffled, the batches are
+    then put in random order.
     """
     n = len(lengths)
-    order = torch.randperm(n).tolist() if shuffle else list(range(n))
+    order = torch.randperm(n, generator=generator).tolist() if shuffle else list(range(n))
     if group_by_length:
         chunk = batch_size * GROUP_CHUNK if shuffle else n
         chunks = (order[start : start + chunk] for start in range(0, n, chunk))
         order = [i for c in chunks for i in sorted(c, key=lengths.__getitem__)]
     batches = [order[start : start + batch_size] for start in range(0, n, batch_size)]
     if shuffle and group_by_length:
-        batches = [batches[i] for i in torch.randperm(len(batches)).tolist()]
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches
 
 
@@ -181,26 +188,13 @@ class LlamaDataset:
 
 
 # ---- metrics ----
-def macro_f1(y_true: list[int], y_pred: list[int]) -> float:
-    """The mean over classes (those in y_true or y_pred) of F1 = 2·TP / (2·TP + FP + FN)."""
-    scores = []
-    for c in sorted(set(y_true) | set(y_pred)):
-        tp = sum(t == c and p == c for t, p in zip(y_true, y_pred))
-        wrong = sum((t == c) != (p == c) for t, p in zip(y_true, y_pred))  # FP + FN
-        scores.append(2 * tp / (2 * tp + wrong))
-    return sum(scores) / len(scores)
-
-
-def accuracy(y_true: list[int], y_pred: list[int]) -> float:
-    return sum(t == p for t, p in zip(y_true, y_pred)) / len(y_true)
-
-
 def report(name: str, split: Split, preds: list[int]) -> str:
     """Accuracy and macro-F1, or why they mean nothing: placeholder labels, or one label throughout."""
     if PLACEHOLDER in split.labels:
         return (f"{name} acc :: meaningless: {split.path} has placeholder labels ({PLACEHOLDER}); "
                 f"its {len(preds)} predictions are written all the same")
-    line = f"{name} acc :: {accuracy(split.labels, preds):.3f}, macro-F1 :: {macro_f1(split.labels, preds):.3f}"
+    acc, f1 = accuracy_score(split.labels, preds), f1_score(split.labels, preds, average="macro")
+    line = f"{name} acc :: {acc:.3f}, macro-F1 :: {f1:.3f}"
     if len(set(split.labels)) == 1:
         line += (f" (every label in {split.path} is {split.labels[0]}: if these are placeholders, as in the "
                  "course's cfimdb-test.txt, this accuracy is meaningless)")
@@ -249,8 +243,10 @@ def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[st
 
 
 def evaluate_and_write(model: torch.nn.Module, splits: dict[str, tuple[Split, str]], tokenizer: Tokenizer,
-                       args: argparse.Namespace, device: torch.device) -> None:
-    """For each split name → (split, output file): predict, print the report, write `<pred> ||| <sentence>` lines."""
+                       args: argparse.Namespace, device: torch.device) -> dict[str, list[int]]:
+    """For each split name → (split, output file): predict, print the report, write `<pred> ||| <sentence>` lines.
+    Returns each split's predictions."""
+    predictions = {}
     for name, (split, outfile) in splits.items():
         data = LlamaDataset(split, tokenizer.pad_id, device)
         batches = batch_order(data.lengths, args.batch_size, shuffle=False, group_by_length=args.group_by_length)
@@ -261,9 +257,11 @@ def evaluate_and_write(model: torch.nn.Module, splits: dict[str, tuple[Split, st
               f"padding {padded_fraction(data.lengths, batches):.1%}")
         print(report(name, split, preds))
         write_predictions_to_file(outfile, preds, split.sentences)
+        predictions[name] = preds
+    return predictions
 
 
-# ---- the three options ----
+# ---- the options ----
 def generate_sentence(llama: Llama, tokenizer: Tokenizer, prefix: str, outfile: str, device: torch.device,
                       max_new_tokens: int = 75, temperature: float = 0.0) -> None:
     """Continue `prefix` (greedy at temperature 0.0, else sampled); print the text and write it to outfile."""
@@ -288,82 +286,117 @@ def test_with_prompting(args: argparse.Namespace, tokenizer: Tokenizer, label_na
     evaluate_and_write(model, outputs, tokenizer, args, device)
 
 
-def train_epoch(model: LlamaEmbeddingClassifier, optimizer: AdamW, data: LlamaDataset, epoch: int,
+def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, epoch: int,
                 args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
-    Returns the mean batch loss, the accuracy of the predictions made while training (dropout on), the seconds,
-    examples per second and the padded fraction of the computed token positions.
+    The batches depend on --seed and the epoch only, so that every process draws the same ones; under torchrun each
+    process computes its share of each batch, its loss scaled to give the course's gradient (see trainer.py).
+    Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
+    seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
     """
+    rank, world_size = rank_and_world_size()
     model.train()
-    batches = batch_order(data.lengths, args.batch_size, shuffle=True, group_by_length=args.group_by_length)
+    generator = torch.Generator().manual_seed(args.seed + epoch)
+    batches = batch_order(data.lengths, args.batch_size, True, args.group_by_length, generator)
+    split = [shares(batch, world_size) for batch in batches]
+    # a process whose share of a short last batch is empty must still join the averaging of the gradients and
+    # step: it computes the batch's first example, with weight 0
+    weights = [world_size / args.batch_size if s[rank] else 0.0 for s in split]
+    mine = [s[rank] or batch[:1] for s, batch in zip(split, batches)]
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
+    preds = torch.zeros(len(data), dtype=torch.long, device=device)
     start = time.perf_counter()
-    for _, token_ids, lengths, labels in tqdm(data.batches(batches), total=len(batches), desc=f"train-{epoch}"):
+    progress = tqdm(data.batches(mine), total=len(mine), desc=f"train-{epoch}", disable=rank != 0)
+    for weight, (rows, token_ids, lengths, labels) in zip(weights, progress):
         optimizer.zero_grad()
         with autocast(args, device):
             log_probs = model(token_ids, lengths)
-        loss = F.nll_loss(log_probs, labels, reduction="sum") / args.batch_size
+        loss = F.nll_loss(log_probs, labels, reduction="sum") * weight
         loss.backward()
         optimizer.step()
         total_loss += loss.detach()
-        correct += (log_probs.argmax(dim=-1) == labels).sum()
-    loss, acc = total_loss.item() / len(batches), correct.item() / len(data)  # waits for the device to finish
+        if weight:
+            preds[rows] = log_probs.argmax(dim=-1)
+    all_reduce_sum(total_loss)
+    preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
+    labels = data.labels.tolist()
     seconds = time.perf_counter() - start
-    return {"loss": loss, "acc": acc, "seconds": seconds, "examples_per_s": len(data) / seconds,
-            "padded": padded_fraction(data.lengths, batches)}
+    # the processes' losses add up to world_size × the course's loss of each batch
+    return {"loss": total_loss.item() / world_size / len(batches), "acc": accuracy_score(labels, preds),
+            "f1": f1_score(labels, preds, average="macro"), "seconds": seconds,
+            "examples_per_s": len(data) / seconds,
+            "padded": padded_fraction(data.lengths, [share for s in split for share in s if share])}
 
 
-def save_model(model: LlamaEmbeddingClassifier, optimizer: AdamW, args: argparse.Namespace,
-               config: ClassifierConfig, label_names: list[str], epoch: int, best_dev_acc: float) -> None:
-    """Write the checkpoint described in the module docstring to args.filepath, atomically."""
-    checkpoint = {
-        "model_args": asdict(model.llama.config),
-        "model": model.state_dict(),
-        "optim": optimizer.state_dict(),
-        "model_config": asdict(config),
-        "label_names": label_names,
-        "args": vars(args),
-        "epoch": epoch,
-        "best_dev_acc": best_dev_acc,
-    }
-    write_atomically(Path(args.filepath), lambda f: torch.save(checkpoint, f))
-    print(f"save the model to {args.filepath}")
+def classifier_config(args: argparse.Namespace, num_labels: int) -> ClassifierConfig:
+    targets = ATTENTION_PROJECTIONS if args.lora_all_projections else DEFAULT_TARGETS
+    return ClassifierConfig(args.pretrained_model_path, num_labels, args.hidden_dropout_prob, args.option,
+                            args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
+
+
+def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
+    """LlamaEmbeddingClassifier(config); a checkpoint or LoRA rank it cannot be built from is an InputError."""
+    try:
+        return LlamaEmbeddingClassifier(config)
+    except ValueError as e:
+        raise InputError(str(e)) from None
 
 
 def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str], train_split: Split,
-          dev: Split, test_split: Split, device: torch.device) -> None:
-    """Fine-tune LlamaEmbeddingClassifier with AdamW, keeping the checkpoint of the best dev accuracy."""
-    config = ClassifierConfig(args.pretrained_model_path, len(label_names), args.hidden_dropout_prob, args.option)
-    model = LlamaEmbeddingClassifier(config)
+          dev: Split, test_split: Split, device: torch.device) -> list[dict]:
+    """Fine-tune LlamaEmbeddingClassifier (all of it, or with LoRA its adapters and head) with AdamW, in every process.
+
+    After each epoch rank 0 evaluates on dev, saves the checkpoint of the best dev accuracy and the last one, and
+    appends the epoch's metrics, while the others wait. Returns the run's metrics records (those of rank 0).
+    """
+    rank, _ = rank_and_world_size()
+    config = classifier_config(args, len(label_names))
+    model = build_classifier(config)
     check_fits(model.llama, tokenizer, args, [train_split, dev, test_split])
     model = model.to(device)
-    optimizer = AdamW(model.parameters(), lr=args.lr)
+    optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    progress = resume(args, model, optimizer, device)
+    trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
     dev_batches = batch_order(dev_data.lengths, args.batch_size, shuffle=False, group_by_length=args.group_by_length)
-    best_dev_acc = -1.0
-    for epoch in range(args.epochs):
-        stats = train_epoch(model, optimizer, train_data, epoch, args, device)
-        dev_acc = accuracy(dev.labels, model_eval(model, dev_data, dev_batches, args, device))
-        if dev_acc > best_dev_acc:
-            best_dev_acc = dev_acc
-            save_model(model, optimizer, args, config, label_names, epoch, best_dev_acc)
-        print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
-              f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
-              f"padding {stats['padded']:.1%}")
+    for epoch in range(progress["epoch"] + 1, args.epochs):
+        stats = train_epoch(trained_model, optimizer, train_data, epoch, args, device)
+        rng = gather(rng_state(device))
+        if rank == 0:
+            dev_preds = model_eval(model, dev_data, dev_batches, args, device)
+            dev_acc = accuracy_score(dev.labels, dev_preds)
+            if dev_acc > progress["best_dev_acc"]:
+                save_model(model, optimizer, args, config, label_names, epoch, dev_acc)
+            record = {"run": progress["run"], "option": args.option, "epoch": epoch, "loss": stats["loss"],
+                      "train_acc": stats["acc"], "dev_acc": dev_acc, "train_f1": stats["f1"],
+                      "dev_f1": f1_score(dev.labels, dev_preds, average="macro"), "seconds": stats["seconds"],
+                      "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
+            metrics.append(METRICS, record)
+            progress = {**progress, "epoch": epoch, "best_dev_acc": max(progress["best_dev_acc"], dev_acc),
+                        "metrics": progress["metrics"] + [record]}
+            save_last(model, optimizer, args, config, label_names, progress, rng)
+            print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
+                  f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
+                  f"padding {stats['padded']:.1%}")
+        barrier()
+    return progress["metrics"]
 
 
-def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split: Split, device: torch.device) -> None:
-    """Reload the best fine-tuned checkpoint and write its dev and test predictions."""
+def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split: Split,
+         device: torch.device) -> dict[str, list[int]]:
+    """Reload the best checkpoint and write its dev and test predictions; return them. LoRA adapters are merged
+    into the base weights first (lora.merge_lora), which changes no prediction and makes no extra work per token."""
     saved = torch.load(args.filepath, map_location="cpu", weights_only=True)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
-    model.load_state_dict(saved["model"])
+    model = build_classifier(ClassifierConfig(**saved["model_config"]))
+    load_weights(model, saved, args.filepath)
+    if "lora" in saved:
+        merge_lora(model)
     model = model.to(device)
     print(f"load model from {args.filepath} (epoch {saved['epoch']}, dev acc {saved['best_dev_acc']:.3f})")
     outputs = {"dev": (dev, args.dev_out), "test": (test_split, args.test_out)}
-    evaluate_and_write(model, outputs, tokenizer, args, device)
+    return evaluate_and_write(model, outputs, tokenizer, args, device)
 
 
 # ---- command line ----
@@ -375,7 +408,7 @@ def derive_paths(args: argparse.Namespace) -> list[str]:
     """Fill in the DERIVED flags left out from --train NAME-train.txt; return those that cannot be derived."""
     train = Path(args.train)
     name = train.name.removesuffix("-train.txt")
-    kind = "finetuning" if args.option == "finetune" else "prompting"
+    kind = {"finetune": "finetuning", "lora": "lora"}.get(args.option, "prompting")
     derived = {"dev": str(train.with_name(f"{name}-dev.txt")), "test": str(train.with_name(f"{name}-test.txt")),
                "label_names": str(train.with_name(f"{name}-label-mapping.json")),
                "dev_out": f"{name}-dev-{kind}-output.txt", "test_out": f"{name}-test-{kind}-output.txt"}
@@ -400,40 +433,58 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_sentence_len", type=int, default=None, help="truncate sentences to this many tokens")
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune"), default="generate",
-                        help="prompt: the Llama parameters are frozen; finetune: Llama parameters are updated")
+    parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune", "lora"), default="generate",
+                        help="prompt: the Llama parameters are frozen; finetune: Llama parameters are updated; "
+                             "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen")
     parser.add_argument("--use_gpu", action="store_true")
     parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt")
     parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt")
-    outputs = "default: NAME-{}-prompting-output.txt, or NAME-{}-finetuning-output.txt with --option finetune"
-    parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev"))
-    parser.add_argument("--test_out", type=str, help=outputs.format("test", "test"))
-    parser.add_argument("--batch_size", type=int, default=8, help="sst: 64, cfimdb: 8 can fit a 12GB GPU")
+    outputs = ("default: NAME-{}-prompting-output.txt; NAME-{}-finetuning-output.txt with --option finetune, "
+               "NAME-{}-lora-output.txt with --option lora")
+    parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev", "dev"))
+    parser.add_argument("--test_out", type=str, help=outputs.format("test", "test", "test"))
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="sst: 64, cfimdb: 8 can fit a 12GB GPU; on torchrun the global batch, split among the "
+                             "processes")
     parser.add_argument("--hidden_dropout_prob", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate")
     parser.add_argument("--group_by_length", action="store_true",
                         help="batch sentences of similar length (less padding, so faster; changes the results)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: compute in bfloat16 under torch.autocast (the weights stay float32)")
+    parser.add_argument("--lora_rank", type=int, default=4, help="--option lora: the rank r of each adapter")
+    parser.add_argument("--lora_alpha", type=float, default=1.0,
+                        help="--option lora: the adapters' scale α, the update being (α/r)·B·A·x")
+    parser.add_argument("--lora_dropout", type=float, default=0.0, help="--option lora: dropout on the adapters' input")
+    parser.add_argument("--lora_all_projections", action="store_true",
+                        help="--option lora: adapt all four attention projections, not only query and value")
+    parser.add_argument("--resume", action="store_true",
+                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "max_sentence_len"):
+    for name in ("epochs", "batch_size", "max_sentence_len", "lora_rank"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not 0.0 <= args.hidden_dropout_prob < 1.0:
         parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        parser.error(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if not 0.0 < args.lora_alpha < math.inf:
+        parser.error(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
     missing = derive_paths(args)
     if missing and args.option != "generate":
         parser.error(f"--train {args.train} is not named NAME-train.txt, so {', '.join(missing)} cannot be derived "
                      "from it: pass them")
-    args.filepath = f"{args.option}-{args.epochs}-{args.lr}.pt"  # the fine-tuning checkpoint
+    name = f"{args.option}-{args.epochs}-{args.lr}"
+    args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
     return args
 
 
 def get_device(args: argparse.Namespace) -> torch.device:
-    """CUDA with --use_gpu, else the CPU; refused where --use_gpu or --dtype asks what the hardware lacks."""
+    """CUDA with --use_gpu (GPU LOCAL_RANK under torchrun), else the CPU; refused where --use_gpu or --dtype asks
+    what the hardware lacks."""
     if args.use_gpu and not torch.cuda.is_available():
         raise InputError("--use_gpu: PyTorch sees no CUDA GPU here (run without --use_gpu to use the CPU)")
-    device = torch.device("cuda" if args.use_gpu else "cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if args.use_gpu else torch.device("cpu")
     if args.dtype == "bfloat16":
         if not torch.amp.is_autocast_available(device.type):
             raise InputError(f"--dtype bfloat16: PyTorch has no autocast for {device.type}; use --dtype float32")
@@ -447,14 +498,30 @@ def output_files(args: argparse.Namespace) -> list[str]:
     """The files this run writes."""
     if args.option == "generate":
         return [args.generated_sentence_low_temp_out, args.generated_sentence_high_temp_out]
-    return [args.dev_out, args.test_out] + ([args.filepath] if args.option == "finetune" else [])
+    return [args.dev_out, args.test_out] + ([args.filepath] if args.option in ("finetune", "lora") else [])
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the --option; started by torchrun, as one of its processes (finetune and lora only)."""
     args = get_args(argv)
-    print(f"args: {vars(args)}")
-    seed_everything(args.seed)
     device = get_device(args)
+    if launched_by_torchrun():
+        if args.option not in ("finetune", "lora"):
+            raise InputError(f"--option {args.option} runs as a single process: start it with python, not torchrun")
+        init_distributed(device)
+    try:
+        with printing_on_rank_0():
+            run_option(args, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_option(args: argparse.Namespace, device: torch.device) -> None:
+    """The --option's work, in this process."""
+    rank, _ = rank_and_world_size()
+    print(f"args: {vars(args)}")
+    seed_everything(args.seed + rank)  # the processes' dropout masks differ; the batches come from --seed and epoch
     for path in output_files(args):
         if not Path(path).absolute().parent.is_dir():
             raise InputError(f"cannot write {path}: its folder does not exist")
@@ -480,12 +547,14 @@ def main(argv: list[str] | None = None) -> None:
         train_split = create_data(args.train, tokenizer, num_labels)
         dev = create_data(args.dev, tokenizer, num_labels)
         test_split = create_data(args.test, tokenizer, num_labels, placeholders=True)
-        train(args, tokenizer, label_names, train_split, dev, test_split, device)
-        test(args, tokenizer, dev, test_split, device)
+        records = train(args, tokenizer, label_names, train_split, dev, test_split, device)
+        if rank == 0:
+            dev_preds = test(args, tokenizer, dev, test_split, device)["dev"]
+            metrics.plot(records, dev.labels, dev_preds, label_names, args.plot_filepath)
 
 
 if __name__ == "__main__":
     try:
         main()
-    except (InputError, FileNotFoundError, assets.AssetError) as e:
+    except (InputError, CheckpointError, FileNotFoundError, assets.AssetError) as e:
         sys.exit(f"error: {e}")

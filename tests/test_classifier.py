@@ -108,5 +108,19 @@ def test_option_freezes_or_trains_llama(checkpoint: str, tokenizer: Tokenizer, o
 
 
 def test_unknown_option_is_an_error(checkpoint: str):
-    with pytest.raises(ValueError, match="'prompt'"):
+    with pytest.raises(ValueError, match="'lora'.*not 'prompt'"):
         LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, 2, option="prompt"))
+
+
+def test_lora_option_trains_only_the_adapters_and_the_head(checkpoint: str, tokenizer: Tokenizer):
+    targets = ("compute_key", "compute_output")
+    config = ClassifierConfig(checkpoint, 2, option="lora", lora_rank=2, lora_alpha=4.0, lora_targets=targets)
+    model = LlamaEmbeddingClassifier(config)
+    _, batch, lengths = padded_batch(tokenizer)
+    F.nll_loss(model(batch, lengths), torch.tensor([0, 1, 0])).backward()
+    adapters = {f"llama.layers.{i}.attention.{target}.lora_{m}" for i in range(2) for target in targets for m in "AB"}
+    trained = adapters | {"classifier_head.weight", "classifier_head.bias"}
+    assert {name for name, p in model.named_parameters() if p.requires_grad} == trained
+    assert {name for name, p in model.named_parameters() if p.grad is not None} == trained
+    adapter = model.llama.layers[1].attention.compute_output
+    assert (adapter.rank, adapter.scaling, tuple(adapter.lora_A.shape)) == (2, 2.0, (2, 32))

@@ -1,4 +1,5 @@
 """run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
+import json
 import os
 import re
 import subprocess
@@ -8,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from sklearn.metrics import accuracy_score, f1_score
 
 import run_llama
 from checkpoint import save_checkpoint
@@ -140,11 +140,23 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
                  "--dev_out", "sst-dev-finetuning-output.txt", "--test_out", "sst-test-finetuning-output.txt",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode == 0, result.stderr
-    outputs = {"finetune-2-0.001.pt", "sst-dev-finetuning-output.txt", "sst-test-finetuning-output.txt"}
+    outputs = {"finetune-2-0.001.pt", "finetune-2-0.001-last.pt", "finetune-2-0.001.png", "metrics.jsonl",
+               "sst-dev-finetuning-output.txt", "sst-test-finetuning-output.txt"}
     assert files(tmp_path) == before | outputs  # and no temporary file left behind
-    epochs = re.findall(r"^epoch (\d): train loss :: \d+\.\d{3}, train acc :: \d\.\d{3}, dev acc :: (\d\.\d{3}), "
+    epochs = re.findall(r"^epoch (\d): train loss :: (\d+\.\d{3}), train acc :: (\d\.\d{3}), dev acc :: (\d\.\d{3}), "
                         r"[\d.]+s, [\d.]+ examples/s, padding \d+\.\d%$", result.stdout, re.M)
-    assert [e for e, _ in epochs] == ["0", "1"]
+    assert [e[0] for e in epochs] == ["0", "1"]
+
+    # one metrics line per epoch, as printed; the picture of them
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["option"], r["epoch"]) for r in records] == [("finetune", 0), ("finetune", 1)]
+    assert len({r["run"] for r in records}) == 1
+    for record, (_, loss, train_acc, dev_acc) in zip(records, epochs):
+        assert f"{record['loss']:.3f}, {record['train_acc']:.3f}, {record['dev_acc']:.3f}" == \
+            f"{loss}, {train_acc}, {dev_acc}"
+        assert 0 <= record["train_f1"] <= 1 and 0 <= record["dev_f1"] <= 1 and 0 <= record["padded"] < 1
+        assert record["seconds"] > 0 and record["examples_per_s"] == pytest.approx(16 / record["seconds"])
+    assert (tmp_path / "finetune-2-0.001.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     saved = torch.load(tmp_path / "finetune-2-0.001.pt", weights_only=True)
     assert LlamaConfig(**saved["model_args"]) == load_pretrained(model_path, "cpu").config
@@ -152,7 +164,7 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
     assert saved["label_names"] == ["awful", "bad", "average", "good", "excellent"]
     assert saved["args"]["epochs"] == 2 and saved["args"]["train"] == "data/sst-train.txt"
     assert saved["epoch"] in (0, 1) and saved["optim"]["state"]
-    assert abs(saved["best_dev_acc"] - max(float(acc) for _, acc in epochs)) < 1e-3
+    assert abs(saved["best_dev_acc"] - max(float(e[3]) for e in epochs)) < 1e-3
     assert {k.split(".")[0] for k in saved["model"]} == {"llama", "classifier_head"}
 
     # the written predictions are the saved model's, each sentence read alone
@@ -215,9 +227,27 @@ def test_default_and_derived_paths():
     assert (sst.dev, sst.test, sst.label_names, sst.dev_out, sst.test_out, sst.filepath) == (
         "data/sst-dev.txt", "data/sst-test.txt", "data/sst-label-mapping.json", "sst-dev-finetuning-output.txt",
         "mine.txt", "finetune-5-2e-05.pt")
+    lora = run_llama.get_args(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "3"])
+    assert (lora.dev_out, lora.test_out, lora.filepath, lora.last_filepath, lora.plot_filepath) == (
+        "sst-dev-lora-output.txt", "sst-test-lora-output.txt", "lora-3-2e-05.pt", "lora-3-2e-05-last.pt",
+        "lora-3-2e-05.png")
+    assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora.lora_all_projections, lora.resume) == (
+        4, 1.0, 0.0, False, False)
     assert run_llama.get_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
     with pytest.raises(SystemExit):
         run_llama.get_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lora_rank", "0"], "--lora_rank must be at least 1"),
+    (["--lora_alpha", "0"], "--lora_alpha must be a positive number"),
+    (["--lora_alpha", "inf"], "--lora_alpha must be a positive number"),
+    (["--lora_dropout", "1"], r"--lora_dropout must be in \[0, 1\)"),
+])
+def test_bad_lora_flags_are_refused(capsys, flags: list[str], message: str):
+    with pytest.raises(SystemExit):
+        run_llama.get_args(["--option", "lora", *flags])
+    assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("file, content, message", [
@@ -334,16 +364,7 @@ def test_evaluation_order_does_not_depend_on_batches(asset_mirror: Path, model_p
     assert plain == grouped and len(set(plain)) > 1
 
 
-# ---- metrics and devices ----
-def test_metrics_match_sklearn():
-    g = torch.Generator().manual_seed(0)
-    for num_labels in (2, 5):
-        y_true = torch.randint(num_labels, (200,), generator=g).tolist()
-        y_pred = torch.randint(num_labels - 1, (200,), generator=g).tolist()  # one label never predicted
-        assert run_llama.accuracy(y_true, y_pred) == pytest.approx(accuracy_score(y_true, y_pred))
-        assert run_llama.macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
-
-
+# ---- devices ----
 def test_unavailable_hardware_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="--use_gpu: PyTorch sees no CUDA GPU"):

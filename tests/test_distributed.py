@@ -1,0 +1,66 @@
+"""Distributed fine-tuning: two processes on torchrun (gloo, on the CPU) take the steps one process takes."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+import run_llama
+from run_llama import InputError
+from test_run_llama import SCRIPT, copy_head, files, model_path, tokenizer_model  # noqa: F401 (fixtures)
+from trainer import shares
+
+
+def test_shares_split_each_batch_among_the_processes():
+    assert shares(list(range(10)), 4) == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
+    assert shares([7, 3], 4) == [[7], [3], [], []]
+    assert shares([5, 6, 7], 1) == [[5, 6, 7]]
+
+
+def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, asset_mirror: Path,
+                                                   model_path: str, tokenizer_model: str):
+    """9 examples in batches of 4: in the last batch, of 1 example, process 1 has none and still takes the step."""
+    flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.001",
+             "--batch_size", "4", "--hidden_dropout_prob", "0", "--pretrained-model-path", model_path,
+             "--tokenizer-model", tokenizer_model]
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        for name, n in (("sst-train.txt", 9), ("sst-dev.txt", 5), ("sst-test.txt", 3), ("sst-label-mapping.json", 1)):
+            copy_head(asset_mirror, folder, name, n)
+    before = files(two)
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_mirror)}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(SCRIPT), *flags], cwd=two, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    monkeypatch.chdir(one)
+    run_llama.main(flags)
+    assert not dist.is_initialized()  # a plain run has no process group
+
+    assert files(two) == files(one) == before | {
+        "finetune-2-0.001.pt", "finetune-2-0.001-last.pt", "finetune-2-0.001.png", "metrics.jsonl",
+        "sst-dev-finetuning-output.txt", "sst-test-finetuning-output.txt"}
+    assert result.stdout.count("epoch 0: train loss") == result.stdout.count("epoch 1: train loss") == 1  # rank 0's
+    weights_one, weights_two = (torch.load(d / "finetune-2-0.001-last.pt", weights_only=True)["model"]
+                                for d in (one, two))
+    base = torch.load(model_path, weights_only=True)["model"]
+    for name, tensor in weights_one.items():
+        torch.testing.assert_close(weights_two[name], tensor, atol=1e-5, rtol=0)
+    assert not torch.allclose(weights_one["llama.norm.weight"], base["norm.weight"], atol=1e-4)  # it trained
+    records_one, records_two = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+                                for d in (one, two))
+    assert [r["epoch"] for r in records_two] == [0, 1]
+    for record_one, record_two in zip(records_one, records_two):  # over all examples, whichever process had them
+        assert record_two["train_acc"] == record_one["train_acc"] and record_two["padded"] <= record_one["padded"]
+        assert record_two["loss"] == pytest.approx(record_one["loss"], abs=1e-5)
+
+
+def test_torchrun_runs_only_the_training_options(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="--option prompt runs as a single process: start it with python"):
+        run_llama.main(["--option", "prompt"])
+    assert not dist.is_initialized()

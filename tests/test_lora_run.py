@@ -1,0 +1,101 @@
+"""--option lora end to end: only the adapters and the head train and are saved; the checkpoint loads onto the base
+model, and merged into it for inference gives the predictions of the adapted model."""
+import copy
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+import run_llama
+from checkpoint import save_checkpoint
+from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+from config import LlamaConfig
+from llama import Llama, load_pretrained
+from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_lora
+from run_llama import InputError
+from test_run_llama import copy_head, files, model_path, read_predictions, tokenizer_model  # noqa: F401 (fixtures)
+from tokenizer import Tokenizer
+from trainer import CheckpointError, load_weights
+
+
+def sst(mirror: Path, cwd: Path) -> dict[str, list[str]]:
+    """The first lines of SST's files under cwd/data; returns the dev and test lines."""
+    copy_head(mirror, cwd, "sst-train.txt", 12)
+    copy_head(mirror, cwd, "sst-label-mapping.json", 1)
+    return {"dev": copy_head(mirror, cwd, "sst-dev.txt", 6), "test": copy_head(mirror, cwd, "sst-test.txt", 4)}
+
+
+def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
+        tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # the picture is optional: a note, not a crash
+    lines = sst(asset_mirror, tmp_path)
+    before = files(tmp_path)
+    run_llama.main(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.01",
+                    "--batch_size", "4", "--lora_rank", "2", "--lora_alpha", "4", "--lora_dropout", "0.1",
+                    "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    assert "note: matplotlib is not installed, so lora-2-0.01.png was not drawn" in capsys.readouterr().out
+    assert files(tmp_path) == before | {"lora-2-0.01.pt", "lora-2-0.01-last.pt", "metrics.jsonl",
+                                        "sst-dev-lora-output.txt", "sst-test-lora-output.txt"}
+
+    best = torch.load(tmp_path / "lora-2-0.01.pt", weights_only=True)
+    assert best.keys() == {"model_args", "lora", "model_config", "label_names", "args", "epoch", "best_dev_acc"}
+    adapters = {f"llama.layers.{i}.attention.{target}.lora_{m}"
+                for i in range(2) for target in ("compute_query", "compute_value") for m in "AB"}
+    assert best["lora"].keys() == adapters | {"classifier_head.weight", "classifier_head.bias"}
+    assert (tmp_path / "lora-2-0.01.pt").stat().st_size < Path(model_path).stat().st_size / 50
+    assert best["model_config"] == asdict(ClassifierConfig(model_path, 5, 0.3, "lora", 2, 4.0, 0.1))
+    assert best["model_args"] == torch.load(model_path, weights_only=True)["model_args"]
+    # the optimizer held the adapters and the head only, and the adapters moved off their start (B = 0)
+    last = torch.load(tmp_path / "lora-2-0.01-last.pt", weights_only=True)
+    assert len(last["optim"]["state"]) == len(best["lora"])
+    assert all(last["lora"][name].abs().sum() > 0 for name in adapters if name.endswith("lora_B"))
+
+    # reloaded onto the base model: the adapted model predicts what was written, which the merged model predicted
+    model = LlamaEmbeddingClassifier(ClassifierConfig(**best["model_config"]))
+    load_lora_state_dict(model, best["lora"], "classifier_head.")
+    model.eval()
+    merged = merge_lora(copy.deepcopy(model))
+    assert not any(isinstance(m, LoRALinear) for m in merged.modules())
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    for name in ("dev", "test"):
+        preds, sentences = read_predictions(tmp_path / f"sst-{name}-lora-output.txt", 5)
+        ids = [tokenizer.encode(sentence, bos=True, eos=False) for sentence in sentences]
+        width = max(map(len, ids))
+        batch = torch.tensor([x + [tokenizer.pad_id] * (width - len(x)) for x in ids])
+        lengths = torch.tensor([len(x) for x in ids])
+        with torch.no_grad():
+            adapted, plain = model(batch, lengths), merged(batch, lengths)
+        torch.testing.assert_close(plain, adapted, atol=1e-5, rtol=1e-5)
+        assert adapted.argmax(-1).tolist() == plain.argmax(-1).tolist() == preds
+        assert len(preds) == len(lines[name])
+
+
+def test_lora_all_projections_adapts_all_four(model_path: str):
+    args = run_llama.get_args(["--option", "lora", "--lora_all_projections", "--pretrained-model-path", model_path])
+    config = run_llama.classifier_config(args, 2)
+    assert config.lora_targets == ATTENTION_PROJECTIONS
+    attention = LlamaEmbeddingClassifier(config).llama.layers[0].attention
+    assert all(isinstance(getattr(attention, name), LoRALinear) for name in ATTENTION_PROJECTIONS)
+
+
+def test_lora_rank_beyond_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path, model_path: str,
+                                               tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset_mirror, tmp_path)
+    with pytest.raises(InputError, match=r"LoRA rank must be .* \[1, 32\], got 64"):
+        run_llama.main(["--option", "lora", "--train", "data/sst-train.txt", "--lora_rank", "64",
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+
+
+def test_adapters_of_another_base_model_are_refused(tmp_path: Path, model_path: str):
+    """Adapters whose base model has other sizes, even where their shapes fit, do not belong to this model."""
+    base = asdict(load_pretrained(model_path, "cpu").config)
+    other = LlamaConfig(**{**base, "max_seq_len": 128})
+    save_checkpoint(tmp_path / "other.pt", asdict(other), Llama(other).state_dict())
+    model = LlamaEmbeddingClassifier(ClassifierConfig(str(tmp_path / "other.pt"), 2, option="lora"))
+    saved = {"model_args": base, "lora": {}, "model_config": {"pretrained_model_path": str(tmp_path / "other.pt")}}
+    with pytest.raises(CheckpointError, match=r"adapters\.pt: its LoRA adapters were trained on a model of sizes"):
+        load_weights(model, saved, "adapters.pt")

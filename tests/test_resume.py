@@ -1,0 +1,124 @@
+"""Resumable, crash-safe runs: a run stopped after an epoch and resumed with --resume ends with the weights of an
+uninterrupted run, and a run killed with SIGKILL leaves its previous checkpoint loadable."""
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import run_llama
+from test_run_llama import SCRIPT, copy_head, model_path, tokenizer_model  # noqa: F401 (fixtures)
+from trainer import CheckpointError, rng_state, set_rng_state
+
+
+def sst(mirror: Path, cwd: Path, n_train: int) -> None:
+    copy_head(mirror, cwd, "sst-train.txt", n_train)
+    copy_head(mirror, cwd, "sst-dev.txt", 6)
+    copy_head(mirror, cwd, "sst-test.txt", 4)
+    copy_head(mirror, cwd, "sst-label-mapping.json", 1)
+
+
+def weights(saved: dict) -> dict[str, torch.Tensor]:
+    return saved["model"] if "model" in saved else saved["lora"]
+
+
+def assert_same_run(a: Path, b: Path, name: str) -> None:
+    """The runs in folders a and b saved the same weights, optimizer state and metrics."""
+    for filename in (f"{name}.pt", f"{name}-last.pt"):
+        saved_a, saved_b = (torch.load(d / filename, weights_only=True) for d in (a, b))
+        assert saved_a["epoch"] == saved_b["epoch"] and saved_a["best_dev_acc"] == saved_b["best_dev_acc"]
+        assert weights(saved_a).keys() == weights(saved_b).keys()
+        for key, tensor in weights(saved_a).items():
+            assert torch.equal(tensor, weights(saved_b)[key]), key
+    last_a, last_b = (torch.load(d / f"{name}-last.pt", weights_only=True) for d in (a, b))
+    for state_a, state_b in zip(last_a["optim"]["state"].values(), last_b["optim"]["state"].values()):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in ("exp_avg", "exp_avg_sq"))
+    drop_time = lambda records: [{k: v for k, v in r.items() if k not in ("run", "seconds", "examples_per_s")}
+                                 for r in records]
+    assert drop_time(last_a["metrics"]) == drop_time(last_b["metrics"])
+    assert [r["epoch"] for r in last_b["metrics"]] == list(range(last_b["epoch"] + 1))
+
+
+def test_rng_state_is_plain_data_that_restores_every_generator(tmp_path: Path):
+    cpu = torch.device("cpu")
+    torch.save(rng_state(cpu), tmp_path / "rng.pt")
+    draws = random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True), cpu)
+    assert (random.random(), np.random.rand(3).tolist(), np.random.randn(), torch.rand(3).tolist()) == draws
+
+
+class Crash(Exception):
+    pass
+
+
+def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: Path, monkeypatch, capsys,
+                                                                     asset_mirror: Path, model_path: str,
+                                                                     tokenizer_model: str):
+    """Dropout on the head and the adapters draws from the generators, so only restored ones give the same end."""
+    flags = ["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.01", "--batch_size", "4",
+             "--lora_dropout", "0.2", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    for folder in (whole, stopped):
+        folder.mkdir()
+        sst(asset_mirror, folder, 12)
+    monkeypatch.chdir(whole)
+    run_llama.main(flags + ["--resume"])  # nothing to resume yet: the run starts at epoch 0
+    assert "there is no lora-2-0.01-last.pt yet, so the run starts at epoch 0" in capsys.readouterr().out
+
+    monkeypatch.chdir(stopped)
+    save_last = run_llama.save_last
+
+    def save_last_then_crash(*args):
+        save_last(*args)
+        raise Crash
+
+    monkeypatch.setattr(run_llama, "save_last", save_last_then_crash)
+    with pytest.raises(Crash):
+        run_llama.main(flags)
+    assert torch.load("lora-2-0.01-last.pt", weights_only=True)["epoch"] == 0
+    monkeypatch.setattr(run_llama, "save_last", save_last)
+    with pytest.raises(CheckpointError, match=r"--resume: lora-2-0\.01-last\.pt was written by a run with other "
+                                              r"flags \(lora_dropout 0\.2 → 0\.3\)"):
+        run_llama.main(flags + ["--lora_dropout", "0.3", "--resume"])
+    run_llama.main(flags + ["--resume"])
+    assert "resume from lora-2-0.01-last.pt after epoch 0" in capsys.readouterr().out
+    assert_same_run(whole, stopped, "lora-2-0.01")
+    for name in ("sst-dev-lora-output.txt", "sst-test-lora-output.txt", "metrics.jsonl"):
+        lines_whole, lines_stopped = ((d / name).read_text().splitlines() for d in (whole, stopped))
+        assert len(lines_whole) == len(lines_stopped) and (name == "metrics.jsonl" or lines_whole == lines_stopped)
+
+
+def test_run_killed_while_training_leaves_a_checkpoint_to_resume_from(tmp_path: Path, monkeypatch,
+                                                                      asset_mirror: Path, model_path: str,
+                                                                      tokenizer_model: str):
+    flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "3", "--lr", "0.001",
+             "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+        sst(asset_mirror, folder, 40)
+    last = killed / "finetune-3-0.001-last.pt"
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_mirror)}
+    with open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen([sys.executable, str(SCRIPT), *flags], cwd=killed, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + 120
+        while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)  # after epoch 0, while it trains epoch 1 (or writes its checkpoints)
+    assert process.wait() == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] < 2 and saved["optim"]["state"]
+    torch.load(killed / "finetune-3-0.001.pt", weights_only=True)
+
+    monkeypatch.chdir(killed)
+    run_llama.main(flags + ["--resume"])
+    monkeypatch.chdir(whole)
+    run_llama.main(flags)
+    assert_same_run(whole, killed, "finetune-3-0.001")

@@ -1,0 +1,236 @@
+"""What run_llama.py's fine-tuning needs beyond the course's loop: several processes on torchrun, and checkpoints
+that a run can be resumed from.
+
+Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option finetune ...` starts N copies of the
+run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
+on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
+DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
+batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each (`shares`, the split
+of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
+Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
+loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
+rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
+Evaluation, printing, progress bars, metrics and checkpoints are rank 0's; the others wait at a barrier.
+Without torchrun there is no process group, and each function here does what one process alone does.
+
+Checkpoints. --option finetune and --option lora write, named after the option, --epochs and --lr:
+    finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
+    finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
+    metrics.jsonl                   one line per epoch appended (run, option, epoch, loss, train_acc, dev_acc,
+                                    train_f1, dev_f1 (macro), seconds, examples_per_s, padded: fraction of padding)
+    finetune-{epochs}-{lr}.png      at the end, with matplotlib: loss and accuracy per epoch, dev confusion matrix
+The checkpoints are a torch.save of plain data (torch.load(..., weights_only=True) reads them):
+    "model_args"    the LlamaConfig fields of the model, as a dict
+    "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course tensor names) and
+                    "classifier_head.*"
+    "lora"          lora, instead of "model": the adapters ("llama.layers.{i}.attention.compute_query.lora_A", ...)
+                    and "classifier_head.*" (lora.lora_state_dict), which load onto the base model
+                    model_config["pretrained_model_path"]
+    "optim"         the AdamW state dict (not in lora's best checkpoint, which holds only what predicting needs)
+    "model_config"  the ClassifierConfig fields (pretrained_model_path, num_labels, hidden_dropout_prob, option,
+                    lora_rank, lora_alpha, lora_dropout, lora_targets)
+    "label_names"   the label names, label i being label_names[i]
+    "args"          vars(args): the command line, plain values only
+    "epoch"         the epoch (from 0) after which it was saved
+    "best_dev_acc"  the best dev accuracy up to that epoch
+and the last checkpoint also
+    "rng"           the random generators' states of each process (rng_state), by rank
+    "run"           the run's id in metrics.jsonl: the time it started
+    "metrics"       the run's metrics.jsonl records so far
+Each is written under a temporary name and then renamed (checkpoint.write_atomically), so a run killed at any
+moment leaves the previous checkpoint whole. --resume loads the last checkpoint and goes on with the next epoch. As
+an epoch's batches depend only on --seed and the epoch, and the generators that dropout draws from are restored,
+the resumed run ends with the weights that it would have ended with uninterrupted.
+"""
+import argparse
+import contextlib
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from checkpoint import write_atomically
+from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+from lora import load_lora_state_dict, lora_state_dict
+
+RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
+
+
+class CheckpointError(Exception):
+    """A checkpoint that does not fit the model or the run it is loaded into."""
+
+
+# ---- processes ----
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ  # set by torchrun for each of its processes
+
+
+def init_distributed(device: torch.device) -> None:
+    """Join the process group of torchrun's processes: nccl on CUDA (this process on `device`), gloo on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """This process's rank and the number of processes: (0, 1) without torchrun."""
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def printing_on_rank_0() -> Iterator[None]:
+    """Discard what processes other than rank 0 print, so that each line is printed once."""
+    if rank_and_world_size()[0] == 0:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def distributed(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` in DistributedDataParallel (which starts by copying rank 0's weights to every process) under
+    torchrun; `model` itself otherwise."""
+    if not dist.is_initialized():
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def shares(batch: list[int], world_size: int) -> list[list[int]]:
+    """The examples of `batch` that each process computes: every world_size-th, from its rank on. A batch smaller
+    than world_size leaves some processes an empty share."""
+    return [batch[rank::world_size] for rank in range(world_size)]
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor`, summed in place over the processes."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def gather(obj: object) -> list:
+    """`obj` of every process, by rank."""
+    _, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [obj]
+    objects = [None] * world_size
+    dist.all_gather_object(objects, obj)
+    return objects
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+# ---- checkpoints ----
+def rng_state(device: torch.device) -> dict:
+    """The states of Python's, NumPy's and torch's random generators (and CUDA's on `device`), as tensors, lists and
+    numbers, which torch.load(weights_only=True) reads back."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached_gaussian],
+             "torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore the generators to an `rng_state` (CUDA's only where both that state and `device` are CUDA)."""
+    version, internal_state, gauss_next = state["python"]
+    random.setstate((version, tuple(internal_state), gauss_next))
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def checkpoint_data(model: LlamaEmbeddingClassifier, args: argparse.Namespace, config: ClassifierConfig,
+               label_names: list[str], epoch: int, best_dev_acc: float) -> dict:
+    """What both checkpoints hold (see above): all the weights, or with LoRA only the adapters and the head."""
+    if config.option == "lora":
+        weights = {"lora": lora_state_dict(model, "classifier_head.")}
+    else:
+        weights = {"model": model.state_dict()}
+    return {"model_args": asdict(model.llama.config), **weights, "model_config": asdict(config),
+            "label_names": label_names, "args": vars(args), "epoch": epoch, "best_dev_acc": best_dev_acc}
+
+
+def write_checkpoint(path: str, saved: dict) -> None:
+    write_atomically(Path(path), lambda f: torch.save(saved, f))
+
+
+def save_model(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+               config: ClassifierConfig, label_names: list[str], epoch: int, best_dev_acc: float) -> None:
+    """Write the best-dev checkpoint to args.filepath; finetune's keeps the optimizer state too (the course's)."""
+    saved = checkpoint_data(model, args, config, label_names, epoch, best_dev_acc)
+    if config.option == "finetune":
+        saved["optim"] = optimizer.state_dict()
+    write_checkpoint(args.filepath, saved)
+    print(f"save the model to {args.filepath}")
+
+
+def save_last(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+              config: ClassifierConfig, label_names: list[str], progress: dict, rng: list[dict]) -> None:
+    """Write the last checkpoint to args.last_filepath: `progress` (epoch, best_dev_acc, run, metrics), the
+    optimizer state and every process's random generators `rng`."""
+    saved = checkpoint_data(model, args, config, label_names, progress["epoch"], progress["best_dev_acc"])
+    write_checkpoint(args.last_filepath, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
+                                          "metrics": progress["metrics"]})
+
+
+def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> None:
+    """Copy a checkpoint's weights into the classifier built from its model_config: all of them ("model"), or the
+    adapters and head onto the base model ("lora")."""
+    if "model" in saved:
+        model.load_state_dict(saved["model"])
+        return
+    if saved["model_args"] != asdict(model.llama.config):
+        raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {saved['model_args']}, "
+                              f"but {saved['model_config']['pretrained_model_path']} now has "
+                              f"{asdict(model.llama.config)}")
+    load_lora_state_dict(model, saved["lora"], "classifier_head.")
+
+
+def resume(args: argparse.Namespace, model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
+           device: torch.device) -> dict:
+    """Where the run starts: {"epoch": the last epoch done, "best_dev_acc", "run", "metrics": records so far}.
+
+    With --resume and a last checkpoint, after its epoch, `model`, `optimizer` and this process's random generators
+    restored from it. The run that wrote it must have had the same flags, bar RESUME_MAY_CHANGE: with others, it
+    would not end with the weights that it ends with uninterrupted. Otherwise before epoch 0, a new run.
+    """
+    fresh = {"epoch": -1, "best_dev_acc": -1.0, "run": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": []}
+    if not args.resume:
+        return fresh
+    if not Path(args.last_filepath).exists():
+        print(f"--resume: there is no {args.last_filepath} yet, so the run starts at epoch 0")
+        return fresh
+    saved = torch.load(args.last_filepath, map_location="cpu", weights_only=True)
+    changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in vars(args).items()
+               if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
+    if changed:
+        raise CheckpointError(f"--resume: {args.last_filepath} was written by a run with other flags "
+                              f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
+    load_weights(model, saved, args.last_filepath)
+    optimizer.load_state_dict(saved["optim"])
+    rank, world_size = rank_and_world_size()
+    if len(saved["rng"]) != world_size:
+        print(f"note: {args.last_filepath} was written by {len(saved['rng'])} processes, resumed by {world_size}: "
+              "the dropout masks will differ from those of an uninterrupted run")
+    set_rng_state(saved["rng"][rank % len(saved["rng"])], device)
+    print(f"resume from {args.last_filepath} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
+    return {key: saved[key] for key in fresh}
