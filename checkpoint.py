@@ -88,6 +88,9 @@ def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch
                          f"data, and unpickling them could run arbitrary code ({first_line})") from None
     except (RuntimeError, OSError) as e:  # a damaged zip archive
         raise ValueError(f"{path}: not a readable torch.save file: {e}") from None
+    if isinstance(ckpt, dict) and "lora" in ckpt:
+        raise ValueError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
+                         f"`python convert.py {path} --to llama2c OUT.bin` writes its base model with them merged")
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
         raise ValueError(f"{path}: a torch.save file, but not a dict with 'model_args' and 'model'")
     model_args = _course_args(ckpt["model_args"], str(path))

@@ -3,8 +3,9 @@
     python convert.py CHECKPOINT --to hf OUT_DIR       # config.json + model.safetensors for LlamaForCausalLM
     python convert.py CHECKPOINT --to llama2c OUT.bin  # llama2.c's version-1 float32 export
 
-CHECKPOINT is any file load_pretrained reads, or a classifier fine-tuned by run_llama.py, of which the Llama part is
-exported (neither format has a place for the classifier head).
+CHECKPOINT is any file load_pretrained reads, or a classifier trained by run_llama.py, of which the Llama part is
+exported (neither format has a place for the classifier head). A LoRA classifier's checkpoint holds only its adapters:
+they are loaded onto its base model and merged into the base weights (lora.merge_lora) first.
 
 transformers' Llama computes the same function as ours under other tensor names, with one difference of layout: its
 rotary embedding turns the pairs (x[i], x[i + head_dim/2]) of a head ("rotate_half"), ours the neighbours
@@ -17,6 +18,7 @@ import importlib
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,8 +26,11 @@ import torch
 
 import assets
 from checkpoint import read_checkpoint_with_classifier, write_llama2c_bin
+from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama
+from lora import merge_lora
+from trainer import CheckpointError, load_weights
 
 if TYPE_CHECKING:
     import transformers
@@ -158,6 +163,19 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(model_args, Llama state dict, classifier head) of any checkpoint; see the module docstring."""
+    if zipfile.is_zipfile(path):
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: only what is read loads
+        if isinstance(saved, dict) and "lora" in saved:
+            model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+            load_weights(model, saved, str(path))
+            merge_lora(model)
+            head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}
+            return saved["model_args"], model.llama.state_dict(), head
+    return read_checkpoint_with_classifier(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status."""
     parser = argparse.ArgumentParser(description="Export a Llama checkpoint to Hugging Face transformers or llama2.c.")
@@ -169,14 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         path = assets.ensure(args.checkpoint)
-        model_args, state_dict, classifier = read_checkpoint_with_classifier(path)
+        model_args, state_dict, classifier = read_for_export(path)
         if args.to == "hf":
             hidden_dim = state_dict["layers.0.feed_forward.w1.weight"].shape[0]  # llama2.c's train.py omits it
             save_hf(args.out, LlamaConfig.from_model_args({**model_args, "hidden_dim": hidden_dim}, str(path)),
                     state_dict)
         else:
             write_llama2c_bin(args.out, model_args, state_dict, version=1)
-    except (OSError, ValueError, ImportError, assets.AssetError) as e:
+    except (OSError, ValueError, ImportError, assets.AssetError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} from {path}")

@@ -14,6 +14,8 @@ from transformers import LlamaForCausalLM
 
 import convert
 from checkpoint import save_checkpoint
+from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+from lora import lora_state_dict
 from config import LlamaConfig
 from llama import Llama, load_pretrained
 from test_llama import random_model
@@ -153,6 +155,27 @@ def test_finetuned_classifier_with_unknown_tensors_is_refused(tmp_path, capsys):
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "hf", str(tmp_path / "hf")]) == 1
     assert "layers.0.attention.compute_query.lora_A" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
+    """A LoRA checkpoint holds adapters only: the export is the base model with the adapters merged in."""
+    base = random_model(LLAMA2C_CONFIG)
+    save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
+    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", lora_rank=2, lora_alpha=4.0)
+    model = LlamaEmbeddingClassifier(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("lora_B"):
+                p.normal_(0.0, 0.1)  # trained adapters: B is no longer zero
+    expected = all_logits(model.llama)
+    assert (expected - all_logits(base)).abs().max() > 1e-3  # the adapters change the model
+    torch.save({"model_args": asdict(base.config), "lora": lora_state_dict(model, "classifier_head."),
+                "model_config": asdict(config)}, tmp_path / "lora.pt")
+    assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
+    assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
+    assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), device="cpu")) - expected).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="holds only its adapters"):
+        load_pretrained(str(tmp_path / "lora.pt"), device="cpu")
 
 
 def test_without_transformers(tmp_path):
