@@ -32,6 +32,7 @@ def plot(
 
         matplotlib.use("Agg")  # files only, no window
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         print(f"note: matplotlib is not installed, so {path} was not drawn (pip install matplotlib)")
         return False
@@ -43,6 +44,8 @@ def plot(
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in records], marker="o", label=f"{split} accuracy")
     ax_acc.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs
     counts = confusion_matrix(true, pred, labels=np.arange(len(label_names)))
     ax_cm.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):
