@@ -49,10 +49,11 @@ def plot(
     counts = confusion_matrix(true, pred, labels=np.arange(len(label_names)))
     ax_cm.imshow(counts, cmap="Blues")
     for (i, j), n in np.ndenumerate(counts):
-        ax_cm.text(j, i, str(n), ha="center", va="center")
+        ax_cm.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
     ticks = np.arange(len(label_names))
     ax_cm.set(title="dev confusion matrix", xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks,
               xticklabels=label_names, yticklabels=label_names)
+    ax_cm.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     try:
         write_atomically(Path(path), lambda f: fig.savefig(f, format="png"))
