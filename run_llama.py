@@ -188,12 +188,17 @@ class LlamaDataset:
 
 
 # ---- metrics ----
+def scores(labels: list[int], preds: list[int]) -> tuple[float, float]:
+    """Accuracy and macro-F1, as Python floats (checkpoints hold plain data, not NumPy scalars)."""
+    return float(accuracy_score(labels, preds)), float(f1_score(labels, preds, average="macro"))
+
+
 def report(name: str, split: Split, preds: list[int]) -> str:
     """Accuracy and macro-F1, or why they mean nothing: placeholder labels, or one label throughout."""
     if PLACEHOLDER in split.labels:
         return (f"{name} acc :: meaningless: {split.path} has placeholder labels ({PLACEHOLDER}); "
                 f"its {len(preds)} predictions are written all the same")
-    acc, f1 = accuracy_score(split.labels, preds), f1_score(split.labels, preds, average="macro")
+    acc, f1 = scores(split.labels, preds)
     line = f"{name} acc :: {acc:.3f}, macro-F1 :: {f1:.3f}"
     if len(set(split.labels)) == 1:
         line += (f" (every label in {split.path} is {split.labels[0]}: if these are placeholders, as in the "
@@ -322,9 +327,9 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
     labels = data.labels.tolist()
     seconds = time.perf_counter() - start
+    acc, f1 = scores(labels, preds)
     # the processes' losses add up to world_size × the course's loss of each batch
-    return {"loss": total_loss.item() / world_size / len(batches), "acc": accuracy_score(labels, preds),
-            "f1": f1_score(labels, preds, average="macro"), "seconds": seconds,
+    return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
             "examples_per_s": len(data) / seconds,
             "padded": padded_fraction(data.lengths, [share for s in split for share in s if share])}
 
@@ -366,12 +371,12 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
         rng = gather(rng_state(device))
         if rank == 0:
             dev_preds = model_eval(model, dev_data, dev_batches, args, device)
-            dev_acc = accuracy_score(dev.labels, dev_preds)
+            dev_acc, dev_f1 = scores(dev.labels, dev_preds)
             if dev_acc > progress["best_dev_acc"]:
                 save_model(model, optimizer, args, config, label_names, epoch, dev_acc)
             record = {"run": progress["run"], "option": args.option, "epoch": epoch, "loss": stats["loss"],
                       "train_acc": stats["acc"], "dev_acc": dev_acc, "train_f1": stats["f1"],
-                      "dev_f1": f1_score(dev.labels, dev_preds, average="macro"), "seconds": stats["seconds"],
+                      "dev_f1": dev_f1, "seconds": stats["seconds"],
                       "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
             metrics.append(METRICS, record)
             progress = {**progress, "epoch": epoch, "best_dev_acc": max(progress["best_dev_acc"], dev_acc),
