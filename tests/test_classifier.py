@@ -1,30 +1,16 @@
 """The two classifiers read each sentence at its last real token, whatever it is batched with."""
-from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from checkpoint import save_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
-from config import LlamaConfig
-from llama import Llama
 from tokenizer import Tokenizer
 
 LABELS = ["awful", "mediocre", "lukewarm", "good"]  # two of them several tokens long
 SENTENCES = ["Dull .", "A gorgeous , witty , seductive movie .",
              "The story is so thin that the actors have nothing to play , and it drags on for two long hours ."]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    """A random Llama with the Llama 2 vocabulary and tiny sizes, saved in the course's format."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=128)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, asdict(config), Llama(config).state_dict())
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +27,8 @@ def padded_batch(tokenizer: Tokenizer) -> tuple[list[list[int]], torch.Tensor, t
     return ids, batch, torch.tensor([len(x) for x in ids])
 
 
-def test_zero_shot_scores_at_last_real_token(checkpoint: str, tokenizer: Tokenizer):
-    model = LlamaZeroShotClassifier(ClassifierConfig(checkpoint, len(LABELS)), tokenizer, LABELS)
+def test_zero_shot_scores_at_last_real_token(model_path: str, tokenizer: Tokenizer):
+    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, len(LABELS)), tokenizer, LABELS)
     assert [len(ids) for ids in model.label_name_ids] == [1, 3, 4, 1]
     ids, batch, lengths = padded_batch(tokenizer)
     with torch.no_grad():
@@ -60,8 +46,8 @@ def test_zero_shot_scores_at_last_real_token(checkpoint: str, tokenizer: Tokeniz
     assert not torch.allclose(last_column[0], batched[0], atol=1e-3)
 
 
-def test_zero_shot_projects_one_position_per_row(checkpoint: str, tokenizer: Tokenizer):
-    model = LlamaZeroShotClassifier(ClassifierConfig(checkpoint, len(LABELS)), tokenizer, LABELS)
+def test_zero_shot_projects_one_position_per_row(model_path: str, tokenizer: Tokenizer):
+    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, len(LABELS)), tokenizer, LABELS)
     _, batch, lengths = padded_batch(tokenizer)
     shapes = []
     model.llama.output.register_forward_hook(lambda module, inputs, output: shapes.append(tuple(inputs[0].shape)))
@@ -71,16 +57,16 @@ def test_zero_shot_projects_one_position_per_row(checkpoint: str, tokenizer: Tok
     assert not any(p.requires_grad for p in model.llama.parameters())
 
 
-def test_zero_shot_needs_one_name_per_label(checkpoint: str, tokenizer: Tokenizer):
+def test_zero_shot_needs_one_name_per_label(model_path: str, tokenizer: Tokenizer):
     with pytest.raises(ValueError, match="2 label names"):
-        LlamaZeroShotClassifier(ClassifierConfig(checkpoint, 5), tokenizer, ["bad", "good"])
+        LlamaZeroShotClassifier(ClassifierConfig(model_path, 5), tokenizer, ["bad", "good"])
     with pytest.raises(ValueError, match="at least one token"):
-        LlamaZeroShotClassifier(ClassifierConfig(checkpoint, 2), tokenizer, ["bad", ""])
+        LlamaZeroShotClassifier(ClassifierConfig(model_path, 2), tokenizer, ["bad", ""])
 
 
-def test_embedding_classifier_reads_last_real_token(checkpoint: str, tokenizer: Tokenizer):
+def test_embedding_classifier_reads_last_real_token(model_path: str, tokenizer: Tokenizer):
     torch.manual_seed(1)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, 5, hidden_dropout_prob=0.3)).eval()
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, hidden_dropout_prob=0.3)).eval()
     ids, batch, lengths = padded_batch(tokenizer)
     with torch.no_grad():
         batched = model(batch, lengths)
@@ -96,8 +82,8 @@ def test_embedding_classifier_reads_last_real_token(checkpoint: str, tokenizer: 
 
 
 @pytest.mark.parametrize("option, llama_trained", [("pretrain", False), ("finetune", True)])
-def test_option_freezes_or_trains_llama(checkpoint: str, tokenizer: Tokenizer, option: str, llama_trained: bool):
-    model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, 2, option=option))
+def test_option_freezes_or_trains_llama(model_path: str, tokenizer: Tokenizer, option: str, llama_trained: bool):
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 2, option=option))
     assert model.classifier_head.in_features == model.llama.config.dim and model.classifier_head.out_features == 2
     _, batch, lengths = padded_batch(tokenizer)
     F.nll_loss(model(batch, lengths), torch.tensor([0, 1, 0])).backward()
@@ -107,14 +93,14 @@ def test_option_freezes_or_trains_llama(checkpoint: str, tokenizer: Tokenizer, o
         "classifier_head.weight", "classifier_head.bias"}
 
 
-def test_unknown_option_is_an_error(checkpoint: str):
+def test_unknown_option_is_an_error(model_path: str):
     with pytest.raises(ValueError, match="'lora'.*not 'prompt'"):
-        LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, 2, option="prompt"))
+        LlamaEmbeddingClassifier(ClassifierConfig(model_path, 2, option="prompt"))
 
 
-def test_lora_option_trains_only_the_adapters_and_the_head(checkpoint: str, tokenizer: Tokenizer):
+def test_lora_option_trains_only_the_adapters_and_the_head(model_path: str, tokenizer: Tokenizer):
     targets = ("compute_key", "compute_output")
-    config = ClassifierConfig(checkpoint, 2, option="lora", lora_rank=2, lora_alpha=4.0, lora_targets=targets)
+    config = ClassifierConfig(model_path, 2, option="lora", lora_rank=2, lora_alpha=4.0, lora_targets=targets)
     model = LlamaEmbeddingClassifier(config)
     _, batch, lengths = padded_batch(tokenizer)
     F.nll_loss(model(batch, lengths), torch.tensor([0, 1, 0])).backward()

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 import run_llama
 from run_llama import InputError
-from test_run_llama import SCRIPT, copy_head, files, model_path, tokenizer_model  # noqa: F401 (fixtures)
+from test_run_llama import SCRIPT, copy_head, files
 from trainer import shares
 
 

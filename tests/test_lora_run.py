@@ -15,7 +15,7 @@ from config import LlamaConfig
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_lora
 from run_llama import InputError
-from test_run_llama import copy_head, files, model_path, read_predictions, tokenizer_model  # noqa: F401 (fixtures)
+from test_run_llama import copy_head, files, read_predictions
 from tokenizer import Tokenizer
 from trainer import CheckpointError, load_weights
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import run_llama
-from test_run_llama import SCRIPT, copy_head, model_path, tokenizer_model  # noqa: F401 (fixtures)
+from test_run_llama import SCRIPT, copy_head
 from trainer import CheckpointError, rng_state, set_rng_state
 
 

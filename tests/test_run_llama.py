@@ -11,29 +11,13 @@ import pytest
 import torch
 
 import run_llama
-from checkpoint import save_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from config import LlamaConfig
-from llama import Llama, load_pretrained
+from llama import load_pretrained
 from run_llama import InputError
 from tokenizer import Tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> str:
-    """A random Llama with the Llama 2 vocabulary, tiny sizes and stories42M's context, in the course's format."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=32000, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=1024)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, asdict(config), Llama(config).state_dict())
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_model(asset_mirror: Path) -> str:
-    return str(asset_mirror / "tokenizer.model")
 
 
 def copy_head(mirror: Path, cwd: Path, name: str, n: int) -> list[str]:
