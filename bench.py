@@ -1,0 +1,416 @@
+"""minllama against Hugging Face transformers on the CPU, measured in the same run (issue 5).
+
+    python bench.py                                   # every workload, about 12 minutes on 2 cores
+    python bench.py --workloads generate --rounds 5   # some of them, with more samples
+
+Every model holds the same random weights of stories42M's shapes (LlamaConfig's defaults); transformers gets them
+through convert.to_hf. Each workload × implementation runs in a fresh subprocess, so that its peak RSS
+(getrusage's ru_maxrss, its high-water mark reset once the models are built) is its own, and the implementations
+take turns, round after round, so that both see the same machine. The table gives medians; a sample during which
+other processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with
+glibc's malloc settings MALLOC (see there) unless --default-malloc.
+
+Workloads (batch sizes are the course's):
+  generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
+             minllama with its KV cache, minllama's plain loop (use_cache=False), transformers' generate (cached)
+  finetune   examples/s of one training step on 80 × 64 tokens, forward + backward + AdamW: classifier.py's
+             LlamaEmbeddingClassifier + optimizer.AdamW, against transformers' LlamaModel + nn.Linear head +
+             torch.optim.AdamW
+  zeroshot   examples/s of scoring 10 × 64 tokens, the vocabulary projected at one position per row:
+             classifier.py's LlamaZeroShotClassifier, against LlamaForCausalLM(logits_to_keep=1)
+  epoch      seconds per training epoch over the first 800 sentences of data/sst-train.txt at batch 80, by
+             run_llama's own LlamaDataset, batch_order and train_epoch, without and with --group_by_length
+
+Needs transformers (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as run_llama.py does, or
+read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
+"""
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+WORKLOADS = {  # workload -> its implementations, in the order they take turns
+    "generate": ("minllama", "minllama-nocache", "transformers"),
+    "finetune": ("minllama", "transformers"),
+    "zeroshot": ("minllama", "transformers"),
+    "epoch": ("random", "grouped"),
+}
+# rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
+ROUNDS = {"generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3}
+GEN_TOKENS = (75, 256)
+FINETUNE_BATCH, ZEROSHOT_BATCH, SEQLEN = 80, 10, 64
+EPOCH_SENTENCES, EPOCH_BATCH = 800, 80
+NUM_LABELS = 5  # SST-5
+LR = 2e-5
+# glibc's malloc hands blocks of more than a few MB back to the OS when they are freed, and the next batch page-faults
+# them in again. How often depends on what the process did before (one that built minllama's model to convert it
+# behaves differently from one that did not), which moved zero-shot speeds by ±20% from one process to the next
+# here. With these settings neither implementation page-faults in steady state. Linux (glibc) only.
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+
+
+def asset(name: str) -> Path:
+    """A public file the benchmark reads: from $MINLLAMA_ASSET_MIRROR if set, else where run_llama.py keeps it."""
+    import assets
+
+    mirror = os.environ.get(assets.MIRROR_ENV)
+    return Path(mirror) / name if mirror else assets.ensure(name)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB (ru_maxrss is in kB on Linux, in bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def reset_peak_rss() -> bool:
+    """Lower the high-water mark of the RSS to the current RSS (Linux ≥ 4.0), so that what was built and freed
+    before a workload does not count in its peak. False where this cannot be done."""
+    gc.collect()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)  # glibc: give freed memory back first (under MALLOC it is kept)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def busy_ticks() -> tuple[int, float]:
+    """CPU time used so far by the whole machine and by this process, in clock ticks (Linux; zeros elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+        return 0, 0.0
+    own = os.times()
+    return sum(fields) - fields[3] - fields[4], (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, bool]:
+    """fn()'s result, the seconds it took, and whether other processes used a noticeable share of the CPU
+    meanwhile (then the sample is "contested": on a shared machine those are the outliers)."""
+    machine0, own0 = busy_ticks()
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    machine1, own1 = busy_ticks()
+    capacity = seconds * os.cpu_count() * os.sysconf("SC_CLK_TCK")
+    return result, seconds, (machine1 - machine0) - (own1 - own0) > max(3, 0.1 * capacity)
+
+
+def random_batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids (batch_size, SEQLEN) from the vocabulary (beyond the special tokens), their lengths, labels."""
+    g = torch.Generator().manual_seed(seed)
+    token_ids = torch.randint(3, 32000, (batch_size, SEQLEN), generator=g)
+    labels = torch.randint(0, NUM_LABELS, (batch_size,), generator=g)
+    return token_ids, torch.full((batch_size,), SEQLEN), labels
+
+
+def hf_llama(checkpoint: str):
+    """transformers' LlamaForCausalLM with the checkpoint's weights (minllama's copy is freed again)."""
+    from convert import to_hf
+    from llama import load_pretrained
+
+    hf = to_hf(load_pretrained(checkpoint, device="cpu"))
+    hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens, as minllama does
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+# ---- the workloads, each run in a child process; each returns its samples ----
+def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
+    from llama import load_pretrained
+    from run_llama import PREFIX
+    from tokenizer import Tokenizer
+
+    prompt = torch.tensor([Tokenizer(tokenizer_model=str(asset("tokenizer.model"))).encode(PREFIX, True, False)])
+    if impl == "transformers":
+        model = hf_llama(checkpoint)
+        mask = torch.ones_like(prompt)
+
+        def generate(n: int) -> torch.Tensor:
+            return model.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    else:
+        model = load_pretrained(checkpoint, device="cpu")
+
+        def generate(n: int) -> torch.Tensor:
+            return model.generate(prompt, n, temperature=0.0, use_cache=impl == "minllama")
+    reset_peak_rss()
+    generate(8)  # warm-up
+    result = {}
+    for n in GEN_TOKENS:
+        samples = []
+        for _ in range(repeats if impl != "minllama-nocache" or n < 100 else 1):  # the plain loop is slow
+            tokens, seconds, contested = timed(lambda: generate(n))
+            samples.append((n / seconds, contested))
+            assert tokens.shape == (1, prompt.shape[1] + n), tokens.shape
+        result[f"generate {n}"] = samples
+        result[f"tokens {n}"] = tokens[0, prompt.shape[1]:].tolist()
+    return result
+
+
+def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
+    token_ids, lengths, labels = random_batch(FINETUNE_BATCH, seed=1)
+    if impl == "transformers":
+        from classifier import last_token
+
+        llama = hf_llama(checkpoint).model  # LlamaModel: the decoder without the output projection
+        head, dropout = nn.Linear(llama.config.hidden_size, NUM_LABELS), nn.Dropout(0.3)
+        model = nn.ModuleList([llama, head])  # lm_head is freed with the LlamaForCausalLM around llama
+        optimizer = torch.optim.AdamW(model.parameters(), lr=LR, eps=1e-6, weight_decay=0.0)  # optimizer.AdamW's
+
+        def forward() -> torch.Tensor:
+            h = last_token(llama(input_ids=token_ids).last_hidden_state, lengths)
+            return F.log_softmax(head(dropout(h)), dim=-1)
+    else:
+        from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+        from optimizer import AdamW
+
+        model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS))
+        optimizer = AdamW(model.parameters(), lr=LR)  # as run_llama.train
+
+        def forward() -> torch.Tensor:
+            return model(token_ids, lengths)
+    model.train()
+    reset_peak_rss()
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = F.nll_loss(forward(), labels, reduction="sum") / FINETUNE_BATCH  # run_llama.train_epoch's loss
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up, which also allocates AdamW's state
+    samples = []
+    for _ in range(repeats):
+        _, seconds, contested = timed(step)
+        samples.append((FINETUNE_BATCH / seconds, contested))
+    return {"finetune": samples}
+
+
+def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
+    from run_llama import read_label_names
+    from tokenizer import Tokenizer
+
+    token_ids, lengths, _ = random_batch(ZEROSHOT_BATCH, seed=2)
+    tokenizer = Tokenizer(tokenizer_model=str(asset("tokenizer.model")))
+    label_names = read_label_names(str(asset("data/sst-label-mapping.json")))
+    if impl == "transformers":
+        hf = hf_llama(checkpoint)
+        label_ids = [tokenizer.encode(label, bos=False, eos=False) for label in label_names]
+
+        def score() -> torch.Tensor:  # each label's Σ log p over its tokens, as LlamaZeroShotClassifier scores
+            # logits_to_keep=1 projects the last position only, which is every row's last token here
+            log_probs = F.log_softmax(hf(input_ids=token_ids, logits_to_keep=1).logits[:, -1].float(), dim=-1)
+            return torch.stack([log_probs[:, ids].sum(-1) for ids in label_ids], dim=-1)
+    else:
+        from classifier import ClassifierConfig, LlamaZeroShotClassifier
+
+        model = LlamaZeroShotClassifier(ClassifierConfig(checkpoint, NUM_LABELS), tokenizer, label_names).eval()
+
+        def score() -> torch.Tensor:
+            return model(token_ids, lengths)
+    reset_peak_rss()
+    samples = []
+    with torch.inference_mode():  # as run_llama.model_eval
+        score()  # warm-up
+        for _ in range(repeats):
+            scores, seconds, contested = timed(score)
+            samples.append((ZEROSHOT_BATCH / seconds, contested))
+    return {"zeroshot": samples, "scores": scores.tolist()}
+
+
+def bench_epoch(impl: str, checkpoint: str, repeats: int) -> dict:
+    from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+    from optimizer import AdamW
+    from run_llama import LlamaDataset, create_data, get_args, seed_everything, train_epoch
+    from tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(tokenizer_model=str(asset("tokenizer.model")))
+    lines = asset("data/sst-train.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:EPOCH_SENTENCES]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sst-train.txt"
+        path.write_text("".join(lines), encoding="utf-8")
+        args = get_args(["--option", "finetune", "--train", str(path), "--batch_size", str(EPOCH_BATCH)] +
+                        (["--group_by_length"] if impl == "grouped" else []))
+        data = LlamaDataset(create_data(str(path), tokenizer, NUM_LABELS), tokenizer.pad_id, torch.device("cpu"))
+    seed_everything(args.seed)
+    model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS))
+    optimizer = AdamW(model.parameters(), lr=args.lr)  # as run_llama.train
+    reset_peak_rss()
+    samples, padded = [], []
+    for epoch in range(repeats):  # the parent asks for one epoch: an epoch is long, its samples come from rounds
+        stats, _, contested = timed(lambda: train_epoch(model, optimizer, data, epoch, args, torch.device("cpu")))
+        samples.append((stats["seconds"], contested))
+        padded.append((stats["padded"], False))
+    return {"epoch": samples, "padded": padded}
+
+
+def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int) -> None:
+    """Run one workload × implementation and print its samples and peak RSS as one JSON line."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    bench = {"generate": bench_generate, "finetune": bench_finetune, "zeroshot": bench_zeroshot,
+             "epoch": bench_epoch}[workload]
+    result = bench(impl, checkpoint, repeats)
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+
+
+# ---- the parent: rounds of children, then the table ----
+def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", workload, impl, "--checkpoint", checkpoint, "--repeats",
+           str(repeats), "--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **env})
+    if proc.returncode:
+        sys.exit(f"{workload}/{impl} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def write_checkpoint(path: Path) -> None:
+    """Random weights with stories42M's shapes, in the course's checkpoint format."""
+    from checkpoint import save_checkpoint
+    from config import LlamaConfig
+    from llama import Llama
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig())
+    save_checkpoint(path, asdict(model.config), model.state_dict())
+
+
+def median(samples: list[list]) -> tuple[float, str]:
+    """The median of the uncontested samples (of all, if every one was contested), and "clean/total"."""
+    clean = [value for value, contested in samples if not contested]
+    values = clean or [value for value, _ in samples]
+    return (statistics.median(values) if values else float("nan")), f"{len(clean)}/{len(samples)}"
+
+
+def machine() -> str:
+    """The CPU, its number of cores, and the versions that matter."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import importlib.metadata as md
+
+    try:
+        hf_version = md.version("transformers")
+    except md.PackageNotFoundError:
+        hf_version = "not installed"
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"transformers {hf_version}")
+
+
+def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The report: medians, ratios and their targets, peak RSS, how many samples were uncontested."""
+    rows = [("measure", "minllama", "transformers", "ratio", "target", "peak RSS MB", "clean samples")]
+
+    def stat(workload: str, impl: str, key: str) -> tuple[float, str]:
+        return median([x for run in results[workload][impl] for x in run[key]])
+
+    def rss(workload: str, *impls: str) -> str:
+        return " / ".join(f"{max(run['peak_rss_mb'] for run in results[workload][impl]):.0f}" for impl in impls)
+
+    def verdict(ratio: float, target: float) -> str:
+        return f"≥ {target}× {'met' if ratio >= target else 'NOT MET'}"
+
+    def versus(name: str, workload: str, key: str, target: float) -> None:
+        (ours, n_ours), (theirs, n_theirs) = stat(workload, "minllama", key), stat(workload, "transformers", key)
+        rows.append((name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}×", verdict(ours / theirs, target),
+                     rss(workload, "minllama", "transformers"), f"{n_ours}, {n_theirs}"))
+
+    if "generate" in results:
+        for n in GEN_TOKENS:
+            versus(f"generate {n} tokens, tokens/s", "generate", f"generate {n}", 1.5)
+        for n in GEN_TOKENS:
+            (cached, _), (plain, clean) = (stat("generate", impl, f"generate {n}")
+                                           for impl in ("minllama", "minllama-nocache"))
+            rows.append((f"  use_cache=False, {n} tokens", f"{plain:.1f}", "", f"{cached / plain:.2f}×",
+                         "cached / no cache" + (": " + verdict(cached / plain, 5) if n == 256 else ""),
+                         rss("generate", "minllama-nocache"), clean))
+    if "finetune" in results:
+        versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, examples/s", "finetune", "finetune", 1.0)
+    if "zeroshot" in results:
+        versus(f"zero-shot {ZEROSHOT_BATCH}×{SEQLEN}, examples/s", "zeroshot", "zeroshot", 1.0)
+    if "epoch" in results:
+        (shuffled, n_shuffled), (grouped, n_grouped) = (stat("epoch", impl, "epoch") for impl in ("random", "grouped"))
+        padded = [stat("epoch", impl, "padded")[0] for impl in ("random", "grouped")]
+        rows.append((f"SST epoch, first {EPOCH_SENTENCES}, batch {EPOCH_BATCH}, s", "", "", "", "", "", ""))
+        rows.append((f"  random batches, {padded[0]:.0%} padding", f"{shuffled:.1f}", "", "", "",
+                     rss("epoch", "random"), n_shuffled))
+        rows.append((f"  --group_by_length, {padded[1]:.0%} padding", f"{grouped:.1f}", "",
+                     f"{shuffled / grouped:.2f}×", "random / grouped: " + verdict(shuffled / grouped, 1.5),
+                     rss("epoch", "grouped"), n_grouped))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    if "generate" in results:
+        for n in GEN_TOKENS:
+            ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("minllama", "transformers"))
+            lines.append(f"greedy {n} new tokens identical in minllama and transformers: {ours == theirs}")
+    if "zeroshot" in results:
+        ours, theirs = (torch.tensor(results["zeroshot"][impl][0]["scores"]) for impl in ("minllama", "transformers"))
+        lines.append(f"zero-shot label scores, largest difference: {(ours - theirs).abs().max():.1e}")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
+    parser.add_argument("--rounds", type=int, help=f"turns of every implementation, in fresh processes ({ROUNDS})")
+    parser.add_argument("--repeats", type=int, default=3, help="timed samples per process (epoch: always one)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help=f"run the workloads without setting {', '.join(MALLOC)} (see MALLOC)")
+    parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, args.checkpoint, args.repeats, args.threads)
+        return
+
+    env = {} if args.default_malloc else MALLOC
+    print(f"machine: {machine()}; torch threads: {args.threads}")
+    print(f"environment: {' '.join(f'{k}={v}' for k, v in env.items()) or 'glibc malloc defaults'}")
+    print(f"command: python bench.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
+    start = time.perf_counter()
+    results: dict[str, dict[str, list[dict]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "random42M.pt"
+        write_checkpoint(checkpoint)
+        for workload in args.workloads:
+            results[workload] = {impl: [] for impl in WORKLOADS[workload]}
+            rounds = args.rounds or ROUNDS[workload]
+            for r in range(rounds):
+                for impl in WORKLOADS[workload]:
+                    repeats = 1 if workload == "epoch" else args.repeats
+                    run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env)
+                    results[workload][impl].append(run)
+                    print(f"  {workload} round {r + 1}/{rounds} {impl}: done at "
+                          f"{time.perf_counter() - start:.0f}s", file=sys.stderr)
+    print("\n".join(table(results)))
+    print(f"total {time.perf_counter() - start:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
