@@ -1,4 +1,4 @@
-"""minllama against Hugging Face transformers on the CPU, measured in the same run (issue 5).
+"""minllama against Hugging Face transformers on the CPU, measured in the same run.
 
     python bench.py                                   # every workload, about 12 minutes on 2 cores
     python bench.py --workloads generate --rounds 5   # some of them, with more samples
@@ -10,16 +10,21 @@ take turns, round after round, so that both see the same machine. The table give
 other processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with
 glibc's malloc settings MALLOC (see there) unless --default-malloc.
 
+minllama runs in both semantics: "causal" (--causal: Llama 2, what transformers computes, so the comparison
+with transformers is made there) and "course" (the default: the course's reference, attention without a mask).
+
 Workloads (batch sizes are the course's):
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
-             minllama with its KV cache, minllama's plain loop (use_cache=False), transformers' generate (cached)
+             causal minllama with its KV cache and with its plain loop (use_cache=False), course minllama (which
+             recomputes the context at every step, as it must without a mask), transformers' generate (cached)
   finetune   examples/s of one training step on 80 × 64 tokens, forward + backward + AdamW: classifier.py's
-             LlamaEmbeddingClassifier + optimizer.AdamW, against transformers' LlamaModel + nn.Linear head +
-             torch.optim.AdamW
+             LlamaEmbeddingClassifier + optimizer.AdamW in both semantics, against transformers' LlamaModel +
+             nn.Linear head + torch.optim.AdamW
   zeroshot   examples/s of scoring 10 × 64 tokens, the vocabulary projected at one position per row:
-             classifier.py's LlamaZeroShotClassifier, against LlamaForCausalLM(logits_to_keep=1)
+             classifier.py's LlamaZeroShotClassifier in both semantics, against LlamaForCausalLM(logits_to_keep=1)
   epoch      seconds per training epoch over the first 800 sentences of data/sst-train.txt at batch 80, by
-             run_llama's own LlamaDataset, batch_order and train_epoch, without and with --group_by_length
+             run_llama's own LlamaDataset, batch_order and train_epoch (course semantics), without and with
+             --group_by_length
 
 Needs transformers (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as run_llama.py does, or
 read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
@@ -45,9 +50,9 @@ import torch.nn.functional as F
 from torch import nn
 
 WORKLOADS = {  # workload -> its implementations, in the order they take turns
-    "generate": ("minllama", "minllama-nocache", "transformers"),
-    "finetune": ("minllama", "transformers"),
-    "zeroshot": ("minllama", "transformers"),
+    "generate": ("causal", "causal-nocache", "course", "transformers"),
+    "finetune": ("causal", "course", "transformers"),
+    "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
 }
 # rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
@@ -130,7 +135,7 @@ def hf_llama(checkpoint: str):
     from convert import to_hf
     from llama import load_pretrained
 
-    hf = to_hf(load_pretrained(checkpoint, device="cpu"))
+    hf = to_hf(load_pretrained(checkpoint, causal=True))
     hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens, as minllama does
     hf.generation_config.pad_token_id = 0
     return hf
@@ -150,16 +155,16 @@ def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
         def generate(n: int) -> torch.Tensor:
             return model.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
     else:
-        model = load_pretrained(checkpoint, device="cpu")
+        model = load_pretrained(checkpoint, causal=impl.startswith("causal"))
 
         def generate(n: int) -> torch.Tensor:
-            return model.generate(prompt, n, temperature=0.0, use_cache=impl == "minllama")
+            return model.generate(prompt, n, temperature=0.0, use_cache=impl == "causal")
     reset_peak_rss()
     generate(8)  # warm-up
     result = {}
     for n in GEN_TOKENS:
         samples = []
-        for _ in range(repeats if impl != "minllama-nocache" or n < 100 else 1):  # the plain loop is slow
+        for _ in range(repeats if impl in ("causal", "transformers") or n < 100 else 1):  # the plain loop is slow
             tokens, seconds, contested = timed(lambda: generate(n))
             samples.append((n / seconds, contested))
             assert tokens.shape == (1, prompt.shape[1] + n), tokens.shape
@@ -171,7 +176,7 @@ def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
 def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
     token_ids, lengths, labels = random_batch(FINETUNE_BATCH, seed=1)
     if impl == "transformers":
-        from classifier import last_token
+        from classifier import read_position
 
         llama = hf_llama(checkpoint).model  # LlamaModel: the decoder without the output projection
         head, dropout = nn.Linear(llama.config.hidden_size, NUM_LABELS), nn.Dropout(0.3)
@@ -179,13 +184,13 @@ def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
         optimizer = torch.optim.AdamW(model.parameters(), lr=LR, eps=1e-6, weight_decay=0.0)  # optimizer.AdamW's
 
         def forward() -> torch.Tensor:
-            h = last_token(llama(input_ids=token_ids).last_hidden_state, lengths)
+            h = read_position(llama(input_ids=token_ids).last_hidden_state, lengths, causal=True)
             return F.log_softmax(head(dropout(h)), dim=-1)
     else:
         from classifier import ClassifierConfig, LlamaEmbeddingClassifier
         from optimizer import AdamW
 
-        model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS))
+        model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS, causal=impl == "causal"))
         optimizer = AdamW(model.parameters(), lr=LR)  # as run_llama.train
 
         def forward() -> torch.Tensor:
@@ -225,7 +230,8 @@ def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
     else:
         from classifier import ClassifierConfig, LlamaZeroShotClassifier
 
-        model = LlamaZeroShotClassifier(ClassifierConfig(checkpoint, NUM_LABELS), tokenizer, label_names).eval()
+        config = ClassifierConfig(checkpoint, NUM_LABELS, causal=impl == "causal")
+        model = LlamaZeroShotClassifier(config, tokenizer, label_names).eval()
 
         def score() -> torch.Tensor:
             return model(token_ids, lengths)
@@ -333,24 +339,37 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
     def verdict(ratio: float, target: float) -> str:
         return f"≥ {target}× {'met' if ratio >= target else 'NOT MET'}"
 
-    def versus(name: str, workload: str, key: str, target: float) -> None:
-        (ours, n_ours), (theirs, n_theirs) = stat(workload, "minllama", key), stat(workload, "transformers", key)
+    def versus(name: str, workload: str, key: str, target: float, impl: str = "causal") -> None:
+        (ours, n_ours), (theirs, n_theirs) = stat(workload, impl, key), stat(workload, "transformers", key)
         rows.append((name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}×", verdict(ours / theirs, target),
-                     rss(workload, "minllama", "transformers"), f"{n_ours}, {n_theirs}"))
+                     rss(workload, impl, "transformers"), f"{n_ours}, {n_theirs}"))
+
+    def course(name: str, workload: str, key: str) -> None:
+        (ours, n_ours), (causal, _) = stat(workload, "course", key), stat(workload, "causal", key)
+        rows.append((name, f"{ours:.1f}", "", f"{ours / causal:.2f}×", "course / causal", rss(workload, "course"),
+                     n_ours))
 
     if "generate" in results:
         for n in GEN_TOKENS:
-            versus(f"generate {n} tokens, tokens/s", "generate", f"generate {n}", 1.5)
+            versus(f"generate {n} tokens, causal, tokens/s", "generate", f"generate {n}", 1.5)
         for n in GEN_TOKENS:
             (cached, _), (plain, clean) = (stat("generate", impl, f"generate {n}")
-                                           for impl in ("minllama", "minllama-nocache"))
-            rows.append((f"  use_cache=False, {n} tokens", f"{plain:.1f}", "", f"{cached / plain:.2f}×",
+                                           for impl in ("causal", "causal-nocache"))
+            rows.append((f"  causal, use_cache=False, {n} tokens", f"{plain:.1f}", "", f"{cached / plain:.2f}×",
                          "cached / no cache" + (": " + verdict(cached / plain, 5) if n == 256 else ""),
-                         rss("generate", "minllama-nocache"), clean))
+                         rss("generate", "causal-nocache"), clean))
+        for n in GEN_TOKENS:
+            (recompute, clean), (plain, _) = (stat("generate", impl, f"generate {n}")
+                                              for impl in ("course", "causal-nocache"))
+            rows.append((f"  course (recompute), {n} tokens", f"{recompute:.1f}", "", f"{recompute / plain:.2f}×",
+                         "course / causal no cache: " + verdict(recompute / plain, 1.0), rss("generate", "course"),
+                         clean))
     if "finetune" in results:
-        versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, examples/s", "finetune", "finetune", 1.0)
+        versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, causal, examples/s", "finetune", "finetune", 1.0)
+        course("  course semantics, examples/s", "finetune", "finetune")
     if "zeroshot" in results:
-        versus(f"zero-shot {ZEROSHOT_BATCH}×{SEQLEN}, examples/s", "zeroshot", "zeroshot", 1.0)
+        versus(f"zero-shot {ZEROSHOT_BATCH}×{SEQLEN}, causal, examples/s", "zeroshot", "zeroshot", 1.0)
+        course("  course semantics, examples/s", "zeroshot", "zeroshot")
     if "epoch" in results:
         (shuffled, n_shuffled), (grouped, n_grouped) = (stat("epoch", impl, "epoch") for impl in ("random", "grouped"))
         padded = [stat("epoch", impl, "padded")[0] for impl in ("random", "grouped")]
@@ -366,11 +385,12 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
     lines.insert(1, "-" * len(lines[0]))
     if "generate" in results:
         for n in GEN_TOKENS:
-            ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("minllama", "transformers"))
-            lines.append(f"greedy {n} new tokens identical in minllama and transformers: {ours == theirs}")
+            ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
+            lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
     if "zeroshot" in results:
-        ours, theirs = (torch.tensor(results["zeroshot"][impl][0]["scores"]) for impl in ("minllama", "transformers"))
-        lines.append(f"zero-shot label scores, largest difference: {(ours - theirs).abs().max():.1e}")
+        ours, theirs = (torch.tensor(results["zeroshot"][impl][0]["scores"]) for impl in ("causal", "transformers"))
+        lines.append(f"zero-shot label scores, causal minllama vs transformers, largest difference: "
+                     f"{(ours - theirs).abs().max():.1e}")
     return lines
 
 

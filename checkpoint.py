@@ -20,7 +20,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-from config import LlamaConfig
+from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 
 # kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `_sizes`)
@@ -122,8 +122,10 @@ def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[
 
 
 def _course_args(model_args: dict, source: str) -> dict:
-    """model_args with llama2.c's names renamed to LlamaConfig's; an unknown key is an error."""
+    """model_args with llama2.c's names renamed to LlamaConfig's, the course's unused keys dropped (with a notice);
+    an unknown key is an error."""
     renamed = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
+    renamed = drop_ignored_course_args(renamed, source)
     unknown = sorted(renamed.keys() - KNOWN_ARGS)
     if unknown:
         raise ValueError(f"{source}: unknown model_args key(s) {unknown}; known: {sorted(KNOWN_ARGS)}")

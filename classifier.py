@@ -1,10 +1,11 @@
 """Sentiment classifiers on top of a pretrained Llama: zero-shot prompting and a fine-tuned linear head.
 
-Both take right-padded batches of token ids with each row's length, and read the model at each row's last real
-token. The last column would be a pad for every row shorter than the longest, and the causal model has not seen
-the sentence's end from a position before it, so reading there would score something other than the sentence.
+Both take right-padded batches of token ids and read one position per row, as their Llama's semantics requires.
+Without a mask (the course's reference) every position has seen the whole row, pads included, and they read the
+last column, as the course does. A causal model has seen the sentence's end only from its last real token, so
+there they read each row at that token (given the rows' lengths); a pad column would score something else.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,22 @@ class ClassifierConfig:
     lora_alpha: float = 1.0
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    causal: bool = False
+
+    @classmethod
+    def of(cls, config: object) -> "ClassifierConfig":
+        """A ClassifierConfig from any object with these attributes, such as the course's SimpleNamespace; missing
+        ones take their defaults, and attributes of other names are not read."""
+        if isinstance(config, cls):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
-def last_token(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """h (batch, seqlen, dim) at position lengths[b] − 1 of each row b: (batch, dim)."""
+def read_position(h: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """h (batch, seqlen, dim) at the position a classifier reads (batch, dim): the last column without a mask or
+    without lengths, else the last real token lengths[b] − 1 of each row b."""
+    if not causal or lengths is None:
+        return h[:, -1]
     return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
 
 
@@ -42,6 +55,7 @@ class LlamaZeroShotClassifier(nn.Module):
 
     def __init__(self, config: ClassifierConfig, tokenizer: Tokenizer, label_names: list[str]):
         super().__init__()
+        config = ClassifierConfig.of(config)
         if len(label_names) != config.num_labels:
             raise ValueError(f"{len(label_names)} label names {label_names} for num_labels={config.num_labels}")
         self.num_labels = config.num_labels
@@ -49,7 +63,7 @@ class LlamaZeroShotClassifier(nn.Module):
         self.label_name_ids = [tokenizer.encode(label, bos=False, eos=False) for label in label_names]
         if not all(self.label_name_ids):
             raise ValueError(f"every label name needs at least one token: {label_names}")
-        self.llama = load_pretrained(config.pretrained_model_path, device="cpu")
+        self.llama = load_pretrained(config.pretrained_model_path, causal=config.causal)
         for param in self.llama.parameters():  # zero-shot classification does not update Llama
             param.requires_grad = False
         # all labels' tokens in one row, and the label each belongs to; buffers, so they move with the model
@@ -57,9 +71,10 @@ class LlamaZeroShotClassifier(nn.Module):
         self.register_buffer("label_of_token", torch.tensor([i for i, _ in label_tokens]), persistent=False)
         self.register_buffer("label_tokens", torch.tensor([token for _, token in label_tokens]), persistent=False)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen) of the given lengths."""
-        h = last_token(self.llama.hidden_states(input_ids), lengths)
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen); lengths (batch,), the
+        rows' numbers of real tokens, matter only to a causal model (see read_position)."""
+        h = read_position(self.llama.hidden_states(input_ids), lengths, self.llama.config.causal)
         log_probs = F.log_softmax(self.llama.output(h).float(), dim=-1)  # the vocabulary at one position per row
         token_log_probs = log_probs[:, self.label_tokens]
         scores = token_log_probs.new_zeros(len(h), self.num_labels)
@@ -67,7 +82,7 @@ class LlamaZeroShotClassifier(nn.Module):
 
 
 class LlamaEmbeddingClassifier(nn.Module):
-    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the sentence's last token.
+    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the position read (read_position).
 
     With option "lora", Llama is frozen and its attention projections lora_targets get LoRA adapters (lora.py), so
     only the adapters and the head train.
@@ -75,11 +90,12 @@ class LlamaEmbeddingClassifier(nn.Module):
 
     def __init__(self, config: ClassifierConfig):
         super().__init__()
+        config = ClassifierConfig.of(config)
         if config.option not in ("pretrain", "finetune", "lora"):
             raise ValueError(f"option must be 'pretrain' (Llama frozen), 'finetune' (Llama trained) or 'lora' "
                              f"(LoRA adapters trained), not {config.option!r}")
         self.num_labels = config.num_labels
-        self.llama = load_pretrained(config.pretrained_model_path, device="cpu")
+        self.llama = load_pretrained(config.pretrained_model_path, causal=config.causal)
         for param in self.llama.parameters():
             param.requires_grad = config.option == "finetune"
         if config.option == "lora":
@@ -87,7 +103,8 @@ class LlamaEmbeddingClassifier(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.classifier_head = nn.Linear(self.llama.config.dim, self.num_labels)
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Log-probabilities (batch, num_labels) for right-padded input_ids (batch, seqlen) of the given lengths."""
-        h = last_token(self.llama.hidden_states(input_ids), lengths)
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probabilities (batch, num_labels) for right-padded input_ids (batch, seqlen); lengths (batch,), the
+        rows' numbers of real tokens, matter only to a causal model (see read_position)."""
+        h = read_position(self.llama.hidden_states(input_ids), lengths, self.llama.config.causal)
         return F.log_softmax(self.classifier_head(self.dropout(h)), dim=-1)

@@ -1,5 +1,6 @@
-"""The Llama 2 model (Touvron et al. 2023) in the llama2.c layout: pre-norm decoder layers of grouped-query causal
+"""The Llama 2 model (Touvron et al. 2023) in the llama2.c layout: pre-norm decoder layers of grouped-query
 attention with rotary position embeddings and a SwiGLU feed-forward network, RMSNorm, tied input/output embeddings.
+The attention is unmasked, as in the course's reference, or causal, as in Llama 2 (LlamaConfig.causal).
 """
 import math
 
@@ -9,7 +10,7 @@ from torch import nn
 
 import assets
 from checkpoint import read_checkpoint
-from config import LlamaConfig
+from config import LlamaConfig, swiglu_hidden_dim
 from rope import apply_rotary_emb, precompute_freqs
 
 
@@ -77,15 +78,17 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    """Multi-head causal self-attention with grouped-query key/value heads (Ainslie et al. 2023)."""
+    """Multi-head self-attention with grouped-query key/value heads (Ainslie et al. 2023): n_heads query heads share
+    n_kv_heads key/value heads, n_rep = n_heads / n_kv_heads each. Unmasked (the course's reference) or causal."""
 
     def __init__(self, config: LlamaConfig):
         super().__init__()
-        self.n_heads = config.n_heads
-        self.n_kv_heads = config.n_kv_heads
-        self.n_rep = config.n_heads // config.n_kv_heads  # query heads per key/value head
+        self.n_local_heads = config.n_heads
+        self.n_local_kv_heads = config.n_kv_heads
+        self.n_rep = self.n_local_heads // self.n_local_kv_heads  # query heads per key/value head
         self.head_dim = config.head_dim
         self.max_seq_len = config.max_seq_len
+        self.causal = config.causal
         self.compute_query = Linear(config.dim, config.n_heads * self.head_dim)
         self.compute_key = Linear(config.dim, config.n_kv_heads * self.head_dim)
         self.compute_value = Linear(config.dim, config.n_kv_heads * self.head_dim)
@@ -93,25 +96,29 @@ class Attention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
-        self.use_sdpa = True  # False selects the explicit reference computation below
+        self.flash = True  # PyTorch's fused kernel for the same function; False runs the written-out formula
         self.cache: KVCache | None = None
 
     def compute_query_key_value_scores(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> torch.Tensor:
-        """softmax(QKᵀ/√d + M)·V (Vaswani et al. 2017, eq. 1) with the causal mask M, written out.
+        """softmax(QKᵀ/√d + M)·V (Vaswani et al. 2017, eq. 1), with dropout on the probabilities.
 
-        query is (batch, n_heads, seqlen, head_dim); key and value are (batch, n_kv_heads, kv_len, head_dim) and
-        cover the kv_len − seqlen earlier positions too, so query t may attend to keys 0 … kv_len − seqlen + t.
-        Key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1; keys already repeated to n_heads work too.
+        query is (batch, n_heads, seqlen, head_dim); key and value are (batch, n_heads, kv_len, head_dim), already
+        repeated to n_heads, and cover the kv_len − seqlen cached positions before the queries too. M is zero
+        without `causal` (every position sees every other); with it, −∞ where key position > query position.
         """
-        n_rep = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(n_rep, dim=1)
-        value = value.repeat_interleave(n_rep, dim=1)
-        scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_dim)
         seqlen, kv_len = query.shape[2], key.shape[2]
-        future = torch.ones(seqlen, kv_len, dtype=torch.bool, device=query.device).triu(kv_len - seqlen + 1)
-        scores = scores.masked_fill(future, float("-inf"))
+        mask = None
+        if self.causal and seqlen > 1:  # query t sits at position kv_len − seqlen + t and sees the keys up to there
+            mask = torch.ones(seqlen, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - seqlen)
+        if self.flash:
+            plain = mask is not None and seqlen == kv_len  # the kernel makes the plain triangular mask itself
+            return F.scaled_dot_product_attention(query, key, value, attn_mask=None if plain else mask,
+                                                  is_causal=plain, dropout_p=self.dropout if self.training else 0.0)
+        scores = query @ key.transpose(-2, -1) / math.sqrt(self.head_dim)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         probs = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(query))
         return probs @ value
 
@@ -120,37 +127,27 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables."""
         batch_size, seqlen, _ = x.shape
-        query = self.compute_query(x).view(batch_size, seqlen, self.n_heads, self.head_dim)
-        key = self.compute_key(x).view(batch_size, seqlen, self.n_kv_heads, self.head_dim)
-        value = self.compute_value(x).view(batch_size, seqlen, self.n_kv_heads, self.head_dim)
+        query = self.compute_query(x).view(batch_size, seqlen, self.n_local_heads, self.head_dim)
+        key = self.compute_key(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
+        value = self.compute_value(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
         query, key = apply_rotary_emb(query, key, self.head_dim, self.max_seq_len, start_pos=start_pos, freqs=freqs)
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # heads first
         if self.cache is not None:
             key, value = self.cache.update(start_pos, key, value)
-        if self.use_sdpa:
-            output = self.fast_attention(query, key, value)
-        else:
-            output = self.compute_query_key_value_scores(query, key, value)
+        key = key.repeat_interleave(self.n_rep, dim=1)  # key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1
+        value = value.repeat_interleave(self.n_rep, dim=1)
+        output = self.compute_query_key_value_scores(query, key, value)
         output = output.transpose(1, 2).reshape(batch_size, seqlen, -1)
         return self.resid_dropout(self.compute_output(output))
-
-    def fast_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The same function as compute_query_key_value_scores, by PyTorch's fused kernel."""
-        seqlen, kv_len = query.shape[2], key.shape[2]
-        mask = None
-        if 1 < seqlen < kv_len:  # a block of new queries after cached positions: the mask is offset
-            mask = torch.ones(seqlen, kv_len, dtype=torch.bool, device=query.device).tril(kv_len - seqlen)
-        return F.scaled_dot_product_attention(
-            query, key, value, attn_mask=mask, is_causal=mask is None and seqlen > 1,
-            dropout_p=self.dropout if self.training else 0.0, enable_gqa=self.n_rep > 1,
-        )
 
 
 class FeedForward(nn.Module):
     """SwiGLU feed-forward network (Shazeer 2020, eq. 6): w2(silu(w1·x) ⊙ w3·x)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float):
+    def __init__(self, dim: int, hidden_dim: int | None, multiple_of: int, dropout: float):
         super().__init__()
+        if hidden_dim is None:
+            hidden_dim = swiglu_hidden_dim(dim, multiple_of)
         self.w1 = Linear(dim, hidden_dim)
         self.w2 = Linear(hidden_dim, dim)
         self.w3 = Linear(dim, hidden_dim)
@@ -168,9 +165,12 @@ class LlamaLayer(nn.Module):
 
     def __init__(self, layer_id: int, config: LlamaConfig):
         super().__init__()
+        self.n_heads = config.n_heads
+        self.dim = config.dim
+        self.head_dim = config.head_dim
         self.layer_id = layer_id
         self.attention = Attention(config)
-        self.feed_forward = FeedForward(config.dim, config.hidden_dim, config.dropout)
+        self.feed_forward = FeedForward(config.dim, config.hidden_dim, config.multiple_of, config.dropout)
         self.attention_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
         self.ffn_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
 
@@ -236,31 +236,37 @@ class Llama(LlamaPreTrainedModel):
 
     @torch.inference_mode()
     def generate(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, use_cache: bool = True
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        use_cache: bool = True,
     ) -> torch.Tensor:
         """Append max_new_tokens tokens to idx (batch, seqlen): argmax at temperature 0.0, otherwise a sample from
-        softmax(logits / temperature). The model sees at most the last max_seq_len tokens.
+        softmax(logits / temperature), restricted to the top_k likeliest tokens when top_k is given. The model sees
+        at most the last max_seq_len tokens.
 
-        With use_cache the keys and values of earlier positions are kept, so each step runs only the new token;
-        once the context no longer fits, the window slides, every position changes, and the step is recomputed
-        in full. Either way the result is that of the plain loop (use_cache=False).
+        Without a mask (the course's semantics) every position sees the newest token, so each step recomputes the
+        whole context. A causal model keeps the keys and values of earlier positions (use_cache), so each step runs
+        only the new token; once the context no longer fits, the window slides, every position changes, and the
+        step is recomputed in full. Either way the result is that of the plain loop (use_cache=False).
         """
         if temperature < 0.0:
             raise ValueError(f"temperature must be >= 0.0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         max_seq_len = self.params.max_seq_len
+        cached = use_cache and self.config.causal  # a cache is valid only where no position sees a later one
         n_cached = 0
-        if use_cache:
+        if cached:
             self.setup_cache()
         try:
             for _ in range(max_new_tokens):
-                if use_cache and idx.shape[1] <= max_seq_len:
+                if cached and idx.shape[1] <= max_seq_len:
                     h = self.hidden_states(idx[:, n_cached:], start_pos=n_cached)
                     n_cached = idx.shape[1]
                 else:
                     self.clear_cache()
                     h = self.hidden_states(idx[:, -max_seq_len:])
                 logits = self.output(h[:, -1, :])
-                idx_next = sample(logits, temperature)
+                idx_next = sample(logits, temperature, top_k)
                 idx = torch.cat((idx, idx_next), dim=1)
         finally:
             self.clear_cache()
@@ -277,29 +283,33 @@ class Llama(LlamaPreTrainedModel):
             layer.attention.cache = None
 
 
-def sample(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """The next token (batch, 1) for logits (batch, vocab): greedy at temperature 0.0, else sampled."""
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
+    """The next token (batch, 1) for logits (batch, vocab): greedy at temperature 0.0, else sampled from
+    softmax(logits / temperature) over the top_k largest logits (all of them when top_k is None)."""
     if temperature == 0.0:
         return torch.argmax(logits, dim=-1, keepdim=True)
-    probs = F.softmax(logits / temperature, dim=-1)
-    return torch.multinomial(probs, num_samples=1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth_largest = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
 
 
-def load_pretrained(checkpoint: str, device: str | torch.device | None = None) -> Llama:
-    """Load a checkpoint strictly, in eval mode, on `device` (default: CUDA if available, else CPU).
+def load_pretrained(checkpoint: str, causal: bool = False, device: str | torch.device | None = None) -> Llama:
+    """Load a checkpoint strictly, in eval mode, on `device` (default: the CPU, as the course's does).
 
-    Reads the course's stories42M.pt, llama2.c train.py checkpoints, llama2.c legacy and version-1 `.bin` exports,
-    and the Llama part of run_llama.py's fine-tuned classifiers (see checkpoint.py). A missing stories42M.pt is
-    downloaded first.
+    causal=False computes the course's reference semantics (attention without a mask), causal=True Llama 2's
+    (see LlamaConfig); the weights are the same. Reads the course's stories42M.pt, llama2.c train.py checkpoints,
+    llama2.c legacy and version-1 `.bin` exports, and the Llama part of run_llama.py's fine-tuned classifiers
+    (see checkpoint.py). A missing stories42M.pt is downloaded first.
     """
     path = assets.ensure(checkpoint)
     model_args, state_dict = read_checkpoint(path)
-    model = Llama(LlamaConfig.from_model_args(model_args, source=str(path)))
+    model = Llama(LlamaConfig.from_model_args(model_args, source=str(path), causal=causal))
     if not torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"]):
         model.output.weight = nn.Parameter(torch.empty_like(model.output.weight))  # the file has its own classifier
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
         raise ValueError(f"{path}: the checkpoint does not fit the model: {e}") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval()
+    return model.to(device or "cpu").eval()

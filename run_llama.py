@@ -78,12 +78,15 @@ class Split:
     token_ids: list[list[int]]
 
 
-def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix_ids: list[int] | None = None,
+def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | None = None,
                 placeholders: bool = False) -> Split:
-    """Read `label ||| sentence` lines; the token ids are BOS, the sentence's (at most max_len), then suffix_ids.
+    """Read `label ||| sentence` lines; the token ids are BOS and the sentence's (at most max_len).
 
-    Labels must be 0 … num_labels − 1, or PLACEHOLDER where `placeholders` allows it.
+    With a prompt `suffix`, an example is the sentence, a space and the suffix, as in the course, and its token ids
+    end with the suffix's, which max_len does not cut. Labels must be 0 … num_labels − 1, or PLACEHOLDER where
+    `placeholders` allows it.
     """
+    suffix_ids = tokenizer.sp_model.encode(suffix) if suffix else []
     sentences, labels, token_ids = [], [], []
     with open(assets.ensure(path), "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -103,9 +106,9 @@ def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix_ids: li
             if not (0 <= label < num_labels or placeholders and label == PLACEHOLDER):
                 allowed = f"0 … {num_labels - 1}" + (f" or {PLACEHOLDER}" if placeholders else "")
                 raise InputError(f"{where}: label {label} is not one of {allowed} ({num_labels} label names)")
-            sentences.append(sentence)
+            sentences.append(f"{sentence} {suffix}" if suffix else sentence)
             labels.append(label)
-            token_ids.append(tokenizer.encode(sentence, bos=True, eos=False) + (suffix_ids or []))
+            token_ids.append(tokenizer.encode(sentence, bos=True, eos=False) + suffix_ids)
     if not sentences:
         raise InputError(f"{path}: empty file: no 'label ||| sentence' lines")
     print(f"load {len(sentences)} data from {path}")
@@ -155,6 +158,13 @@ def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_len
     return batches
 
 
+def eval_order(lengths: list[int], batch_size: int, group_by_length: bool, causal: bool) -> list[list[int]]:
+    """The batches of an evaluation: the course's (file order, batch_size rows each) unless --group_by_length
+    with --causal. Without a mask every position attends to the pads, so a row's batch changes its prediction;
+    with the causal mask it does not, and grouping only saves time."""
+    return batch_order(lengths, batch_size, shuffle=False, group_by_length=group_by_length and causal)
+
+
 def padded_fraction(lengths: list[int], batches: list[list[int]]) -> float:
     """The fraction of the token positions computed in these batches that are padding."""
     computed = sum(len(batch) * max(lengths[i] for i in batch) for batch in batches)
@@ -176,14 +186,15 @@ class LlamaDataset:
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def batches(self, order: list[list[int]]) -> Iterator[tuple[torch.Tensor, ...]]:
-        """(example indices, token ids, lengths, labels) of each batch in `order`, all on the device."""
+    def batches(self, order: list[list[int]], widths: list[int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(example indices, token ids, lengths, labels) of each batch in `order`, all on the device, padded to the
+        batch's longest sentence or to `widths` (a process's share of a batch is padded as the whole batch is)."""
         index = torch.tensor([i for batch in order for i in batch]).to(self.token_ids.device)
+        widths = widths or [max(self.lengths[i] for i in batch) for batch in order]
         start = 0
-        for batch in order:
+        for batch, width in zip(order, widths):
             rows = index[start : start + len(batch)]
             start += len(batch)
-            width = max(self.lengths[i] for i in batch)
             yield rows, self.token_ids[rows, :width], self.device_lengths[rows], self.labels[rows]
 
 
@@ -254,7 +265,7 @@ def evaluate_and_write(model: torch.nn.Module, splits: dict[str, tuple[Split, st
     predictions = {}
     for name, (split, outfile) in splits.items():
         data = LlamaDataset(split, tokenizer.pad_id, device)
-        batches = batch_order(data.lengths, args.batch_size, shuffle=False, group_by_length=args.group_by_length)
+        batches = eval_order(data.lengths, args.batch_size, args.group_by_length, args.causal)
         start = time.perf_counter()
         preds = model_eval(model, data, batches, args, device)
         seconds = time.perf_counter() - start
@@ -283,7 +294,8 @@ def generate_sentence(llama: Llama, tokenizer: Tokenizer, prefix: str, outfile: 
 def test_with_prompting(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str],
                         dev: Split, test_split: Split, device: torch.device) -> None:
     """Zero-shot classification of dev and test by the prompt's continuation."""
-    config = ClassifierConfig(args.pretrained_model_path, len(label_names), args.hidden_dropout_prob, args.option)
+    config = ClassifierConfig(args.pretrained_model_path, len(label_names), args.hidden_dropout_prob, args.option,
+                              causal=args.causal)
     model = LlamaZeroShotClassifier(config, tokenizer, label_names)
     check_fits(model.llama, tokenizer, args, [dev, test_split])
     model = model.to(device)
@@ -312,7 +324,8 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     total_loss = torch.zeros((), device=device)
     preds = torch.zeros(len(data), dtype=torch.long, device=device)
     start = time.perf_counter()
-    progress = tqdm(data.batches(mine), total=len(mine), desc=f"train-{epoch}", disable=rank != 0)
+    widths = [max(data.lengths[i] for i in batch) for batch in batches]  # without a mask, padding counts
+    progress = tqdm(data.batches(mine, widths), total=len(mine), desc=f"train-{epoch}", disable=rank != 0)
     for weight, (rows, token_ids, lengths, labels) in zip(weights, progress):
         optimizer.zero_grad()
         with autocast(args, device):
@@ -331,13 +344,13 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     # the processes' losses add up to world_size × the course's loss of each batch
     return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
             "examples_per_s": len(data) / seconds,
-            "padded": padded_fraction(data.lengths, [share for s in split for share in s if share])}
+            "padded": padded_fraction(data.lengths, batches)}
 
 
 def classifier_config(args: argparse.Namespace, num_labels: int) -> ClassifierConfig:
     targets = ATTENTION_PROJECTIONS if args.lora_all_projections else DEFAULT_TARGETS
     return ClassifierConfig(args.pretrained_model_path, num_labels, args.hidden_dropout_prob, args.option,
-                            args.lora_rank, args.lora_alpha, args.lora_dropout, targets)
+                            args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.causal)
 
 
 def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
@@ -365,7 +378,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
     trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
-    dev_batches = batch_order(dev_data.lengths, args.batch_size, shuffle=False, group_by_length=args.group_by_length)
+    dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
     for epoch in range(progress["epoch"] + 1, args.epochs):
         stats = train_epoch(trained_model, optimizer, train_data, epoch, args, device)
         rng = gather(rng_state(device))
@@ -454,7 +467,11 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hidden_dropout_prob", type=float, default=0.3)
     parser.add_argument("--lr", type=float, default=2e-5, help="learning rate")
     parser.add_argument("--group_by_length", action="store_true",
-                        help="batch sentences of similar length (less padding, so faster; changes the results)")
+                        help="batch training sentences of similar length (less padding, so faster; changes the "
+                             "results); with --causal evaluation batches too, where it changes no prediction")
+    parser.add_argument("--causal", action="store_true",
+                        help="Llama 2's causal attention (mask, KV cache, classifiers read the last real token) "
+                             "instead of the course's reference, whose attention has no mask")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="bfloat16: compute in bfloat16 under torch.autocast (the weights stay float32)")
     parser.add_argument("--lora_rank", type=int, default=4, help="--option lora: the rank r of each adapter")
@@ -526,6 +543,9 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
     """The --option's work, in this process."""
     rank, _ = rank_and_world_size()
     print(f"args: {vars(args)}")
+    if args.group_by_length and not args.causal:
+        print("note: --group_by_length groups the training batches only: without --causal, evaluation keeps the "
+              "course's batches, because there the padding changes the predictions")
     seed_everything(args.seed + rank)  # the processes' dropout masks differ; the batches come from --seed and epoch
     for path in output_files(args):
         if not Path(path).absolute().parent.is_dir():
@@ -533,7 +553,7 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
     tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=str(assets.ensure(args.tokenizer_model)))
 
     if args.option == "generate":
-        llama = load_pretrained(args.pretrained_model_path, device)
+        llama = load_pretrained(args.pretrained_model_path, causal=args.causal, device=device)
         print(f"load model from {args.pretrained_model_path}")
         check_fits(llama, tokenizer, args, [])
         with autocast(args, device):
@@ -544,9 +564,9 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
     label_names = read_label_names(args.label_names)
     num_labels = len(label_names)
     if args.option == "prompt":  # the sentence is truncated to --max_sentence_len, the prompt after it is not
-        suffix_ids = tokenizer.sp_model.encode(prompt_suffix(label_names))
-        dev = create_data(args.dev, tokenizer, num_labels, suffix_ids)
-        test_split = create_data(args.test, tokenizer, num_labels, suffix_ids, placeholders=True)
+        suffix = prompt_suffix(label_names)
+        dev = create_data(args.dev, tokenizer, num_labels, suffix)
+        test_split = create_data(args.test, tokenizer, num_labels, suffix, placeholders=True)
         test_with_prompting(args, tokenizer, label_names, dev, test_split, device)
     else:
         train_split = create_data(args.train, tokenizer, num_labels)

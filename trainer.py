@@ -192,16 +192,21 @@ def save_last(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
                                           "metrics": progress["metrics"]})
 
 
+def sizes(model_args: dict) -> dict:
+    """model_args without `causal`: the sizes of the weights, which do not depend on the semantics."""
+    return {key: value for key, value in model_args.items() if key != "causal"}
+
+
 def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> None:
     """Copy a checkpoint's weights into the classifier built from its model_config: all of them ("model"), or the
     adapters and head onto the base model ("lora")."""
     if "model" in saved:
         model.load_state_dict(saved["model"])
         return
-    if saved["model_args"] != asdict(model.llama.config):
-        raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {saved['model_args']}, "
-                              f"but {saved['model_config']['pretrained_model_path']} now has "
-                              f"{asdict(model.llama.config)}")
+    trained_on, base = (sizes(args) for args in (saved["model_args"], asdict(model.llama.config)))
+    if trained_on != base:
+        raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {trained_on}, "
+                              f"but {saved['model_config']['pretrained_model_path']} now has {base}")
     load_lora_state_dict(model, saved["lora"], "classifier_head.")
 
 

@@ -1,5 +1,8 @@
-"""The two classifiers read each sentence at its last real token, whatever it is batched with."""
+"""The two classifiers: in the course's semantics they read the last column, exactly as the course's reference does
+(so a sentence's prediction depends on its batch's padding); with --causal each sentence's last real token, whatever
+it is batched with."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -27,23 +30,54 @@ def padded_batch(tokenizer: Tokenizer) -> tuple[list[list[int]], torch.Tensor, t
     return ids, batch, torch.tensor([len(x) for x in ids])
 
 
-def test_zero_shot_scores_at_last_real_token(model_path: str, tokenizer: Tokenizer):
-    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, len(LABELS)), tokenizer, LABELS)
+def course_zero_shot_scores(llama, input_ids: torch.Tensor, label_name_ids: list[list[int]]) -> torch.Tensor:
+    """The course's rule, spelled out: Llama.forward's last-position logits, Σ of each label's tokens' log-probs."""
+    logits, _ = llama(input_ids)
+    log_probs = F.log_softmax(logits[:, -1], dim=-1)
+    return torch.stack([log_probs[:, label].sum(-1) for label in label_name_ids], dim=-1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_zero_shot_scores(model_path: str, tokenizer: Tokenizer, causal: bool):
+    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, len(LABELS), causal=causal), tokenizer, LABELS)
+    assert model.llama.config.causal is causal
     assert [len(ids) for ids in model.label_name_ids] == [1, 3, 4, 1]
     ids, batch, lengths = padded_batch(tokenizer)
     with torch.no_grad():
         batched = model(batch, lengths)
+        torch.testing.assert_close(model(batch), course_zero_shot_scores(model.llama, batch, model.label_name_ids),
+                                   atol=1e-5, rtol=1e-5)
         for i, x in enumerate(ids):
-            alone = model(torch.tensor([x]), torch.tensor([len(x)]))
-            # the course's rule on an unpadded sentence, through Llama.forward's last-position logits
-            logits, _ = model.llama(torch.tensor([x]))
-            log_probs = F.log_softmax(logits[0, -1], dim=-1)
-            expected = torch.stack([log_probs[label].sum() for label in model.label_name_ids])
-            torch.testing.assert_close(alone[0], expected, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
-            assert batched[i].argmax() == expected.argmax()
-        last_column = model(batch, torch.full_like(lengths, batch.shape[1]))  # the course's flawed reading
-    assert not torch.allclose(last_column[0], batched[0], atol=1e-3)
+            alone = course_zero_shot_scores(model.llama, torch.tensor([x]), model.label_name_ids)[0]
+            torch.testing.assert_close(model(torch.tensor([x]))[0], alone, atol=1e-5, rtol=1e-5)
+            if causal:  # the last real token, whatever the padding
+                torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+    if causal:  # the last column is a pad for the short row: another number
+        assert not torch.allclose(model(batch)[0], batched[0], atol=1e-3)
+    else:  # the course's last column, pads and all, whatever lengths say; the short row's pads change its scores
+        torch.testing.assert_close(batched, model(batch), atol=0, rtol=0)
+        assert not torch.allclose(batched[0], alone_scores(model, ids[0]), atol=1e-3)
+
+
+def alone_scores(model: LlamaZeroShotClassifier, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([ids]))[0]
+
+
+def test_classifiers_take_the_courses_config(model_path: str, tokenizer: Tokenizer):
+    """The course builds both classifiers from a SimpleNamespace of its own and calls them as model(input_ids)."""
+    prompt_config = SimpleNamespace(pretrained_model_path=model_path, label_names=LABELS, num_labels=len(LABELS),
+                                    data_dir=".", option="prompt")
+    zero_shot = LlamaZeroShotClassifier(prompt_config, tokenizer, LABELS)
+    finetune_config = SimpleNamespace(hidden_dropout_prob=0.3, pretrained_model_path=model_path, num_labels=5,
+                                      data_dir=".", option="finetune")
+    embedding = LlamaEmbeddingClassifier(finetune_config).eval()
+    _, batch, _ = padded_batch(tokenizer)
+    with torch.no_grad():
+        assert zero_shot(batch).shape == (len(SENTENCES), len(LABELS))
+        assert embedding(batch).shape == (len(SENTENCES), 5)
+    assert not zero_shot.llama.config.causal and not embedding.llama.config.causal
+    assert all(p.requires_grad for p in embedding.llama.parameters())
 
 
 def test_zero_shot_projects_one_position_per_row(model_path: str, tokenizer: Tokenizer):
@@ -64,20 +98,25 @@ def test_zero_shot_needs_one_name_per_label(model_path: str, tokenizer: Tokenize
         LlamaZeroShotClassifier(ClassifierConfig(model_path, 2), tokenizer, ["bad", ""])
 
 
-def test_embedding_classifier_reads_last_real_token(model_path: str, tokenizer: Tokenizer):
+@pytest.mark.parametrize("causal", [False, True])
+def test_embedding_classifier_reads_its_position(model_path: str, tokenizer: Tokenizer, causal: bool):
     torch.manual_seed(1)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, hidden_dropout_prob=0.3)).eval()
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, hidden_dropout_prob=0.3, causal=causal)).eval()
     ids, batch, lengths = padded_batch(tokenizer)
     with torch.no_grad():
         batched = model(batch, lengths)
+        last_column = F.log_softmax(model.classifier_head(model.llama.hidden_states(batch)[:, -1]), dim=-1)
         for i, x in enumerate(ids):
             h = model.llama.hidden_states(torch.tensor([x]))[0, -1]
-            expected = F.log_softmax(model.classifier_head(h), dim=-1)
-            torch.testing.assert_close(batched[i], expected, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(model(torch.tensor([x]), torch.tensor([len(x)]))[0], expected,
-                                       atol=1e-5, rtol=1e-5)
-        last_column = model(batch, torch.full_like(lengths, batch.shape[1]))
-    assert not torch.allclose(last_column[0], batched[0], atol=1e-3)
+            alone = F.log_softmax(model.classifier_head(h), dim=-1)
+            torch.testing.assert_close(model(torch.tensor([x]))[0], alone, atol=1e-5, rtol=1e-5)
+            if causal:
+                torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+    if causal:
+        assert not torch.allclose(last_column[0], batched[0], atol=1e-3)
+    else:
+        torch.testing.assert_close(batched, last_column, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(model(batch), last_column, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(batched.exp().sum(-1), torch.ones(len(SENTENCES)))
 
 

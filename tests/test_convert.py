@@ -21,7 +21,8 @@ from llama import Llama, load_pretrained
 from test_llama import random_model
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, layer_norm_eps=1e-6)
+CONFIG = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, layer_norm_eps=1e-6,
+                     causal=True)  # transformers computes the causal model
 LLAMA2C_CONFIG = replace(CONFIG, layer_norm_eps=1e-5)  # llama2.c's .bin holds no eps: it is always 1e-5
 TOKENS = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(0))
 
@@ -67,7 +68,7 @@ def test_hf_export(tmp_path, capsys, tied):
 def test_hf_export_of_stories260k(tmp_path, asset_mirror):
     out = tmp_path / "hf"
     assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "hf", str(out)]) == 0
-    model = load_pretrained(str(asset_mirror / "stories260K.bin"), device="cpu")
+    model = load_pretrained(str(asset_mirror / "stories260K.bin"), causal=True)
     tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
     assert (hf_logits(out, tokens) - all_logits(model, tokens)).abs().max() < 1e-4
 
@@ -106,13 +107,13 @@ def test_llama2c_export(tmp_path, tied):
     save_checkpoint(tmp_path / "model.pt", asdict(model.config), model.state_dict())
     assert convert.main([str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin")]) == 0
     assert (tmp_path / "model.bin").read_bytes()[:8] == struct.pack("<Ii", 0x616B3432, 1)  # llama2.c version 1
-    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), device="cpu")), all_logits(model))
+    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), causal=True)), all_logits(model))
 
 
 def test_llama2c_export_of_stories260k(tmp_path, asset_mirror):
     assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "llama2c", str(tmp_path / "v1.bin")]) == 0
-    original = load_pretrained(str(asset_mirror / "stories260K.bin"), device="cpu")
-    exported = load_pretrained(str(tmp_path / "v1.bin"), device="cpu")
+    original = load_pretrained(str(asset_mirror / "stories260K.bin"), causal=True)
+    exported = load_pretrained(str(tmp_path / "v1.bin"), causal=True)
     tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
     assert torch.equal(all_logits(exported, tokens), all_logits(original, tokens))
 
@@ -143,7 +144,7 @@ def test_finetuned_classifier_exports_its_llama(tmp_path, capsys, to, out):
     if to == "hf":
         assert (hf_logits(tmp_path / out) - all_logits(model)).abs().max() < 1e-4
     else:
-        assert torch.equal(all_logits(load_pretrained(str(tmp_path / out), device="cpu")), all_logits(model))
+        assert torch.equal(all_logits(load_pretrained(str(tmp_path / out), causal=True)), all_logits(model))
 
 
 def test_finetuned_classifier_with_unknown_tensors_is_refused(tmp_path, capsys):
@@ -161,7 +162,8 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
     """A LoRA checkpoint holds adapters only: the export is the base model with the adapters merged in."""
     base = random_model(LLAMA2C_CONFIG)
     save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
-    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", lora_rank=2, lora_alpha=4.0)
+    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", lora_rank=2, lora_alpha=4.0,
+                              causal=True)
     model = LlamaEmbeddingClassifier(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -173,9 +175,9 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
                 "model_config": asdict(config)}, tmp_path / "lora.pt")
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
     assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
-    assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), device="cpu")) - expected).abs().max() < 1e-5
+    assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), causal=True)) - expected).abs().max() < 1e-5
     with pytest.raises(ValueError, match="holds only its adapters"):
-        load_pretrained(str(tmp_path / "lora.pt"), device="cpu")
+        load_pretrained(str(tmp_path / "lora.pt"), causal=True)
 
 
 def test_without_transformers(tmp_path):
@@ -191,7 +193,7 @@ def test_without_transformers(tmp_path):
 
     result = run(str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin"))
     assert result.returncode == 0, result.stderr
-    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), device="cpu")), all_logits(model))
+    assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), causal=True)), all_logits(model))
     result = run(str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "hf"))
     assert result.returncode == 1
     assert "needs the transformers package: pip install transformers safetensors" in result.stderr

@@ -92,7 +92,7 @@ def test_lora_rank_beyond_the_model_is_refused(tmp_path: Path, monkeypatch, asse
 
 def test_adapters_of_another_base_model_are_refused(tmp_path: Path, model_path: str):
     """Adapters whose base model has other sizes, even where their shapes fit, do not belong to this model."""
-    base = asdict(load_pretrained(model_path, "cpu").config)
+    base = asdict(load_pretrained(model_path, device="cpu").config)
     other = LlamaConfig(**{**base, "max_seq_len": 128})
     save_checkpoint(tmp_path / "other.pt", asdict(other), Llama(other).state_dict())
     model = LlamaEmbeddingClassifier(ClassifierConfig(str(tmp_path / "other.pt"), 2, option="lora"))

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShot
 from config import LlamaConfig
 from llama import load_pretrained
 from run_llama import InputError
+from trainer import CheckpointError
 from tokenizer import Tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
@@ -54,15 +57,17 @@ def files(root: Path) -> set[str]:
 
 
 # ---- the three options as a student runs them ----
-def test_generate(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
+@pytest.mark.parametrize("causal", [False, True], ids=["course", "causal"])
+def test_generate(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str, causal: bool):
     result = run(tmp_path, asset_mirror, "--option", "generate",
-                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
+                 *(["--causal"] if causal else []))
     assert result.returncode == 0, result.stderr
     greedy = (tmp_path / "generated-sentence-temp-0.txt").read_bytes().decode("utf-8")
     sampled = (tmp_path / "generated-sentence-temp-1.txt").read_bytes().decode("utf-8")
 
     torch.manual_seed(1337)  # the default --seed, then the same draws: loading, greedy, sampled
-    llama = load_pretrained(model_path, "cpu")
+    llama = load_pretrained(model_path, causal=causal)
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     prompt = torch.tensor([tokenizer.encode(run_llama.PREFIX, bos=True, eos=False)])
     for text, temperature in ((greedy, 0.0), (sampled, 1.0)):
@@ -86,30 +91,62 @@ def test_generate_in_bfloat16(tmp_path: Path, monkeypatch, model_path: str, toke
         assert len(tokenizer.encode(text, bos=True, eos=False)) > prompt_length
 
 
-def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
-    dev = copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 6)
+def course_batches(encoded: list[list[int]], batch_size: int, pad_id: int) -> Iterator[list[list[int]]]:
+    """The course's evaluation batches: file order, batch_size rows, right-padded to the batch's longest row."""
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(map(len, batch))
+        yield [ids + [pad_id] * (width - len(ids)) for ids in batch]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["course", "causal"])
+def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str, causal: bool):
+    dev = copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 7)
     test = copy_head(asset_mirror, tmp_path, "cfimdb-test.txt", 4)
     copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
-    result = run(tmp_path, asset_mirror, "--option", "prompt", "--batch_size", "10",
+    result = run(tmp_path, asset_mirror, "--option", "prompt", "--batch_size", "3",
                  "--train", "data/cfimdb-train.txt", "--dev", "data/cfimdb-dev.txt", "--test", "data/cfimdb-test.txt",
                  "--label-names", "data/cfimdb-label-mapping.json",
                  "--dev_out", "cfimdb-dev-prompting-output.txt", "--test_out", "cfimdb-test-prompting-output.txt",
-                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
+                 "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
+                 *(["--causal"] if causal else []))
     assert result.returncode == 0, result.stderr
+    suffix = "Is this movie bad or good? This movie is "
     dev_preds, dev_sents = read_predictions(tmp_path / "cfimdb-dev-prompting-output.txt", 2)
     test_preds, test_sents = read_predictions(tmp_path / "cfimdb-test-prompting-output.txt", 2)
-    assert dev_sents == sentences(dev) and test_sents == sentences(test)
+    # what the course writes: the sentence, a space and the prompt suffix
+    assert dev_sents == [f"{s} {suffix}" for s in sentences(dev)]
+    assert test_sents == [f"{s} {suffix}" for s in sentences(test)]
     assert re.search(r"^dev acc :: \d\.\d{3}, macro-F1 :: \d\.\d{3}", result.stdout, re.M)
     assert re.search(r"^test acc :: .*cfimdb-test\.txt is 0.*meaningless", result.stdout, re.M)  # placeholders
 
-    # each review alone, prompted as the course builds the prompt (one string, encoded at once)
+    # the course's harness: its config, its batches (prompt encoded as one string), model(ids) without lengths
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    model = LlamaZeroShotClassifier(ClassifierConfig(model_path, 2), tokenizer, ["bad", "good"])
-    suffix = "Is this movie bad or good? This movie is "
-    with torch.no_grad():
-        for sentence, pred in zip(dev_sents + test_sents, dev_preds + test_preds):
-            ids = torch.tensor([tokenizer.encode(f"{sentence} {suffix}", bos=True, eos=False)])
-            assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
+    config = SimpleNamespace(pretrained_model_path=model_path, label_names=["bad", "good"], num_labels=2,
+                             data_dir=".", option="prompt", causal=causal)
+    model = LlamaZeroShotClassifier(config, tokenizer, ["bad", "good"])
+    for lines, preds in ((dev, dev_preds), (test, test_preds)):
+        encoded = [tokenizer.encode(f"{s} {suffix}", bos=True, eos=False) for s in sentences(lines)]
+        expected = []
+        with torch.no_grad():
+            for batch in course_batches(encoded, 3, tokenizer.pad_id):
+                ids = torch.tensor(batch)
+                lengths = torch.tensor([len(x) for x in encoded[len(expected) : len(expected) + len(batch)]])
+                expected += model(ids, lengths if causal else None).argmax(-1).tolist()
+        assert preds == expected
+
+
+@pytest.mark.parametrize("name", ["sst", "cfimdb"])
+def test_prompts_are_tokenized_as_the_course_does(asset_mirror: Path, tokenizer_model: str, name: str):
+    """Sentence and suffix encoded apart (so that --max_sentence_len cuts the sentence only) give the ids of the
+    course's one string f"{sentence} {suffix}", on every dev and test line."""
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    label_names = json.loads((asset_mirror / "data" / f"{name}-label-mapping.json").read_text())
+    suffix = run_llama.prompt_suffix(label_names)
+    for split in ("dev", "test"):
+        data = run_llama.create_data(str(asset_mirror / "data" / f"{name}-{split}.txt"), tokenizer,
+                                     len(label_names), suffix, placeholders=True)
+        assert data.token_ids == [tokenizer.encode(s, bos=True, eos=False) for s in data.sentences]
 
 
 def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
@@ -143,7 +180,7 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
     assert (tmp_path / "finetune-2-0.001.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     saved = torch.load(tmp_path / "finetune-2-0.001.pt", weights_only=True)
-    assert LlamaConfig(**saved["model_args"]) == load_pretrained(model_path, "cpu").config
+    assert LlamaConfig(**saved["model_args"]) == load_pretrained(model_path, device="cpu").config
     assert saved["model_config"] == asdict(ClassifierConfig(model_path, 5, 0.3, "finetune"))
     assert saved["label_names"] == ["awful", "bad", "average", "good", "excellent"]
     assert saved["args"]["epochs"] == 2 and saved["args"]["train"] == "data/sst-train.txt"
@@ -151,7 +188,7 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
     assert abs(saved["best_dev_acc"] - max(float(e[3]) for e in epochs)) < 1e-3
     assert {k.split(".")[0] for k in saved["model"]} == {"llama", "classifier_head"}
 
-    # the written predictions are the saved model's, each sentence read alone
+    # the written predictions are the saved model's, on the course's batches of --batch_size rows
     model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
     model.load_state_dict(saved["model"])
     model.eval()
@@ -159,10 +196,11 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
     for name, lines in (("dev", dev), ("test", test)):
         preds, sents = read_predictions(tmp_path / f"sst-{name}-finetuning-output.txt", 5)
         assert sents == sentences(lines)
+        encoded = [tokenizer.encode(sentence, bos=True, eos=False) for sentence in sents]
         with torch.no_grad():
-            for sentence, pred in zip(sents, preds):
-                ids = torch.tensor([tokenizer.encode(sentence, bos=True, eos=False)])
-                assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
+            expected = [p for batch in course_batches(encoded, 4, tokenizer.pad_id)
+                        for p in model(torch.tensor(batch)).argmax(-1).tolist()]
+        assert preds == expected
 
 
 def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset_mirror: Path, model_path: str,
@@ -270,6 +308,27 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch,
     assert files(tmp_path) == before
 
 
+@pytest.mark.parametrize("option", ["finetune", "lora"])
+def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatch, asset_mirror: Path,
+                                                      model_path: str, tokenizer_model: str, option: str):
+    monkeypatch.chdir(tmp_path)
+    copy_head(asset_mirror, tmp_path, "sst-train.txt", 6)
+    copy_head(asset_mirror, tmp_path, "sst-dev.txt", 4)
+    copy_head(asset_mirror, tmp_path, "sst-test.txt", 3)
+    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    built = []
+    monkeypatch.setattr(run_llama, "build_classifier",
+                        lambda config: built.append(config.causal) or LlamaEmbeddingClassifier(config))
+    run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "3",
+                    "--causal", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    saved = torch.load(tmp_path / f"{option}-1-2e-05.pt", weights_only=True)
+    assert saved["model_config"]["causal"] is True and saved["args"]["causal"] is True
+    assert built == [True, True]  # trained causal; test() rebuilt it causal from the checkpoint alone
+    with pytest.raises(CheckpointError, match="causal True → False"):  # resuming in the other semantics
+        run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "3",
+                        "--resume", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+
+
 def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str,
                             tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
@@ -280,24 +339,23 @@ def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: P
     run_llama.main(prompt)
     assert "test acc :: meaningless: data/cfimdb-test.txt has placeholder labels (-1)" in capsys.readouterr().out
     _, sents = read_predictions(tmp_path / "cfimdb-test-prompting-output.txt", 2)
-    assert sents == ["A hidden label .", "Another one ."]
+    suffix = "Is this movie bad or good? This movie is "
+    assert sents == [f"A hidden label . {suffix}", f"Another one . {suffix}"]
     (tmp_path / "data" / "cfimdb-dev.txt").write_text("-1 ||| Dev labels are needed .\n")
     with pytest.raises(InputError, match=r"cfimdb-dev\.txt:1: label -1 is not one of 0 … 1 \("):
         run_llama.main(prompt)
 
 
-def test_prompt_encoding_is_the_courses_and_keeps_the_prompt(asset_mirror: Path, tokenizer_model: str):
+def test_prompt_suffix_is_kept_whole_when_sentences_are_cut(asset_mirror: Path, tokenizer_model: str):
     suffix = run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"])
     assert suffix == "Is this movie awful, bad, average, good, or excellent? This movie is "
     assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     suffix_ids = tokenizer.sp_model.encode(suffix)
     path = str(asset_mirror / "data" / "sst-dev.txt")
-    split = run_llama.create_data(path, tokenizer, 5, suffix_ids)
-    for sentence, ids in zip(split.sentences[:200], split.token_ids):
-        assert ids == tokenizer.encode(f"{sentence} {suffix}", bos=True, eos=False)
-    short = run_llama.create_data(path, Tokenizer(3, tokenizer_model=tokenizer_model), 5, suffix_ids)
-    for sentence, ids in zip(short.sentences[:20], short.token_ids):
+    short = run_llama.create_data(path, Tokenizer(3, tokenizer_model=tokenizer_model), 5, suffix)
+    for text, ids in zip(short.sentences[:20], short.token_ids):
+        sentence = text.removesuffix(f" {suffix}")
         assert ids == [tokenizer.bos_id] + tokenizer.encode(sentence, bos=False, eos=False)[:3] + suffix_ids
 
 
@@ -334,18 +392,26 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
 
 
-def test_evaluation_order_does_not_depend_on_batches(asset_mirror: Path, model_path: str, tokenizer_model: str):
+def test_causal_evaluation_does_not_depend_on_batches(asset_mirror: Path, model_path: str, tokenizer_model: str):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     full = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
     torch.manual_seed(0)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5))
-    args = run_llama.get_args([])
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, causal=True))
+    args = run_llama.get_args(["--causal"])
     plain = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, False, False), args, cpu)
     grouped = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, True, True), args, cpu)
     assert plain == grouped and len(set(plain)) > 1
+
+
+def test_course_evaluation_keeps_the_courses_batches():
+    lengths = [5, 9, 2, 7, 3, 8, 4]
+    course = [[0, 1, 2], [3, 4, 5], [6]]
+    assert run_llama.eval_order(lengths, 3, group_by_length=True, causal=False) == course
+    assert run_llama.eval_order(lengths, 3, group_by_length=False, causal=True) == course
+    assert run_llama.eval_order(lengths, 3, group_by_length=True, causal=True) == [[2, 4, 6], [0, 3, 5], [1]]
 
 
 # ---- devices ----
