@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -18,11 +19,12 @@ from run_llama import InputError
 from tokenizer import Tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
+GetAsset = Callable[[str], Path]  # conftest's `asset` fixture: a public file's path, fetched through assets.py
 
 
-def copy_head(mirror: Path, cwd: Path, name: str, n: int) -> list[str]:
-    """Write the first n lines of the mirror's data/<name> to cwd/data/<name>; return them."""
-    lines = (mirror / "data" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+def copy_head(asset: GetAsset, cwd: Path, name: str, n: int) -> list[str]:
+    """Write the first n lines of the public data/<name> to cwd/data/<name>; return them."""
+    lines = asset(f"data/{name}").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
     (cwd / "data").mkdir(exist_ok=True)
     (cwd / "data" / name).write_text("".join(lines), encoding="utf-8")
     return lines
@@ -33,6 +35,7 @@ def sentences(lines: list[str]) -> list[str]:
 
 
 def run(cwd: Path, mirror: Path, *args: str) -> subprocess.CompletedProcess:
+    """run_llama.py in cwd, fetching any missing public file from `mirror` (the tests' asset_cache)."""
     env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(mirror)}
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -54,8 +57,8 @@ def files(root: Path) -> set[str]:
 
 
 # ---- the three options as a student runs them ----
-def test_generate(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
-    result = run(tmp_path, asset_mirror, "--option", "generate",
+def test_generate(tmp_path: Path, asset_cache: Path, model_path: str, tokenizer_model: str):
+    result = run(tmp_path, asset_cache, "--option", "generate",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode == 0, result.stderr
     greedy = (tmp_path / "generated-sentence-temp-0.txt").read_bytes().decode("utf-8")
@@ -86,11 +89,12 @@ def test_generate_in_bfloat16(tmp_path: Path, monkeypatch, model_path: str, toke
         assert len(tokenizer.encode(text, bos=True, eos=False)) > prompt_length
 
 
-def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
-    dev = copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 6)
-    test = copy_head(asset_mirror, tmp_path, "cfimdb-test.txt", 4)
-    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
-    result = run(tmp_path, asset_mirror, "--option", "prompt", "--batch_size", "10",
+def test_prompt_cfimdb(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                       tokenizer_model: str):
+    dev = copy_head(asset, tmp_path, "cfimdb-dev.txt", 6)
+    test = copy_head(asset, tmp_path, "cfimdb-test.txt", 4)
+    copy_head(asset, tmp_path, "cfimdb-label-mapping.json", 1)
+    result = run(tmp_path, asset_cache, "--option", "prompt", "--batch_size", "10",
                  "--train", "data/cfimdb-train.txt", "--dev", "data/cfimdb-dev.txt", "--test", "data/cfimdb-test.txt",
                  "--label-names", "data/cfimdb-label-mapping.json",
                  "--dev_out", "cfimdb-dev-prompting-output.txt", "--test_out", "cfimdb-test-prompting-output.txt",
@@ -112,13 +116,14 @@ def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, toke
             assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
 
 
-def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
-    copy_head(asset_mirror, tmp_path, "sst-train.txt", 16)
-    dev = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 8)
-    test = copy_head(asset_mirror, tmp_path, "sst-test.txt", 6)
-    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+def test_finetune_sst(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                      tokenizer_model: str):
+    copy_head(asset, tmp_path, "sst-train.txt", 16)
+    dev = copy_head(asset, tmp_path, "sst-dev.txt", 8)
+    test = copy_head(asset, tmp_path, "sst-test.txt", 6)
+    copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     before = files(tmp_path)
-    result = run(tmp_path, asset_mirror, "--option", "finetune", "--epochs", "2", "--lr", "1e-3", "--batch_size", "4",
+    result = run(tmp_path, asset_cache, "--option", "finetune", "--epochs", "2", "--lr", "1e-3", "--batch_size", "4",
                  "--train", "data/sst-train.txt", "--dev", "data/sst-dev.txt", "--test", "data/sst-test.txt",
                  "--label-names", "data/sst-label-mapping.json",
                  "--dev_out", "sst-dev-finetuning-output.txt", "--test_out", "sst-test-finetuning-output.txt",
@@ -165,33 +170,34 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
                 assert model(ids, torch.tensor([ids.shape[1]])).argmax().item() == pred
 
 
-def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset_mirror: Path, model_path: str,
-                                                         tokenizer_model: str):
+def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset: GetAsset, asset_cache: Path,
+                                                         model_path: str, tokenizer_model: str):
     """`--option finetune --train data/sst-train.txt`: SST's dev, test, labels and output names; the missing label
-    file is fetched (here from the mirror). Also with --group_by_length and --dtype bfloat16."""
+    file is fetched (here from the tests' asset cache, as a mirror). Also with --group_by_length and --dtype
+    bfloat16."""
+    label_names = asset("data/sst-label-mapping.json")  # in asset_cache, for run_llama.py to fetch
     for name, n in (("sst-train.txt", 12), ("sst-dev.txt", 5), ("sst-test.txt", 7)):
-        copy_head(asset_mirror, tmp_path, name, n)
-    result = run(tmp_path, asset_mirror, "--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1",
+        copy_head(asset, tmp_path, name, n)
+    result = run(tmp_path, asset_cache, "--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1",
                  "--batch_size", "4", "--group_by_length", "--dtype", "bfloat16",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "sst-label-mapping.json").read_bytes() == \
-        (asset_mirror / "data" / "sst-label-mapping.json").read_bytes()
+    assert (tmp_path / "data" / "sst-label-mapping.json").read_bytes() == label_names.read_bytes()
     assert len(read_predictions(tmp_path / "sst-dev-finetuning-output.txt", 5)[0]) == 5
     assert len(read_predictions(tmp_path / "sst-test-finetuning-output.txt", 5)[0]) == 7
     assert torch.load(tmp_path / "finetune-1-2e-05.pt", weights_only=True)["args"]["dtype"] == "bfloat16"
     assert not list(tmp_path.rglob("cfimdb*"))
 
 
-def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset_mirror: Path, model_path: str,
+def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
                                                  tokenizer_model: str):
     for name in ("sst-train.txt", "sst-test.txt"):
-        copy_head(asset_mirror, tmp_path, name, 4)
-    lines = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 4)
+        copy_head(asset, tmp_path, name, 4)
+    lines = copy_head(asset, tmp_path, "sst-dev.txt", 4)
     (tmp_path / "data" / "sst-dev.txt").write_text("".join(lines[:2]) + "3 | not the separator\n" + lines[3])
-    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     before = files(tmp_path)
-    result = run(tmp_path, asset_mirror, "--option", "prompt", "--train", "data/sst-train.txt",
+    result = run(tmp_path, asset_cache, "--option", "prompt", "--train", "data/sst-train.txt",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode != 0
     assert "error: data/sst-dev.txt:3: expected 'label ||| sentence'" in result.stderr
@@ -256,13 +262,13 @@ def test_bad_inputs_are_refused(tmp_path: Path, monkeypatch, model_path: str, to
     assert files(tmp_path) == before
 
 
-def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path,
+def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
                                                     tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
     for name in ("sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
-        copy_head(asset_mirror, tmp_path, name, 3)
+        copy_head(asset, tmp_path, name, 3)
     before = files(tmp_path)
-    stories260k = str(asset_mirror / "stories260K.bin")  # a real llama2.c model with its own 512-piece vocabulary
+    stories260k = str(asset("stories260K.bin"))  # a real llama2.c model with its own 512-piece vocabulary
     for option in ("generate", "prompt"):
         with pytest.raises(InputError, match=r"tokenizer.* has 32000 pieces, more than the 512 embeddings"):
             run_llama.main(["--option", option, "--train", "data/sst-train.txt",
@@ -270,11 +276,11 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch,
     assert files(tmp_path) == before
 
 
-def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str,
+def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset: GetAsset, model_path: str,
                             tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
-    copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 3)
-    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
+    copy_head(asset, tmp_path, "cfimdb-dev.txt", 3)
+    copy_head(asset, tmp_path, "cfimdb-label-mapping.json", 1)
     (tmp_path / "data" / "cfimdb-test.txt").write_text("-1 ||| A hidden label .\n-1 ||| Another one .\n")
     prompt = ["--option", "prompt", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
     run_llama.main(prompt)
@@ -286,13 +292,13 @@ def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: P
         run_llama.main(prompt)
 
 
-def test_prompt_encoding_is_the_courses_and_keeps_the_prompt(asset_mirror: Path, tokenizer_model: str):
+def test_prompt_encoding_is_the_courses_and_keeps_the_prompt(asset: GetAsset, tokenizer_model: str):
     suffix = run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"])
     assert suffix == "Is this movie awful, bad, average, good, or excellent? This movie is "
     assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     suffix_ids = tokenizer.sp_model.encode(suffix)
-    path = str(asset_mirror / "data" / "sst-dev.txt")
+    path = str(asset("data/sst-dev.txt"))
     split = run_llama.create_data(path, tokenizer, 5, suffix_ids)
     for sentence, ids in zip(split.sentences[:200], split.token_ids):
         assert ids == tokenizer.encode(f"{sentence} {suffix}", bos=True, eos=False)
@@ -303,9 +309,9 @@ def test_prompt_encoding_is_the_courses_and_keeps_the_prompt(asset_mirror: Path,
 
 # ---- batching ----
 @pytest.fixture(scope="module")
-def sst_lengths(asset_mirror: Path, tokenizer_model: str) -> list[int]:
+def sst_lengths(asset: GetAsset, tokenizer_model: str) -> list[int]:
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    split = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    split = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
     return [len(ids) for ids in split.token_ids]
 
 
@@ -334,9 +340,9 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
 
 
-def test_evaluation_order_does_not_depend_on_batches(asset_mirror: Path, model_path: str, tokenizer_model: str):
+def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path: str, tokenizer_model: str):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    full = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    full = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
