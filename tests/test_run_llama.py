@@ -1,6 +1,8 @@
 """run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
+import inspect
 import json
 import os
+import random
 import re
 import subprocess
 import sys
@@ -8,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -352,6 +355,106 @@ def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path
     plain = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, False, False), args, cpu)
     grouped = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, True, True), args, cpu)
     assert plain == grouped and len(set(plain)) > 1
+
+
+# ---- what the course fixes, pinned with the course's literal values ----
+COURSE_PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
+                 "Keanu Reeves, playing the hero John Wick, is")
+
+
+def test_generate_continues_the_courses_prompt_as_the_course_does(tmp_path: Path, monkeypatch, model_path: str,
+                                                                   tokenizer_model: str):
+    """BOS and the course's prompt, 75 new tokens at temperature 0.0 and then 1.0, into the course's two files."""
+    calls = []
+    load = run_llama.load_pretrained
+
+    def load_recording_generate(*args, **kwargs):
+        llama = load(*args, **kwargs)
+        generate = llama.generate
+
+        def recording(*a, **kw):
+            bound = inspect.signature(generate).bind(*a, **kw)
+            bound.apply_defaults()
+            idx, max_new_tokens, temperature = list(bound.arguments.values())[:3]  # the course's parameters
+            calls.append((idx.tolist(), max_new_tokens, temperature))
+            return generate(*a, **kw)
+
+        llama.generate = recording
+        return llama
+
+    monkeypatch.setattr(run_llama, "load_pretrained", load_recording_generate)
+    monkeypatch.chdir(tmp_path)
+    run_llama.main(["--option", "generate", "--pretrained-model-path", model_path,
+                    "--tokenizer-model", tokenizer_model])
+    prompt = [1] + Tokenizer(tokenizer_model=tokenizer_model).sp_model.encode(COURSE_PREFIX)  # 1: BOS
+    assert calls == [([prompt], 75, 0.0), ([prompt], 75, 1.0)]
+    for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
+        assert (tmp_path / name).read_text(encoding="utf-8").startswith(COURSE_PREFIX)
+
+
+def test_prompt_suffix_is_the_courses():
+    assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
+    assert run_llama.prompt_suffix(["sad", "flat", "fun"]) == "Is this movie sad, flat, or fun? This movie is "
+    assert run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"]) == \
+        "Is this movie awful, bad, average, good, or excellent? This movie is "
+
+
+def test_seed_everything_defaults_to_the_courses_seed():
+    run_llama.seed_everything()
+    drawn = random.random(), float(np.random.rand()), torch.rand(1).item()
+    random.seed(11711)
+    np.random.seed(11711)
+    torch.manual_seed(11711)
+    assert drawn == (random.random(), float(np.random.rand()), torch.rand(1).item())
+
+
+def test_training_batches_are_reshuffled_every_epoch(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str,
+                                                     tokenizer_model: str):
+    """As the course's DataLoader(shuffle=True): each epoch goes through the training set in a new random order."""
+    monkeypatch.chdir(tmp_path)
+    train = copy_head(asset, tmp_path, "sst-train.txt", 16)
+    for name, n in (("sst-dev.txt", 4), ("sst-test.txt", 2), ("sst-label-mapping.json", 1)):
+        copy_head(asset, tmp_path, name, n)
+    seen = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, LlamaEmbeddingClassifier) and module.training:
+            token_ids, lengths = args[:2]
+            seen.extend(row[:length].tolist() for row, length in zip(token_ids, lengths))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--batch_size", "4",
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    finally:
+        hook.remove()
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    ids = [tokenizer.encode(sentence, bos=True, eos=False) for sentence in sentences(train)]
+    order = [ids.index(x) for x in seen]
+    first, second = order[:16], order[16:]
+    assert sorted(first) == sorted(second) == list(range(16))  # every example once per epoch
+    assert first != list(range(16)) and second != first  # a 1 in 16! chance for each, were they random
+
+
+class MakeDir:
+    """Unpickling it creates a folder: it shows whether a load ran code the file chose."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+def test_best_checkpoint_is_reloaded_with_weights_only(tmp_path: Path):
+    """The course's test() reloads the best checkpoint with torch.load; here it takes only tensors and plain data."""
+    marker = tmp_path / "code-ran"
+    args = run_llama.get_args(["--option", "finetune", "--train", "data/sst-train.txt"])
+    args.filepath = str(tmp_path / "finetune-5-2e-05.pt")
+    torch.save({"model": {}, "payload": MakeDir(marker)}, args.filepath)
+    with pytest.raises(Exception):
+        run_llama.test(args, None, None, None, torch.device("cpu"))
+    assert not marker.exists()
 
 
 # ---- devices ----
