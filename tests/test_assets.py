@@ -1,4 +1,5 @@
-"""Tests for assets.py, against an HTTP server on 127.0.0.1 and temporary mirrors; no outside network."""
+"""Tests for assets.py, against an HTTP server on 127.0.0.1 and temporary mirrors; the real table against the real
+files as conftest's asset fixture fetches them (from the mirror, or online)."""
 import functools
 import hashlib
 import http.server
