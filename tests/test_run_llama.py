@@ -343,18 +343,31 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
 
 
+class LengthMod5(torch.nn.Module):
+    """A classifier that predicts each sentence's length in tokens mod 5: predictions known in advance."""
+
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(lengths % 5, 5).float()
+
+
 def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path: str, tokenizer_model: str):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     full = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
-    torch.manual_seed(0)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5))
     args = run_llama.get_args([])
-    plain = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, False, False), args, cpu)
-    grouped = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, True, True), args, cpu)
-    assert plain == grouped and len(set(plain)) > 1
+    plain_batches = run_llama.batch_order(data.lengths, 8, False, False)
+    grouped_batches = run_llama.batch_order(data.lengths, 8, True, True)
+    # each prediction lands at its example's place (a random tiny model may predict one label throughout)
+    expected = [length % 5 for length in data.lengths]
+    assert len(set(expected)) == 5
+    for batches in (plain_batches, grouped_batches):
+        assert run_llama.model_eval(LengthMod5(), data, batches, args, cpu) == expected
+    # and padding other sentences to another width changes no prediction of a real classifier
+    model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5))
+    plain = run_llama.model_eval(model, data, plain_batches, args, cpu)
+    assert run_llama.model_eval(model, data, grouped_batches, args, cpu) == plain
 
 
 # ---- what the course fixes, pinned with the course's literal values ----
