@@ -8,7 +8,7 @@ TORCH_INDEX ?=
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test generate fetch test-min
+.PHONY: test generate fetch test-min test-latest
 
 test: $(VENV)/test.stamp
 	$(PY) -m pytest -q tests
@@ -24,6 +24,12 @@ test-min:
 	$(PYTHON) -m venv .venv-min
 	.venv-min/bin/python -m pip install $$(grep -hE '^[a-z-]+>=' requirements.txt requirements-test.txt | sed 's/>=/==/')
 	.venv-min/bin/python -m pytest -q tests
+
+# What a new user gets: a third venv with the newest release of every requirement that pip resolves to.
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -U -r requirements-test.txt
+	.venv-latest/bin/python -m pytest -q tests
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

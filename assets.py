@@ -52,6 +52,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
     # The two sources are different files (course vs llama2.c parameter names), so no single hash fits both.
     Asset("stories42M.pt", ("https://www.cs.cmu.edu/~vijayv/stories42M.pt",
                             "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories42M.pt"), large=True),
+    # A trained llama2.c model (legacy .bin export, 512-piece vocabulary) that the tests load; a public copy at a
+    # fixed commit, which may differ from the file of the same name on the Hugging Face hub.
+    Asset("stories260K.bin", ("https://raw.githubusercontent.com/plctlab/rvspoc-s2311-llama2/"
+                              "2fa3f650cf1dc5a21e11c00a9c688be86947b061/stories260K.bin",),
+          "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6", 1056540, large=True),
 ]}
 
 
@@ -133,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     """Fetch the named assets (default: all but the large ones) into the current directory."""
     parser = argparse.ArgumentParser(description="Fetch the public files minllama needs into the current directory.")
     parser.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all small ones)")
-    parser.add_argument("--all", action="store_true", help="also fetch the large ones (the stories42M.pt checkpoint)")
+    parser.add_argument("--all", action="store_true",
+                        help="also fetch the large ones (the checkpoints stories42M.pt and stories260K.bin)")
     parser.add_argument("--list", action="store_true", help="list the known assets and exit")
     args = parser.parse_args(argv)
     if args.list:

@@ -199,8 +199,8 @@ def test_missing_file(tmp_path):
         read_checkpoint(tmp_path / "nope.bin")
 
 
-def test_real_stories260k(tmp_path, asset_mirror):
-    original = asset_mirror / "stories260K.bin"
+def test_real_stories260k(tmp_path, asset):
+    original = asset("stories260K.bin")
     model_args, sd = read_checkpoint(original)
     assert model_args == dict(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512,
                               max_seq_len=512)
@@ -257,5 +257,5 @@ def test_finetuned_classifier_is_read_strictly(tmp_path, change, error):
         read_checkpoint(tmp_path / "f.pt")
 
 
-def test_bin_has_no_classifier(asset_mirror):
-    assert read_checkpoint_with_classifier(asset_mirror / "stories260K.bin")[2] == {}
+def test_bin_has_no_classifier(asset):
+    assert read_checkpoint_with_classifier(asset("stories260K.bin"))[2] == {}

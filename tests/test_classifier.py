@@ -17,8 +17,8 @@ SENTENCES = ["Dull .", "A gorgeous , witty , seductive movie .",
 
 
 @pytest.fixture(scope="module")
-def tokenizer(asset_mirror: Path) -> Tokenizer:
-    return Tokenizer(tokenizer_model=str(asset_mirror / "tokenizer.model"))
+def tokenizer(tokenizer_model: str) -> Tokenizer:
+    return Tokenizer(tokenizer_model=tokenizer_model)
 
 
 def padded_batch(tokenizer: Tokenizer) -> tuple[list[list[int]], torch.Tensor, torch.Tensor]:

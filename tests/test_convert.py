@@ -65,10 +65,11 @@ def test_hf_export(tmp_path, capsys, tied):
     assert (hf_logits(out) - all_logits(model)).abs().max() < 1e-4
 
 
-def test_hf_export_of_stories260k(tmp_path, asset_mirror):
+def test_hf_export_of_stories260k(tmp_path, asset):
+    stories260k = str(asset("stories260K.bin"))
     out = tmp_path / "hf"
-    assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "hf", str(out)]) == 0
-    model = load_pretrained(str(asset_mirror / "stories260K.bin"), causal=True)
+    assert convert.main([stories260k, "--to", "hf", str(out)]) == 0
+    model = load_pretrained(stories260k, causal=True)
     tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
     assert (hf_logits(out, tokens) - all_logits(model, tokens)).abs().max() < 1e-4
 
@@ -110,9 +111,10 @@ def test_llama2c_export(tmp_path, tied):
     assert torch.equal(all_logits(load_pretrained(str(tmp_path / "model.bin"), causal=True)), all_logits(model))
 
 
-def test_llama2c_export_of_stories260k(tmp_path, asset_mirror):
-    assert convert.main([str(asset_mirror / "stories260K.bin"), "--to", "llama2c", str(tmp_path / "v1.bin")]) == 0
-    original = load_pretrained(str(asset_mirror / "stories260K.bin"), causal=True)
+def test_llama2c_export_of_stories260k(tmp_path, asset):
+    stories260k = str(asset("stories260K.bin"))
+    assert convert.main([stories260k, "--to", "llama2c", str(tmp_path / "v1.bin")]) == 0
+    original = load_pretrained(stories260k, causal=True)
     exported = load_pretrained(str(tmp_path / "v1.bin"), causal=True)
     tokens = torch.randint(0, 512, (2, 40), generator=torch.Generator().manual_seed(1))
     assert torch.equal(all_logits(exported, tokens), all_logits(original, tokens))

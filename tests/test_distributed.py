@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 import run_llama
 from run_llama import InputError
-from test_run_llama import SCRIPT, copy_head, files
+from test_run_llama import SCRIPT, GetAsset, copy_head, files
 from trainer import shares
 
 
@@ -21,7 +21,7 @@ def test_shares_split_each_batch_among_the_processes():
     assert shares([5, 6, 7], 1) == [[5, 6, 7]]
 
 
-def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, asset_mirror: Path,
+def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, asset: GetAsset, asset_cache: Path,
                                                    model_path: str, tokenizer_model: str):
     """9 examples in batches of 4: in the last batch, of 1 example, process 1 has none and still takes the step."""
     flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.001",
@@ -31,9 +31,9 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, 
     for folder in (one, two):
         folder.mkdir()
         for name, n in (("sst-train.txt", 9), ("sst-dev.txt", 5), ("sst-test.txt", 3), ("sst-label-mapping.json", 1)):
-            copy_head(asset_mirror, folder, name, n)
+            copy_head(asset, folder, name, n)
     before = files(two)
-    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_mirror)}
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              str(SCRIPT), *flags], cwd=two, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr

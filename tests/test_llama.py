@@ -115,8 +115,8 @@ def test_causal_matches_transformers(flash, tied):
     assert (last_logits[:, 0] - hf.logits[:, -1]).abs().max() < 1e-4
 
 
-def test_stories260k_greedy_matches_transformers(asset_mirror):
-    model = load_pretrained(str(asset_mirror / "stories260K.bin"), causal=True)
+def test_stories260k_greedy_matches_transformers(asset):
+    model = load_pretrained(str(asset("stories260K.bin")), causal=True)
     config = model.config
     assert (config.n_heads, config.n_kv_heads, config.vocab_size, config.dim, config.n_layers) == (8, 4, 512, 64, 5)
     bos = torch.tensor([[1]])
@@ -161,9 +161,9 @@ def test_causal_matches_float64_reference():
     assert (logits.double() - expected_logits).abs().max() < 1e-4
 
 
-def test_sanity_check_data_rows_differ_on_their_shared_prefix(asset_mirror):
+def test_sanity_check_data_rows_differ_on_their_shared_prefix(asset):
     """The course's reference outputs themselves show no mask: the two rows share ids 101, 7592, yet differ there."""
-    data = torch.load(asset_mirror / "sanity_check.data", weights_only=True)
+    data = torch.load(asset("sanity_check.data"), weights_only=True)
     assert sanity_check.SENT_IDS[0][:2] == sanity_check.SENT_IDS[1][:2]
     difference = (data["hidden_states"][0, :2] - data["hidden_states"][1, :2]).abs().max()
     assert difference > 10.0  # 10.65, with rows of norm ~100: far beyond float rounding
@@ -389,7 +389,8 @@ def run_sanity_check(cwd: Path, mirror: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_sanity_check_missing_files(tmp_path, asset_mirror):
+def test_sanity_check_missing_files(tmp_path, asset):
+    data = asset("sanity_check.data")
     mirror, work = tmp_path / "mirror", tmp_path / "work"
     mirror.mkdir()
     work.mkdir()
@@ -398,7 +399,7 @@ def test_sanity_check_missing_files(tmp_path, asset_mirror):
     assert "sanity_check.data" in result.stderr and "Download it by hand from https://" in result.stderr
     assert "Traceback" not in result.stderr
     # with sanity_check.data in the mirror, it is fetched, and the missing checkpoint is what is reported
-    (mirror / "sanity_check.data").write_bytes((asset_mirror / "sanity_check.data").read_bytes())
+    (mirror / "sanity_check.data").write_bytes(data.read_bytes())
     result = run_sanity_check(work, mirror)
     assert result.returncode == 1
     assert "stories42M.pt" in result.stderr and "https://www.cs.cmu.edu/~vijayv/stories42M.pt" in result.stderr

@@ -15,23 +15,23 @@ from config import LlamaConfig
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_lora
 from run_llama import InputError
-from test_run_llama import copy_head, files, read_predictions
+from test_run_llama import GetAsset, copy_head, files, read_predictions
 from tokenizer import Tokenizer
 from trainer import CheckpointError, load_weights
 
 
-def sst(mirror: Path, cwd: Path) -> dict[str, list[str]]:
+def sst(asset: GetAsset, cwd: Path) -> dict[str, list[str]]:
     """The first lines of SST's files under cwd/data; returns the dev and test lines."""
-    copy_head(mirror, cwd, "sst-train.txt", 12)
-    copy_head(mirror, cwd, "sst-label-mapping.json", 1)
-    return {"dev": copy_head(mirror, cwd, "sst-dev.txt", 6), "test": copy_head(mirror, cwd, "sst-test.txt", 4)}
+    copy_head(asset, cwd, "sst-train.txt", 12)
+    copy_head(asset, cwd, "sst-label-mapping.json", 1)
+    return {"dev": copy_head(asset, cwd, "sst-dev.txt", 6), "test": copy_head(asset, cwd, "sst-test.txt", 4)}
 
 
 def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
-        tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str, tokenizer_model: str):
+        tmp_path: Path, monkeypatch, capsys, asset: GetAsset, model_path: str, tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # the picture is optional: a note, not a crash
-    lines = sst(asset_mirror, tmp_path)
+    lines = sst(asset, tmp_path)
     before = files(tmp_path)
     run_llama.main(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.01",
                     "--batch_size", "4", "--lora_rank", "2", "--lora_alpha", "4", "--lora_dropout", "0.1",
@@ -81,10 +81,10 @@ def test_lora_all_projections_adapts_all_four(model_path: str):
     assert all(isinstance(getattr(attention, name), LoRALinear) for name in ATTENTION_PROJECTIONS)
 
 
-def test_lora_rank_beyond_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path, model_path: str,
+def test_lora_rank_beyond_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str,
                                                tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
-    sst(asset_mirror, tmp_path)
+    sst(asset, tmp_path)
     with pytest.raises(InputError, match=r"LoRA rank must be .* \[1, 32\], got 64"):
         run_llama.main(["--option", "lora", "--train", "data/sst-train.txt", "--lora_rank", "64",
                         "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])

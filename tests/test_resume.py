@@ -13,15 +13,15 @@ import pytest
 import torch
 
 import run_llama
-from test_run_llama import SCRIPT, copy_head
+from test_run_llama import SCRIPT, GetAsset, copy_head
 from trainer import CheckpointError, rng_state, set_rng_state
 
 
-def sst(mirror: Path, cwd: Path, n_train: int) -> None:
-    copy_head(mirror, cwd, "sst-train.txt", n_train)
-    copy_head(mirror, cwd, "sst-dev.txt", 6)
-    copy_head(mirror, cwd, "sst-test.txt", 4)
-    copy_head(mirror, cwd, "sst-label-mapping.json", 1)
+def sst(asset: GetAsset, cwd: Path, n_train: int) -> None:
+    copy_head(asset, cwd, "sst-train.txt", n_train)
+    copy_head(asset, cwd, "sst-dev.txt", 6)
+    copy_head(asset, cwd, "sst-test.txt", 4)
+    copy_head(asset, cwd, "sst-label-mapping.json", 1)
 
 
 def weights(saved: dict) -> dict[str, torch.Tensor]:
@@ -58,7 +58,7 @@ class Crash(Exception):
 
 
 def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: Path, monkeypatch, capsys,
-                                                                     asset_mirror: Path, model_path: str,
+                                                                     asset: GetAsset, model_path: str,
                                                                      tokenizer_model: str):
     """Dropout on the head and the adapters draws from the generators, so only restored ones give the same end."""
     flags = ["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.01", "--batch_size", "4",
@@ -66,7 +66,7 @@ def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: P
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     for folder in (whole, stopped):
         folder.mkdir()
-        sst(asset_mirror, folder, 12)
+        sst(asset, folder, 12)
     monkeypatch.chdir(whole)
     run_llama.main(flags + ["--resume"])  # nothing to resume yet: the run starts at epoch 0
     assert "there is no lora-2-0.01-last.pt yet, so the run starts at epoch 0" in capsys.readouterr().out
@@ -95,16 +95,16 @@ def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: P
 
 
 def test_run_killed_while_training_leaves_a_checkpoint_to_resume_from(tmp_path: Path, monkeypatch,
-                                                                      asset_mirror: Path, model_path: str,
-                                                                      tokenizer_model: str):
+                                                                      asset: GetAsset, asset_cache: Path,
+                                                                      model_path: str, tokenizer_model: str):
     flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "3", "--lr", "0.001",
              "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     for folder in (whole, killed):
         folder.mkdir()
-        sst(asset_mirror, folder, 40)
+        sst(asset, folder, 40)
     last = killed / "finetune-3-0.001-last.pt"
-    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_mirror)}
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}
     with open(tmp_path / "stderr.txt", "w") as stderr:
         process = subprocess.Popen([sys.executable, str(SCRIPT), *flags], cwd=killed, env=env,
                                    stdout=subprocess.DEVNULL, stderr=stderr)

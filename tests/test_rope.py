@@ -67,16 +67,24 @@ def test_course_values():
 
 
 def test_scores_depend_only_on_relative_position():
-    """RoFormer eq. 16: the rotated q_m·k_n is a function of m − n."""
-    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+    """RoFormer eq. 16: the rotated q_m·k_n is qᵀ·R_(n−m)·k, a function of m − n only, for any q and k."""
+    q, k = torch.randn(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
 
-    def score(m: int, n: int) -> float:
-        qm = apply_rotary_emb(q, q, 16, 64, start_pos=m)[0]
-        kn = apply_rotary_emb(k, k, 16, 64, start_pos=n)[1]
-        return float((qm * kn).sum())
+    def score(query: torch.Tensor, key: torch.Tensor, m: int, n: int) -> float:
+        qm = apply_rotary_emb(query.float().view(1, 1, 1, 16), query.float().view(1, 1, 1, 16), 16, 64, start_pos=m)
+        kn = apply_rotary_emb(key.float().view(1, 1, 1, 16), key.float().view(1, 1, 1, 16), 16, 64, start_pos=n)
+        return float((qm[0] * kn[1]).sum())
 
-    assert score(5, 2) == pytest.approx(score(40, 37), abs=1e-4)
-    assert score(5, 2) != pytest.approx(score(5, 3), abs=1e-2)
+    # float32 tables and products: over 300 draws and all positions < 64 the error stayed below 1e-6·|q|·|k|
+    tolerance = 1e-5 * float(q.norm() * k.norm())
+    for m, n in [(5, 2), (40, 37), (2, 5), (37, 40), (0, 0), (63, 63), (0, 63), (50, 10)]:
+        expected = float(q.numpy() @ rotation_matrix(n - m, 16) @ k.numpy())
+        assert score(q, k, m, n) == pytest.approx(expected, abs=tolerance)
+    # and it does change with m − n: e_0's first pair turns by 1 rad per position, so e_0·e_0 scores cos(m − n)
+    e0 = torch.zeros(16, dtype=torch.float64)
+    e0[0] = 1.0
+    scores = [score(e0, e0, m, n) for m, n in [(5, 2), (40, 37), (5, 3), (3, 5), (9, 9)]]
+    assert scores == pytest.approx([np.cos(3), np.cos(3), np.cos(2), np.cos(2), 1.0], abs=1e-6)
 
 
 def test_dtype_is_kept():

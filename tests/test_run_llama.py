@@ -1,14 +1,17 @@
 """run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
+import inspect
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator
+from typing import Callable, Iterator
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,11 +24,12 @@ from trainer import CheckpointError
 from tokenizer import Tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
+GetAsset = Callable[[str], Path]  # conftest's `asset` fixture: a public file's path, fetched through assets.py
 
 
-def copy_head(mirror: Path, cwd: Path, name: str, n: int) -> list[str]:
-    """Write the first n lines of the mirror's data/<name> to cwd/data/<name>; return them."""
-    lines = (mirror / "data" / name).read_text(encoding="utf-8").splitlines(keepends=True)[:n]
+def copy_head(asset: GetAsset, cwd: Path, name: str, n: int) -> list[str]:
+    """Write the first n lines of the public data/<name> to cwd/data/<name>; return them."""
+    lines = asset(f"data/{name}").read_text(encoding="utf-8").splitlines(keepends=True)[:n]
     (cwd / "data").mkdir(exist_ok=True)
     (cwd / "data" / name).write_text("".join(lines), encoding="utf-8")
     return lines
@@ -36,6 +40,7 @@ def sentences(lines: list[str]) -> list[str]:
 
 
 def run(cwd: Path, mirror: Path, *args: str) -> subprocess.CompletedProcess:
+    """run_llama.py in cwd, fetching any missing public file from `mirror` (the tests' asset_cache)."""
     env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(mirror)}
     return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
@@ -58,8 +63,8 @@ def files(root: Path) -> set[str]:
 
 # ---- the three options as a student runs them ----
 @pytest.mark.parametrize("causal", [False, True], ids=["course", "causal"])
-def test_generate(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str, causal: bool):
-    result = run(tmp_path, asset_mirror, "--option", "generate",
+def test_generate(tmp_path: Path, asset_cache: Path, model_path: str, tokenizer_model: str, causal: bool):
+    result = run(tmp_path, asset_cache, "--option", "generate",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
                  *(["--causal"] if causal else []))
     assert result.returncode == 0, result.stderr
@@ -100,11 +105,12 @@ def course_batches(encoded: list[list[int]], batch_size: int, pad_id: int) -> It
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["course", "causal"])
-def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str, causal: bool):
-    dev = copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 7)
-    test = copy_head(asset_mirror, tmp_path, "cfimdb-test.txt", 4)
-    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
-    result = run(tmp_path, asset_mirror, "--option", "prompt", "--batch_size", "3",
+def test_prompt_cfimdb(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str, tokenizer_model: str,
+                       causal: bool):
+    dev = copy_head(asset, tmp_path, "cfimdb-dev.txt", 7)
+    test = copy_head(asset, tmp_path, "cfimdb-test.txt", 4)
+    copy_head(asset, tmp_path, "cfimdb-label-mapping.json", 1)
+    result = run(tmp_path, asset_cache, "--option", "prompt", "--batch_size", "3",
                  "--train", "data/cfimdb-train.txt", "--dev", "data/cfimdb-dev.txt", "--test", "data/cfimdb-test.txt",
                  "--label-names", "data/cfimdb-label-mapping.json",
                  "--dev_out", "cfimdb-dev-prompting-output.txt", "--test_out", "cfimdb-test-prompting-output.txt",
@@ -137,25 +143,26 @@ def test_prompt_cfimdb(tmp_path: Path, asset_mirror: Path, model_path: str, toke
 
 
 @pytest.mark.parametrize("name", ["sst", "cfimdb"])
-def test_prompts_are_tokenized_as_the_course_does(asset_mirror: Path, tokenizer_model: str, name: str):
+def test_prompts_are_tokenized_as_the_course_does(asset: GetAsset, tokenizer_model: str, name: str):
     """Sentence and suffix encoded apart (so that --max_sentence_len cuts the sentence only) give the ids of the
     course's one string f"{sentence} {suffix}", on every dev and test line."""
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    label_names = json.loads((asset_mirror / "data" / f"{name}-label-mapping.json").read_text())
+    label_names = json.loads(asset(f"data/{name}-label-mapping.json").read_text())
     suffix = run_llama.prompt_suffix(label_names)
     for split in ("dev", "test"):
-        data = run_llama.create_data(str(asset_mirror / "data" / f"{name}-{split}.txt"), tokenizer,
+        data = run_llama.create_data(str(asset(f"data/{name}-{split}.txt")), tokenizer,
                                      len(label_names), suffix, placeholders=True)
         assert data.token_ids == [tokenizer.encode(s, bos=True, eos=False) for s in data.sentences]
 
 
-def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
-    copy_head(asset_mirror, tmp_path, "sst-train.txt", 16)
-    dev = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 8)
-    test = copy_head(asset_mirror, tmp_path, "sst-test.txt", 6)
-    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+def test_finetune_sst(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                      tokenizer_model: str):
+    copy_head(asset, tmp_path, "sst-train.txt", 16)
+    dev = copy_head(asset, tmp_path, "sst-dev.txt", 8)
+    test = copy_head(asset, tmp_path, "sst-test.txt", 6)
+    copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     before = files(tmp_path)
-    result = run(tmp_path, asset_mirror, "--option", "finetune", "--epochs", "2", "--lr", "1e-3", "--batch_size", "4",
+    result = run(tmp_path, asset_cache, "--option", "finetune", "--epochs", "2", "--lr", "1e-3", "--batch_size", "4",
                  "--train", "data/sst-train.txt", "--dev", "data/sst-dev.txt", "--test", "data/sst-test.txt",
                  "--label-names", "data/sst-label-mapping.json",
                  "--dev_out", "sst-dev-finetuning-output.txt", "--test_out", "sst-test-finetuning-output.txt",
@@ -203,33 +210,34 @@ def test_finetune_sst(tmp_path: Path, asset_mirror: Path, model_path: str, token
         assert preds == expected
 
 
-def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset_mirror: Path, model_path: str,
-                                                         tokenizer_model: str):
+def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset: GetAsset, asset_cache: Path,
+                                                         model_path: str, tokenizer_model: str):
     """`--option finetune --train data/sst-train.txt`: SST's dev, test, labels and output names; the missing label
-    file is fetched (here from the mirror). Also with --group_by_length and --dtype bfloat16."""
+    file is fetched (here from the tests' asset cache, as a mirror). Also with --group_by_length and --dtype
+    bfloat16."""
+    label_names = asset("data/sst-label-mapping.json")  # in asset_cache, for run_llama.py to fetch
     for name, n in (("sst-train.txt", 12), ("sst-dev.txt", 5), ("sst-test.txt", 7)):
-        copy_head(asset_mirror, tmp_path, name, n)
-    result = run(tmp_path, asset_mirror, "--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1",
+        copy_head(asset, tmp_path, name, n)
+    result = run(tmp_path, asset_cache, "--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1",
                  "--batch_size", "4", "--group_by_length", "--dtype", "bfloat16",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "sst-label-mapping.json").read_bytes() == \
-        (asset_mirror / "data" / "sst-label-mapping.json").read_bytes()
+    assert (tmp_path / "data" / "sst-label-mapping.json").read_bytes() == label_names.read_bytes()
     assert len(read_predictions(tmp_path / "sst-dev-finetuning-output.txt", 5)[0]) == 5
     assert len(read_predictions(tmp_path / "sst-test-finetuning-output.txt", 5)[0]) == 7
     assert torch.load(tmp_path / "finetune-1-2e-05.pt", weights_only=True)["args"]["dtype"] == "bfloat16"
     assert not list(tmp_path.rglob("cfimdb*"))
 
 
-def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset_mirror: Path, model_path: str,
+def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
                                                  tokenizer_model: str):
     for name in ("sst-train.txt", "sst-test.txt"):
-        copy_head(asset_mirror, tmp_path, name, 4)
-    lines = copy_head(asset_mirror, tmp_path, "sst-dev.txt", 4)
+        copy_head(asset, tmp_path, name, 4)
+    lines = copy_head(asset, tmp_path, "sst-dev.txt", 4)
     (tmp_path / "data" / "sst-dev.txt").write_text("".join(lines[:2]) + "3 | not the separator\n" + lines[3])
-    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     before = files(tmp_path)
-    result = run(tmp_path, asset_mirror, "--option", "prompt", "--train", "data/sst-train.txt",
+    result = run(tmp_path, asset_cache, "--option", "prompt", "--train", "data/sst-train.txt",
                  "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model)
     assert result.returncode != 0
     assert "error: data/sst-dev.txt:3: expected 'label ||| sentence'" in result.stderr
@@ -294,13 +302,13 @@ def test_bad_inputs_are_refused(tmp_path: Path, monkeypatch, model_path: str, to
     assert files(tmp_path) == before
 
 
-def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path,
+def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
                                                     tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
     for name in ("sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
-        copy_head(asset_mirror, tmp_path, name, 3)
+        copy_head(asset, tmp_path, name, 3)
     before = files(tmp_path)
-    stories260k = str(asset_mirror / "stories260K.bin")  # a real llama2.c model with its own 512-piece vocabulary
+    stories260k = str(asset("stories260K.bin"))  # a real llama2.c model with its own 512-piece vocabulary
     for option in ("generate", "prompt"):
         with pytest.raises(InputError, match=r"tokenizer.* has 32000 pieces, more than the 512 embeddings"):
             run_llama.main(["--option", option, "--train", "data/sst-train.txt",
@@ -309,13 +317,13 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch,
 
 
 @pytest.mark.parametrize("option", ["finetune", "lora"])
-def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatch, asset_mirror: Path,
+def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatch, asset: GetAsset,
                                                       model_path: str, tokenizer_model: str, option: str):
     monkeypatch.chdir(tmp_path)
-    copy_head(asset_mirror, tmp_path, "sst-train.txt", 6)
-    copy_head(asset_mirror, tmp_path, "sst-dev.txt", 4)
-    copy_head(asset_mirror, tmp_path, "sst-test.txt", 3)
-    copy_head(asset_mirror, tmp_path, "sst-label-mapping.json", 1)
+    copy_head(asset, tmp_path, "sst-train.txt", 6)
+    copy_head(asset, tmp_path, "sst-dev.txt", 4)
+    copy_head(asset, tmp_path, "sst-test.txt", 3)
+    copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     built = []
     monkeypatch.setattr(run_llama, "build_classifier",
                         lambda config: built.append(config.causal) or LlamaEmbeddingClassifier(config))
@@ -329,11 +337,11 @@ def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatc
                         "--resume", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
 
 
-def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: Path, model_path: str,
+def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset: GetAsset, model_path: str,
                             tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
-    copy_head(asset_mirror, tmp_path, "cfimdb-dev.txt", 3)
-    copy_head(asset_mirror, tmp_path, "cfimdb-label-mapping.json", 1)
+    copy_head(asset, tmp_path, "cfimdb-dev.txt", 3)
+    copy_head(asset, tmp_path, "cfimdb-label-mapping.json", 1)
     (tmp_path / "data" / "cfimdb-test.txt").write_text("-1 ||| A hidden label .\n-1 ||| Another one .\n")
     prompt = ["--option", "prompt", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
     run_llama.main(prompt)
@@ -346,13 +354,13 @@ def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset_mirror: P
         run_llama.main(prompt)
 
 
-def test_prompt_suffix_is_kept_whole_when_sentences_are_cut(asset_mirror: Path, tokenizer_model: str):
+def test_prompt_suffix_is_kept_whole_when_sentences_are_cut(asset: GetAsset, tokenizer_model: str):
     suffix = run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"])
     assert suffix == "Is this movie awful, bad, average, good, or excellent? This movie is "
     assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     suffix_ids = tokenizer.sp_model.encode(suffix)
-    path = str(asset_mirror / "data" / "sst-dev.txt")
+    path = str(asset("data/sst-dev.txt"))
     short = run_llama.create_data(path, Tokenizer(3, tokenizer_model=tokenizer_model), 5, suffix)
     for text, ids in zip(short.sentences[:20], short.token_ids):
         sentence = text.removesuffix(f" {suffix}")
@@ -361,9 +369,9 @@ def test_prompt_suffix_is_kept_whole_when_sentences_are_cut(asset_mirror: Path, 
 
 # ---- batching ----
 @pytest.fixture(scope="module")
-def sst_lengths(asset_mirror: Path, tokenizer_model: str) -> list[int]:
+def sst_lengths(asset: GetAsset, tokenizer_model: str) -> list[int]:
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    split = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    split = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
     return [len(ids) for ids in split.token_ids]
 
 
@@ -392,18 +400,132 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
 
 
-def test_causal_evaluation_does_not_depend_on_batches(asset_mirror: Path, model_path: str, tokenizer_model: str):
+class LengthMod5(torch.nn.Module):
+    """A classifier that predicts each sentence's length in tokens mod 5: predictions known in advance."""
+
+    def forward(self, token_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(lengths % 5, 5).float()
+
+
+def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path: str, tokenizer_model: str):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
-    full = run_llama.create_data(str(asset_mirror / "data" / "sst-dev.txt"), tokenizer, 5)
+    full = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
-    torch.manual_seed(0)
+    args = run_llama.get_args([])
+    plain_batches = run_llama.batch_order(data.lengths, 8, False, False)
+    grouped_batches = run_llama.batch_order(data.lengths, 8, True, True)
+    # each prediction lands at its example's place (a random tiny model may predict one label throughout)
+    expected = [length % 5 for length in data.lengths]
+    assert len(set(expected)) == 5
+    for batches in (plain_batches, grouped_batches):
+        assert run_llama.model_eval(LengthMod5(), data, batches, args, cpu) == expected
+    # and with --causal, padding other sentences to another width changes no prediction of a real classifier
     model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, causal=True))
-    args = run_llama.get_args(["--causal"])
-    plain = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, False, False), args, cpu)
-    grouped = run_llama.model_eval(model, data, run_llama.batch_order(data.lengths, 8, True, True), args, cpu)
-    assert plain == grouped and len(set(plain)) > 1
+    causal = run_llama.get_args(["--causal"])
+    plain = run_llama.model_eval(model, data, plain_batches, causal, cpu)
+    assert run_llama.model_eval(model, data, grouped_batches, causal, cpu) == plain
+
+
+# ---- what the course fixes, pinned with the course's literal values ----
+COURSE_PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
+                 "Keanu Reeves, playing the hero John Wick, is")
+
+
+def test_generate_continues_the_courses_prompt_as_the_course_does(tmp_path: Path, monkeypatch, model_path: str,
+                                                                   tokenizer_model: str):
+    """BOS and the course's prompt, 75 new tokens at temperature 0.0 and then 1.0, into the course's two files."""
+    calls = []
+    load = run_llama.load_pretrained
+
+    def load_recording_generate(*args, **kwargs):
+        llama = load(*args, **kwargs)
+        generate = llama.generate
+
+        def recording(*a, **kw):
+            bound = inspect.signature(generate).bind(*a, **kw)
+            bound.apply_defaults()
+            idx, max_new_tokens, temperature = list(bound.arguments.values())[:3]  # the course's parameters
+            calls.append((idx.tolist(), max_new_tokens, temperature))
+            return generate(*a, **kw)
+
+        llama.generate = recording
+        return llama
+
+    monkeypatch.setattr(run_llama, "load_pretrained", load_recording_generate)
+    monkeypatch.chdir(tmp_path)
+    run_llama.main(["--option", "generate", "--pretrained-model-path", model_path,
+                    "--tokenizer-model", tokenizer_model])
+    prompt = [1] + Tokenizer(tokenizer_model=tokenizer_model).sp_model.encode(COURSE_PREFIX)  # 1: BOS
+    assert calls == [([prompt], 75, 0.0), ([prompt], 75, 1.0)]
+    for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
+        assert (tmp_path / name).read_text(encoding="utf-8").startswith(COURSE_PREFIX)
+
+
+def test_prompt_suffix_is_the_courses():
+    assert run_llama.prompt_suffix(["bad", "good"]) == "Is this movie bad or good? This movie is "
+    assert run_llama.prompt_suffix(["sad", "flat", "fun"]) == "Is this movie sad, flat, or fun? This movie is "
+    assert run_llama.prompt_suffix(["awful", "bad", "average", "good", "excellent"]) == \
+        "Is this movie awful, bad, average, good, or excellent? This movie is "
+
+
+def test_seed_everything_defaults_to_the_courses_seed():
+    run_llama.seed_everything()
+    drawn = random.random(), float(np.random.rand()), torch.rand(1).item()
+    random.seed(11711)
+    np.random.seed(11711)
+    torch.manual_seed(11711)
+    assert drawn == (random.random(), float(np.random.rand()), torch.rand(1).item())
+
+
+def test_training_batches_are_reshuffled_every_epoch(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str,
+                                                     tokenizer_model: str):
+    """As the course's DataLoader(shuffle=True): each epoch goes through the training set in a new random order."""
+    monkeypatch.chdir(tmp_path)
+    train = copy_head(asset, tmp_path, "sst-train.txt", 16)
+    for name, n in (("sst-dev.txt", 4), ("sst-test.txt", 2), ("sst-label-mapping.json", 1)):
+        copy_head(asset, tmp_path, name, n)
+    seen = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        if isinstance(module, LlamaEmbeddingClassifier) and module.training:
+            token_ids, lengths = args[:2]
+            seen.extend(row[:length].tolist() for row, length in zip(token_ids, lengths))
+
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--batch_size", "4",
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    finally:
+        hook.remove()
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    ids = [tokenizer.encode(sentence, bos=True, eos=False) for sentence in sentences(train)]
+    order = [ids.index(x) for x in seen]
+    first, second = order[:16], order[16:]
+    assert sorted(first) == sorted(second) == list(range(16))  # every example once per epoch
+    assert first != list(range(16)) and second != first  # a 1 in 16! chance for each, were they random
+
+
+class MakeDir:
+    """Unpickling it creates a folder: it shows whether a load ran code the file chose."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+def test_best_checkpoint_is_reloaded_with_weights_only(tmp_path: Path):
+    """The course's test() reloads the best checkpoint with torch.load; here it takes only tensors and plain data."""
+    marker = tmp_path / "code-ran"
+    args = run_llama.get_args(["--option", "finetune", "--train", "data/sst-train.txt"])
+    args.filepath = str(tmp_path / "finetune-5-2e-05.pt")
+    torch.save({"model": {}, "payload": MakeDir(marker)}, args.filepath)
+    with pytest.raises(Exception):
+        run_llama.test(args, None, None, None, torch.device("cpu"))
+    assert not marker.exists()
 
 
 def test_course_evaluation_keeps_the_courses_batches():

@@ -1,4 +1,4 @@
-"""Tokenizer against the real Llama 2 tokenizer.model from the asset mirror, and its error paths."""
+"""Tokenizer against the real Llama 2 tokenizer.model (fetched through assets.py), and its error paths."""
 import io
 from pathlib import Path
 
@@ -11,13 +11,8 @@ TEXTS = ["Hello world", "Once upon a time, there was a little girl named Lily.",
 
 
 @pytest.fixture(scope="module")
-def model_path(asset_mirror: Path) -> str:
-    return str(asset_mirror / "tokenizer.model")
-
-
-@pytest.fixture(scope="module")
-def tok(model_path: str) -> Tokenizer:
-    return Tokenizer(tokenizer_model=model_path)
+def tok(tokenizer_model: str) -> Tokenizer:
+    return Tokenizer(tokenizer_model=tokenizer_model)
 
 
 def tiny_model(path: Path, **options) -> str:
@@ -37,8 +32,8 @@ def test_llama_vocabulary(tok: Tokenizer):
     assert tok.sp_model.id_to_piece(tok.pad_id) == "<0x00>"
 
 
-def test_round_trip_and_agrees_with_sentencepiece(tok: Tokenizer, model_path: str):
-    sp = SentencePieceProcessor(model_file=model_path)
+def test_round_trip_and_agrees_with_sentencepiece(tok: Tokenizer, tokenizer_model: str):
+    sp = SentencePieceProcessor(model_file=tokenizer_model)
     for text in TEXTS:
         ids = tok.encode(text, bos=False, eos=False)
         assert ids == sp.encode(text)
@@ -54,19 +49,20 @@ def test_bos_eos_placement(tok: Tokenizer):
     assert tok.decode(tok.encode(text, bos=True, eos=True)) == text
 
 
-def test_truncation_happens_before_bos_eos(tok: Tokenizer, model_path: str):
+def test_truncation_happens_before_bos_eos(tok: Tokenizer, tokenizer_model: str):
     text = TEXTS[1]
     full = tok.encode(text, bos=False, eos=False)
-    short = Tokenizer(max_len=3, tokenizer_model=model_path)
+    short = Tokenizer(max_len=3, tokenizer_model=tokenizer_model)
     assert len(full) > 3
     assert short.encode(text, bos=True, eos=True) == [tok.bos_id] + full[:3] + [tok.eos_id]
     assert short.encode(text, bos=False, eos=False) == full[:3]
-    assert Tokenizer(max_len=len(full), tokenizer_model=model_path).encode(text, bos=False, eos=False) == full
+    assert Tokenizer(max_len=len(full), tokenizer_model=tokenizer_model).encode(text, bos=False, eos=False) == full
 
 
-def test_default_model_is_fetched_through_assets(tmp_path: Path, asset_mirror: Path, monkeypatch):
+def test_default_model_is_fetched_through_assets(tmp_path: Path, tokenizer_model: str, asset_cache: Path,
+                                                 monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_mirror))
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))  # holds tokenizer.model
     tok = Tokenizer()
     assert (tmp_path / "tokenizer.model").is_file()
     assert tok.n_words == 32000
@@ -97,8 +93,8 @@ def test_model_without_any_pad_is_an_error(tmp_path: Path):
         Tokenizer(tokenizer_model=tiny_model(tmp_path / "nopad.model"))
 
 
-def test_bad_arguments(tok: Tokenizer, model_path: str):
+def test_bad_arguments(tok: Tokenizer, tokenizer_model: str):
     with pytest.raises(ValueError, match="max_len"):
-        Tokenizer(max_len=0, tokenizer_model=model_path)
+        Tokenizer(max_len=0, tokenizer_model=tokenizer_model)
     with pytest.raises(TypeError, match="expects a str"):
         tok.encode([1, 2, 3], bos=True, eos=False)
