@@ -5,7 +5,8 @@ import struct
 import pytest
 import torch
 
-from checkpoint import read_checkpoint, read_checkpoint_with_classifier, save_checkpoint, write_llama2c_bin
+from checkpoint import (CheckpointError, read_checkpoint, read_checkpoint_with_classifier, save_checkpoint,
+                        write_llama2c_bin)
 from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
@@ -128,7 +129,7 @@ class NotATensor:
 
 def test_pt_needing_arbitrary_unpickling_is_refused(tmp_path):
     torch.save({"model_args": ARGS, "model": random_state_dict(True), "extra": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"evil\.pt.*refused for safety"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: unsafe: .*GLOBAL test_checkpoint\.NotATensor"):
         read_checkpoint(tmp_path / "evil.pt")
 
 
@@ -152,7 +153,7 @@ def test_pt_errors(tmp_path):
         read_checkpoint(path)
     torch.save({"model_args": ARGS, "model": random_state_dict(True)}, path)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"c\.pt.*not a readable torch\.save"):
+    with pytest.raises(CheckpointError, match=r"c\.pt: corrupt: a damaged or truncated zip archive"):
         read_checkpoint(path)
 
 

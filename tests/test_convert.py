@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+from argparse import Namespace
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,10 +16,10 @@ from transformers import LlamaForCausalLM
 import convert
 from checkpoint import save_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from lora import lora_state_dict
 from config import LlamaConfig
 from llama import Llama, load_pretrained
 from test_llama import random_model
+from trainer import checkpoint_data
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, layer_norm_eps=1e-6)
@@ -169,8 +170,7 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
                 p.normal_(0.0, 0.1)  # trained adapters: B is no longer zero
     expected = all_logits(model.llama)
     assert (expected - all_logits(base)).abs().max() > 1e-3  # the adapters change the model
-    torch.save({"model_args": asdict(base.config), "lora": lora_state_dict(model, "classifier_head."),
-                "model_config": asdict(config)}, tmp_path / "lora.pt")
+    torch.save(checkpoint_data(model, Namespace(), config, ["a", "b", "c"], 0, 0.5), tmp_path / "lora.pt")
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
     assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
     assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), device="cpu")) - expected).abs().max() < 1e-5

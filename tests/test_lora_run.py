@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import run_llama
-from checkpoint import save_checkpoint
+from checkpoint import read_checkpoint, save_checkpoint, weights_digest
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama, load_pretrained
@@ -41,7 +41,9 @@ def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
                                         "sst-dev-lora-output.txt", "sst-test-lora-output.txt"}
 
     best = torch.load(tmp_path / "lora-2-0.01.pt", weights_only=True)
-    assert best.keys() == {"model_args", "lora", "model_config", "label_names", "args", "epoch", "best_dev_acc"}
+    assert best.keys() == {"model_args", "lora", "base_digest", "model_config", "label_names", "args", "epoch",
+                           "best_dev_acc"}
+    assert best["base_digest"] == weights_digest(read_checkpoint(model_path)[1])
     adapters = {f"llama.layers.{i}.attention.{target}.lora_{m}"
                 for i in range(2) for target in ("compute_query", "compute_value") for m in "AB"}
     assert best["lora"].keys() == adapters | {"classifier_head.weight", "classifier_head.bias"}
