@@ -1,7 +1,9 @@
 """--option lora end to end: only the adapters and the head train and are saved; the checkpoint loads onto the base
 model, and merged into it for inference gives the predictions of the adapted model."""
 import copy
+import shutil
 import sys
+from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_
 from run_llama import InputError
 from test_run_llama import copy_head, files, read_predictions
 from tokenizer import Tokenizer
-from trainer import CheckpointError, load_weights
+from trainer import CheckpointError, checkpoint_data, load_weights
 
 
 def sst(mirror: Path, cwd: Path) -> dict[str, list[str]]:
@@ -101,3 +103,19 @@ def test_adapters_of_another_base_model_are_refused(tmp_path: Path, model_path: 
     saved = {"model_args": base, "lora": {}, "model_config": {"pretrained_model_path": str(tmp_path / "other.pt")}}
     with pytest.raises(CheckpointError, match=r"adapters\.pt: its LoRA adapters were trained on a model of sizes"):
         load_weights(model, saved, "adapters.pt")
+
+
+def test_adapters_on_another_base_of_the_same_sizes_are_refused(tmp_path: Path, model_path: str):
+    """The base checkpoint replaced by other weights of the same sizes: the adapters would merge onto a model they
+    were not trained on."""
+    base = tmp_path / "stories42M.pt"
+    shutil.copyfile(model_path, base)
+    config = ClassifierConfig(str(base), 2, option="lora")
+    saved = checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, ["bad", "good"], 0, 0.5)
+    load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")  # the same base: fine
+    model_args, state_dict = read_checkpoint(base)
+    state_dict["norm.weight"] = state_dict["norm.weight"] * 1.01
+    save_checkpoint(base, model_args, state_dict)
+    with pytest.raises(CheckpointError, match=rf"lora\.pt: its LoRA adapters were trained on other base weights "
+                                              rf"than those {base} now holds"):
+        load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")
