@@ -72,6 +72,8 @@ SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": 
          "best_dev_acc": float}  # what each checkpoint holds besides its weights, with its type
 SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "train_sha256": str}  # and the last one
 CONFIG_TYPES = typing.get_type_hints(ClassifierConfig)
+RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
+                  "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
 
 
 # ---- processes ----
@@ -221,6 +223,9 @@ def classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool = F
     expected = {**SAVED, weights: dict, **({"base_digest": str} if weights == "lora" else {}),
                 **(SAVED_LAST if last else {})}
     missing = sorted(expected.keys() - saved.keys())
+    if missing and set(missing) <= RECORDED_SINCE.keys():
+        raise CheckpointError(f"{path}: written by an earlier minllama, which did not record "
+                              f"{' and '.join(RECORDED_SINCE[key] for key in missing)}: train it again")
     if missing:
         raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
     for key, value_type in expected.items():
@@ -247,10 +252,11 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
     if saved["model_args"] != asdict(model.llama.config):
         raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {saved['model_args']}, "
                               f"but {base} now has {asdict(model.llama.config)}")
-    if saved["base_digest"] != base_digest(model):
+    digest = base_digest(model)
+    if saved["base_digest"] != digest:
         raise CheckpointError(f"{path}: its LoRA adapters were trained on other base weights than those {base} now "
-                              f"holds (weights sha256 {saved['base_digest'][:12]}…, now {base_digest(model)[:12]}…): "
-                              "put back the base model they were trained on")
+                              f"holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put back the "
+                              "base model they were trained on")
     try:
         load_lora_state_dict(model, saved["lora"], "classifier_head.")
     except ValueError as e:

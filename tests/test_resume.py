@@ -178,6 +178,20 @@ def test_resume_on_another_training_file_is_refused(tmp_path: Path, monkeypatch,
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
+def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(tmp_path: Path, monkeypatch, asset_mirror: Path,
+                                                                    model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset_mirror, tmp_path, 8)
+    flags = finetune_flags(model_path, tokenizer_model)
+    crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+    saved = torch.load("finetune-2-0.001-last.pt", weights_only=True)
+    del saved["train_sha256"]
+    torch.save(saved, "finetune-2-0.001-last.pt")
+    with pytest.raises(CheckpointError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
+                                              r"not record the sha256 of the training data: train it again"):
+        run_llama.main(flags + ["--resume"])
+
+
 @pytest.mark.parametrize("content, error", [
     (b"", r"finetune-2-0\.001-last\.pt: empty file"),
     (b"PK\x03\x04" + bytes(100), r"finetune-2-0\.001-last\.pt: corrupt: a damaged or truncated zip archive"),
