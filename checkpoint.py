@@ -159,8 +159,11 @@ def _tensors(obj: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
 
 
 def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str | os.PathLike) -> None:
-    """Refuse the first floating-point tensor holding NaN or infinity, naming it and `source`."""
+    """Refuse the first floating-point tensor holding NaN or infinity, naming it and `source`; and sparse tensors,
+    which no checkpoint holds."""
     for name, tensor in tensors:
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"{source}: tensor {name!r} is stored as {tensor.layout}, not as a dense tensor")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
             raise CheckpointError(f"{source}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s) out of "
