@@ -26,7 +26,8 @@ import torch
 
 import assets
 import tempfiles
-from checkpoint import course_checkpoint, read_checkpoint_with_classifier, read_torch_file, write_llama2c_bin
+from checkpoint import (CheckpointError, course_checkpoint, read_checkpoint_with_classifier, read_torch_file,
+                        write_llama2c_bin)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama
@@ -187,7 +188,10 @@ def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
     if not (isinstance(saved, dict) and "lora" in saved):
         return *course_checkpoint(saved, path), [path]
     saved = classifier_checkpoint(saved, path)
-    model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+    try:
+        model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{path}: a LoRA checkpoint, whose base model cannot be loaded: {e}") from None
     load_weights(model, saved, str(path))
     merge_lora(model)
     head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}

@@ -210,7 +210,7 @@ def test_output_that_is_an_input_is_refused(tmp_path, capsys):
     assert (tmp_path / "ft.pt").read_bytes() == before
 
 
-def test_output_that_is_the_lora_base_is_refused(tmp_path, capsys):
+def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
     base = random_model(LLAMA2C_CONFIG)
     save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
     config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora")
@@ -220,6 +220,10 @@ def test_output_that_is_the_lora_base_is_refused(tmp_path, capsys):
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "base.pt")]) == 1
     assert "base.pt is the input" in capsys.readouterr().err
     assert (tmp_path / "base.pt").read_bytes() == before
+    (tmp_path / "base.pt").unlink()
+    assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "out.bin")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'lora.pt'}: a LoRA checkpoint, whose base model "
+                                              f"cannot be loaded: {tmp_path / 'base.pt'} does not exist")
 
 
 @pytest.mark.parametrize("to", ["hf", "llama2c"])
