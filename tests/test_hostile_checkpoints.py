@@ -5,7 +5,7 @@ it was (no output written, no input changed).
 The commands are run by a worker process that imports torch and the project once, then forks a child per case in
 which the script runs as `__main__` with its command line, as `python SCRIPT ARGS...` runs it; the child's exit
 status and stderr are those of the command (`test_the_worker_runs_commands_as_python_does` compares a few with real
-`python` processes). A fresh interpreter per case would take seconds each, for some 130 cases.
+`python` processes). A fresh interpreter per case would take seconds each, for some 140 cases.
 """
 import hashlib
 import json
