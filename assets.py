@@ -19,6 +19,8 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+import tempfiles
+
 MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
 _COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
 
@@ -114,7 +116,8 @@ def _open(source: str | Path) -> tuple[BinaryIO, int | None]:
 def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
     """Copy `source` to a temporary file beside `dest`, check its length and sha256, then rename it to `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+    tempfiles.remove_stale(dest.parent)
+    tmp = tempfiles.temporary(dest, "part")
     try:
         stream, length = _open(source)
         digest, received = hashlib.sha256(), 0

@@ -8,11 +8,21 @@ Three formats, told apart by their first bytes, not by the file name:
   * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
 In a `.bin`, every per-layer tensor kind is stored for all layers before the next kind; TENSORS and BIN_ORDER say
 which kinds come in which order, and drive both the reader and the writer.
+
+Reading trusts nothing in the file. A torch.save zip is read only after the CRC-32 of every entry of its archive
+matches (`read_torch_file`), and with torch.load(weights_only=True), which unpickles tensors and plain data only. A
+file that cannot be used raises CheckpointError, whose message names the file and says what it is: missing parts,
+corrupt (damaged or truncated), legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of
+file, or tensors that do not fit, or hold NaN or infinity.
 """
+import hashlib
 import math
 import os
-import pickle
+import re
 import struct
+import typing
+import zipfile
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -20,6 +30,7 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
+import tempfiles
 from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 
@@ -52,9 +63,16 @@ LLAMA2C_NAMES = {"attention.wq.": "attention.compute_query.", "attention.wk.": "
                  "attention.wv.": "attention.compute_value.", "attention.wo.": "attention.compute_output."}
 LLAMA2C_ARGS = {"norm_eps": "layer_norm_eps"}
 KNOWN_ARGS = {f.name for f in fields(LlamaConfig)}
+ARG_TYPES = typing.get_type_hints(LlamaConfig)
 COURSE_KINDS = tuple(kind for kind in TENSORS if kind not in ROTARY_TABLES)
 CLASSIFIER_PREFIX = "llama."  # run_llama.py's LlamaEmbeddingClassifier holds its Llama as `self.llama` ...
 CLASSIFIER_HEAD = ("classifier_head.weight", "classifier_head.bias")  # ... beside a linear head of its own
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive ...
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # ... or, before PyTorch 1.6, a pickle
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or does not fit the model or the run it is loaded into."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -70,32 +88,111 @@ def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict
     """Load (model_args, Llama state_dict, classifier head); the head is {} unless the file is a fine-tuned
     classifier of run_llama.py, whose head tensors are CLASSIFIER_HEAD."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    with open(path, "rb") as f:
-        first_bytes = f.read(V1_HEADER_BYTES)
-    if first_bytes.startswith(b"PK\x03\x04"):  # torch.save writes a zip archive
-        return _read_pt(path)
+    first_bytes = _first_bytes(path, V1_HEADER_BYTES)
+    if first_bytes.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
+        return course_checkpoint(read_torch_file(path), path)
     return *_read_bin(path, first_bytes), {}
 
 
-def _read_pt(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+def _first_bytes(path: Path, n: int) -> bytes:
+    """The first n bytes of the checkpoint file `path`; a missing, empty or unreadable file is refused."""
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first_line = str(e).splitlines()[0]
-        raise ValueError(f"{path}: refused for safety: it holds pickled objects other than tensors and plain "
-                         f"data, and unpickling them could run arbitrary code ({first_line})") from None
-    except (RuntimeError, OSError) as e:  # a damaged zip archive
-        raise ValueError(f"{path}: not a readable torch.save file: {e}") from None
+        with open(path, "rb") as f:
+            first_bytes = f.read(n)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot be read: {e.strerror}") from None
+    if not first_bytes:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    return first_bytes
+
+
+def read_torch_file(path: str | os.PathLike) -> object:
+    """What the torch.save file `path` holds, on the CPU, once the archive's checksums match, its pickle holds only
+    tensors and plain data (weights_only), and its floating-point tensors are finite."""
+    path = Path(path)
+    first_bytes = _first_bytes(path, len(LEGACY_MAGIC))
+    if first_bytes.startswith(LEGACY_MAGIC):
+        raise CheckpointError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
+                              "no checksums and is not read: load it with torch.load and save it again")
+    if not first_bytes.startswith(ZIP_MAGIC):
+        raise CheckpointError(f"{path}: not a torch.save file (it does not start as a zip archive)")
+    try:  # a damaged archive can make zipfile raise nearly anything
+        with zipfile.ZipFile(path) as archive:
+            bad_entry = archive.testzip()  # reads every entry, checking its CRC-32
+    except Exception as e:
+        raise CheckpointError(f"{path}: corrupt: a damaged or truncated zip archive ({_first_line(e)})") from None
+    if bad_entry is not None:
+        raise CheckpointError(f"{path}: corrupt: the bytes of {bad_entry!r} do not match their CRC-32 checksum")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # the checksums match, so the file is as torch.save (or someone else) wrote it
+        message = str(e)
+        if "Weights only load failed" in message:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", message)
+            raise CheckpointError(f"{path}: unsafe: its pickle holds objects other than tensors and plain data "
+                                  f"({found[0] if found else 'not allowed by torch.load(weights_only=True)'}), which "
+                                  "unpickling could turn into running code; it was not loaded") from None
+        raise CheckpointError(f"{path}: not a readable torch.save file ({_first_line(e)})") from None
+    check_finite(_tensors(saved), path)
+    return saved
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _tensors(obj: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor in nested dicts, lists and tuples; names join keys with "/"."""
+    if isinstance(obj, torch.Tensor):
+        yield name, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from _tensors(value, f"{name}/{key}" if name else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from _tensors(value, f"{name}/{i}" if name else str(i))
+
+
+def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str | os.PathLike) -> None:
+    """Refuse the first floating-point tensor holding NaN or infinity, naming it and `source`; and sparse tensors,
+    which no checkpoint holds."""
+    for name, tensor in tensors:
+        if tensor.layout != torch.strided:
+            raise CheckpointError(f"{source}: tensor {name!r} is stored as {tensor.layout}, not as a dense tensor")
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            raise CheckpointError(f"{source}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s) out of "
+                                  f"{tensor.numel()}: the weights are damaged")
+
+
+def course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """(model_args, Llama state_dict, classifier head) of what a torch.save checkpoint `path` holds."""
     if isinstance(ckpt, dict) and "lora" in ckpt:
-        raise ValueError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
-                         f"`python convert.py {path} --to llama2c OUT.bin` writes its base model with them merged")
+        raise CheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
+                              f"`python convert.py {path} --to llama2c OUT.bin` writes its base model with them merged")
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
-        raise ValueError(f"{path}: a torch.save file, but not a dict with 'model_args' and 'model'")
+        raise CheckpointError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
+                              "'model'")
     model_args = _course_args(ckpt["model_args"], str(path))
+    check_state_dict(ckpt["model"], f"{path}: 'model'")
     state_dict, classifier = _split_classifier(ckpt["model"], model_args, str(path))
     return model_args, _course_state_dict(state_dict, model_args, str(path)), classifier
+
+
+def check_state_dict(state_dict: object, source: str) -> None:
+    """Refuse anything but a dict of floating-point tensors under string names."""
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{source}: a {type(state_dict).__name__}, not a dict of tensors")
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {name!r} is a {type(tensor).__name__}, not a named tensor")
+        if not tensor.is_floating_point():
+            raise CheckpointError(f"{source}: tensor {name!r} holds {tensor.dtype}, not floating-point weights")
 
 
 def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -109,27 +206,47 @@ def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[
     head = {name: names.pop(name) for name in CLASSIFIER_HEAD if name in names}
     unexpected = sorted(name for name in names if not name.startswith(CLASSIFIER_PREFIX))
     if unexpected:
-        raise ValueError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors), with unexpected "
-                         f"tensor(s) {unexpected}; besides the Llama it may hold only {list(CLASSIFIER_HEAD)}")
+        raise CheckpointError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors), with unexpected "
+                              f"tensor(s) {unexpected}; besides the Llama it may hold only {list(CLASSIFIER_HEAD)}")
     missing = [name for name in CLASSIFIER_HEAD if name not in head]
     if missing:
-        raise ValueError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
+        raise CheckpointError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
     weight, bias = (head[name] for name in CLASSIFIER_HEAD)
     if weight.dim() != 2 or weight.shape[1] != model_args.get("dim") or tuple(bias.shape) != weight.shape[:1]:
-        raise ValueError(f"{source}: classifier head of shapes {tuple(weight.shape)} and {tuple(bias.shape)}; "
-                         f"expected (n_labels, dim={model_args.get('dim')}) and (n_labels,)")
+        raise CheckpointError(f"{source}: classifier head of shapes {tuple(weight.shape)} and {tuple(bias.shape)}; "
+                              f"expected (n_labels, dim={model_args.get('dim')}) and (n_labels,)")
     return {name.removeprefix(CLASSIFIER_PREFIX): tensor for name, tensor in names.items()}, head
 
 
 def _course_args(model_args: dict, source: str) -> dict:
     """model_args with llama2.c's names renamed to LlamaConfig's, the course's unused keys dropped (with a notice);
-    an unknown key is an error."""
+    an unknown key, or a value of another type than LlamaConfig's field (a float for an int, NaN or infinity), is an
+    error."""
+    if not isinstance(model_args, dict) or not all(isinstance(key, str) for key in model_args):
+        raise CheckpointError(f"{source}: model_args is a {type(model_args).__name__}, not a dict of named sizes")
     renamed = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
     renamed = drop_ignored_course_args(renamed, source)
     unknown = sorted(renamed.keys() - KNOWN_ARGS)
     if unknown:
-        raise ValueError(f"{source}: unknown model_args key(s) {unknown}; known: {sorted(KNOWN_ARGS)}")
+        raise CheckpointError(f"{source}: unknown model_args key(s) {unknown}; known: {sorted(KNOWN_ARGS)}")
+    for key, value in renamed.items():
+        if not fits_type(value, ARG_TYPES[key]):
+            expected = getattr(ARG_TYPES[key], "__name__", str(ARG_TYPES[key]))
+            raise CheckpointError(f"{source}: model_args {key}={value!r} is not a finite {expected}")
     return renamed
+
+
+def fits_type(value: object, hint: object) -> bool:
+    """Whether `value` is of the type `hint`: int, float (an int too, but not NaN or infinity), bool, str, a union
+    of them with None, or tuple[one of them, ...]."""
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(fits_type(item, typing.get_args(hint)[0]) for item in value)
+    kinds = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, kinds) or float in kinds and isinstance(value, int)
 
 
 def _course_state_dict(state_dict: dict, model_args: dict, source: str) -> dict[str, torch.Tensor]:
@@ -142,15 +259,20 @@ def _course_state_dict(state_dict: dict, model_args: dict, source: str) -> dict[
         renamed[name] = tensor
     if "output.weight" not in renamed and "tok_embeddings.weight" in renamed:
         renamed["output.weight"] = renamed["tok_embeddings.weight"]  # tied classifier
-    expected = _shapes(_sizes(model_args, renamed, source), COURSE_KINDS)
+    sizes = _sizes(model_args, renamed, source)
+    if sizes["n_layers"] > len(renamed):  # every layer has 9 tensors: most of them would be missing
+        raise CheckpointError(f"{source}: model_args say n_layers={sizes['n_layers']}, but the file holds only "
+                              f"{len(renamed)} tensors")
+    expected = _shapes(sizes, COURSE_KINDS)
     unexpected = sorted(renamed.keys() - expected.keys())
     if unexpected:
-        raise ValueError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this model")
+        raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this "
+                              "model")
     for name, shape in expected.items():
         tensor = renamed.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
-            raise ValueError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
+            raise CheckpointError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
     return renamed
 
 
@@ -163,10 +285,16 @@ def _sizes(model_args: dict, state_dict: dict, source: str) -> dict[str, int]:
     try:
         config = LlamaConfig(**args)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{source}: bad model sizes: {e}") from None
+        raise CheckpointError(f"{source}: bad model sizes: {e}") from None
     head_dim = config.head_dim
     return {**asdict(config), "head_dim": head_dim, "q_dim": config.n_heads * head_dim,
             "kv_dim": config.n_kv_heads * head_dim, "half_head_dim": head_dim // 2}
+
+
+def _n_floats(sizes: dict[str, int], kinds: tuple[str, ...]) -> int:
+    """How many numbers the tensors of these kinds hold, computed without listing them (n_layers may be huge)."""
+    return sum(math.prod(sizes[d] for d in dims) * (sizes["n_layers"] if "{}" in name else 1)
+               for name, dims in (TENSORS[kind] for kind in kinds))
 
 
 def _shapes(sizes: dict[str, int], kinds: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
@@ -184,18 +312,18 @@ def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
     if len(head) >= 8 and struct.unpack_from("<I", head) == (V1_MAGIC,):
         (version,) = struct.unpack_from("<i", head, 4)
         if version != 1:
-            raise ValueError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
-                             "float32, are supported; version 2 is int8-quantized)")
+            raise CheckpointError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
+                                  "float32, are supported; version 2 is int8-quantized)")
         if len(head) < V1_HEADER_BYTES:
-            raise ValueError(f"{path}: truncated llama2.c version-1 header ({len(head)} of 256 bytes)")
+            raise CheckpointError(f"{path}: truncated llama2.c version-1 header ({len(head)} of 256 bytes)")
         model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head, 8)))
         if head[36] not in (0, 1):
-            raise ValueError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {head[36]}")
+            raise CheckpointError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {head[36]}")
         header_bytes, shared = V1_HEADER_BYTES, bool(head[36])
         sizes = _sizes(model_args, {}, f"{path}: bad llama2.c version-1 header")
     else:
         if len(head) < 28:
-            raise ValueError(f"{path}: not a checkpoint (too short for any known format)")
+            raise CheckpointError(f"{path}: not a checkpoint (too short for any known format)")
         model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head)))
         version, header_bytes, shared = 0, 28, model_args["vocab_size"] > 0
         model_args["vocab_size"] = abs(model_args["vocab_size"])
@@ -203,19 +331,19 @@ def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
                       "and the first 28 bytes are not a llama2.c legacy header)")
         sizes = _sizes(model_args, {}, not_legacy)
     kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
-    shapes = _shapes(sizes, kinds)
-    expected = header_bytes + 4 * sum(math.prod(shape) for shape in shapes.values())
+    expected = header_bytes + 4 * _n_floats(sizes, kinds)
     actual = path.stat().st_size
     if actual != expected:
-        raise ValueError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
-                         f"expected {expected} bytes, found {actual}")
+        raise CheckpointError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
+                              f"expected {expected} bytes, found {actual}")
     state_dict = {}
     with open(path, "rb") as f:
         f.seek(header_bytes)
-        for name, shape in shapes.items():
+        for name, shape in _shapes(sizes, kinds).items():
             state_dict[name] = torch.from_numpy(np.fromfile(f, dtype="<f4", count=math.prod(shape)).reshape(shape))
     for name in ROTARY_TABLES:
         state_dict.pop(name, None)
+    check_finite(state_dict.items(), path)
     if shared:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return model_args, state_dict
@@ -261,8 +389,9 @@ def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict)
 def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written: a
     process killed at any moment leaves either the old file or the new one (fsync makes that hold after a power cut
-    too)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    too). Temporaries that killed processes left in that folder are removed first (tempfiles.py)."""
+    tempfiles.remove_stale(path.parent)
+    tmp = tempfiles.temporary(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -271,3 +400,23 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 of the tensors' names, dtypes, shapes and values, in name order: the same for the same weights,
+    whichever file they were read from."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of the bytes of the file `path`."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -25,12 +25,14 @@ from typing import TYPE_CHECKING
 import torch
 
 import assets
-from checkpoint import read_checkpoint_with_classifier, write_llama2c_bin
+import tempfiles
+from checkpoint import (CheckpointError, course_checkpoint, read_checkpoint_with_classifier, read_torch_file,
+                        write_llama2c_bin)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama
 from lora import merge_lora
-from trainer import CheckpointError, load_weights
+from trainer import classifier_checkpoint, load_weights
 
 if TYPE_CHECKING:
     import transformers
@@ -147,11 +149,10 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
         del tensors["lm_head.weight"]  # stored once; from_pretrained ties it to the embedding again
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"{out_dir} exists and is not a folder")
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    tempfiles.remove_stale(out_dir.absolute().parent)
+    tmp = tempfiles.temporary(out_dir)
     try:
-        tmp.mkdir(parents=True)
+        tmp.mkdir()
         llama_config.save_pretrained(tmp)  # config.json
         safetensors_torch.save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         if out_dir.is_dir():
@@ -163,17 +164,39 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(model_args, Llama state dict, classifier head) of any checkpoint; see the module docstring."""
-    if zipfile.is_zipfile(path):
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: only what is read loads
-        if isinstance(saved, dict) and "lora" in saved:
-            model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
-            load_weights(model, saved, str(path))
-            merge_lora(model)
-            head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}
-            return saved["model_args"], model.llama.state_dict(), head
-    return read_checkpoint_with_classifier(path)
+def check_output(out: Path, to: str, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output whose folder is missing, that is a folder where a file is written (or the
+    other way round), or that would replace one of the inputs (after following links)."""
+    folder = out.absolute().parent
+    if not folder.is_dir():
+        raise ValueError(f"cannot write {out}: its folder {folder} does not exist")
+    if to == "hf" and out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder (--to hf writes a folder)")
+    if to == "llama2c" and out.is_dir():
+        raise ValueError(f"{out} is a folder (--to llama2c writes a file)")
+    for target in [out / name for name in HF_FILES] if to == "hf" else [out]:
+        for path in inputs:
+            if target.resolve() == path.resolve():
+                raise ValueError(f"{target} is the input {path}: the export would replace it; write it elsewhere")
+
+
+def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Path]]:
+    """(model_args, Llama state dict, classifier head, the files read) of any checkpoint; see the module docstring."""
+    if not zipfile.is_zipfile(path):
+        return *read_checkpoint_with_classifier(path), [path]
+    saved = read_torch_file(path)
+    if not (isinstance(saved, dict) and "lora" in saved):
+        return *course_checkpoint(saved, path), [path]
+    saved = classifier_checkpoint(saved, path)
+    try:
+        model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+    except (FileNotFoundError, ValueError) as e:
+        raise CheckpointError(f"{path}: a LoRA checkpoint, whose base model cannot be loaded: {e}") from None
+    load_weights(model, saved, str(path))
+    merge_lora(model)
+    head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}
+    base = Path(saved["model_config"]["pretrained_model_path"])
+    return saved["model_args"], model.llama.state_dict(), head, [path, base]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,16 +208,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="hf: a folder with config.json and model.safetensors; llama2c: a version-1 .bin file")
     parser.add_argument("out", metavar="OUT", help="the folder (hf) or file (llama2c) to write")
     args = parser.parse_args(argv)
+    out = Path(args.out)
     try:
         path = assets.ensure(args.checkpoint)
-        model_args, state_dict, classifier = read_for_export(path)
+        check_output(out, args.to, [path])
+        model_args, state_dict, classifier, inputs = read_for_export(path)
+        check_output(out, args.to, inputs)
         if args.to == "hf":
             hidden_dim = state_dict["layers.0.feed_forward.w1.weight"].shape[0]  # llama2.c's train.py omits it
             save_hf(args.out, LlamaConfig.from_model_args({**model_args, "hidden_dim": hidden_dim}, str(path)),
                     state_dict)
         else:
             write_llama2c_bin(args.out, model_args, state_dict, version=1)
-    except (OSError, ValueError, ImportError, assets.AssetError, CheckpointError) as e:
+    except (OSError, ValueError, ImportError, assets.AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {args.out} from {path}")

@@ -10,6 +10,8 @@ from sklearn.metrics import confusion_matrix
 
 from checkpoint import write_atomically
 
+FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
+
 
 def append(path: str | os.PathLike, record: dict) -> None:
     """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line."""
@@ -18,6 +20,30 @@ def append(path: str | os.PathLike, record: dict) -> None:
     if before and not before.endswith("\n"):
         before += "\n"
     write_atomically(path, lambda f: f.write((before + json.dumps(record) + "\n").encode()))
+
+
+def drop_after(path: str | os.PathLike, run: str, epoch: int) -> int:
+    """Remove the records of `run` past `epoch` from `path` (replaced whole, as by `append`); return how many.
+
+    A run killed after appending an epoch's line but before saving its last checkpoint, then resumed from the epoch
+    before, would otherwise record that epoch twice. Lines of other runs, and lines that are not JSON, stay."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not _past(line, run, epoch)]
+    if len(kept) < len(lines):
+        write_atomically(path, lambda f: f.write("".join(kept).encode()))
+    return len(lines) - len(kept)
+
+
+def _past(line: str, run: str, epoch: int) -> bool:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and record.get("run") == run and isinstance(record.get("epoch"), int) \
+        and record["epoch"] > epoch
 
 
 def plot(

@@ -41,16 +41,16 @@ from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShot
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
 from optimizer import AdamW
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, TokenizerError
 from trainer import (CheckpointError, all_reduce_sum, barrier, distributed, gather, init_distributed,
-                     launched_by_torchrun, load_weights, printing_on_rank_0, rank_and_world_size, resume, rng_state,
-                     save_last, save_model, shares)
+                     launched_by_torchrun, load_weights, printing_on_rank_0, rank_and_world_size,
+                     read_classifier_checkpoint, resume, rng_state, save_last, save_model, shares)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
 PLACEHOLDER = -1  # the label of an example whose gold label is withheld
 GROUP_CHUNK = 50  # --group_by_length sorts within chunks of this many batches
-METRICS = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
+METRICS = metrics.FILE  # where finetune and lora runs append a line per epoch
 
 
 class InputError(Exception):
@@ -406,7 +406,7 @@ def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split:
          device: torch.device) -> dict[str, list[int]]:
     """Reload the best checkpoint and write its dev and test predictions; return them. LoRA adapters are merged
     into the base weights first (lora.merge_lora), which changes no prediction and makes no extra work per token."""
-    saved = torch.load(args.filepath, map_location="cpu", weights_only=True)
+    saved = read_classifier_checkpoint(args.filepath)
     model = build_classifier(ClassifierConfig(**saved["model_config"]))
     load_weights(model, saved, args.filepath)
     if "lora" in saved:
@@ -581,5 +581,5 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (InputError, CheckpointError, FileNotFoundError, assets.AssetError) as e:
+    except (InputError, CheckpointError, TokenizerError, FileNotFoundError, assets.AssetError) as e:
         sys.exit(f"error: {e}")

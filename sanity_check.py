@@ -2,14 +2,15 @@
 
 It runs the course's stories42M.pt on two fixed rows of token ids and compares the logits (of the last position)
 and the final hidden states with those in sanity_check.data, which the course computed with its reference
-implementation, whose attention has no mask: so the check is always of that semantics (LlamaConfig.causal=False). Both files are fetched if missing (see assets.py).
+implementation, whose attention has no mask: so the check is always of that semantics (LlamaConfig.causal=False).
+Both files are fetched if missing (see assets.py).
 """
-import pickle
 import sys
 
 import torch
 
 import assets
+from checkpoint import read_torch_file
 from llama import load_pretrained
 
 SEED = 1337
@@ -37,9 +38,9 @@ def load_expected(path: str) -> dict[str, torch.Tensor]:
     """The reference outputs saved in `path` (fetched if missing)."""
     path = assets.ensure(path)
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as e:
-        raise ValueError(f"{path}: not a readable torch.save file ({e}); delete it to fetch it again") from None
+        data = read_torch_file(path)
+    except ValueError as e:
+        raise ValueError(f"{e}; delete it to fetch it again") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
@@ -51,6 +52,10 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
     try:
         expected = load_expected(data)
         model = load_pretrained(checkpoint, causal=False)  # the course's reference semantics
+        largest = max(max(row) for row in SENT_IDS)
+        if largest >= model.config.vocab_size:
+            raise ValueError(f"{checkpoint}: a vocabulary of {model.config.vocab_size} pieces, but the check feeds "
+                             f"token ids up to {largest}: it is made for stories42M.pt (32000 pieces)")
     except (OSError, ValueError, assets.AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -7,6 +7,10 @@ DEFAULT_MODEL = "tokenizer.model"
 PAD_PIECE = "<0x00>"  # Llama 2 defines no pad token; the course pads with the byte piece for NUL (id 3)
 
 
+class TokenizerError(ValueError):
+    """A tokenizer model file that cannot be used."""
+
+
 class Tokenizer:
     """Turns text into piece ids and back.
 
@@ -23,15 +27,20 @@ class Tokenizer:
             path = assets.ensure(DEFAULT_MODEL)
         else:
             path = Path(tokenizer_model)
+            if path.is_dir():
+                raise TokenizerError(f"tokenizer model {path} is a folder, not a sentencepiece model file")
             if not path.is_file():
                 raise FileNotFoundError(
                     f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with "
                     f"`python assets.py {DEFAULT_MODEL}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"
                 )
+        if path.stat().st_size == 0:
+            raise TokenizerError(f"{path} is not a sentencepiece model: an empty file")
         try:
             self.sp_model = SentencePieceProcessor(model_file=str(path))
-        except RuntimeError as e:
-            raise ValueError(f"{path} is not a sentencepiece model: {e}") from e
+        except (RuntimeError, OSError) as e:
+            raise TokenizerError(f"{path} is not a sentencepiece model (truncated or another kind of file): "
+                                 f"{' '.join(str(e).split())}") from None
         self.max_len = max_len
         self.n_words: int = self.sp_model.vocab_size()
         self.bos_id: int = self.sp_model.bos_id()
@@ -45,7 +54,7 @@ class Tokenizer:
             return pad
         if self.sp_model.pad_id() >= 0:
             return self.sp_model.pad_id()
-        raise ValueError(f"{path} has neither a {PAD_PIECE} piece nor a pad id to pad with")
+        raise TokenizerError(f"{path} has neither a {PAD_PIECE} piece nor a pad id to pad with")
 
     def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
         """Piece ids of `s`, truncated to max_len, then with BOS prepended and/or EOS appended."""

@@ -26,6 +26,7 @@ The checkpoints are a torch.save of plain data (torch.load(..., weights_only=Tru
     "lora"          lora, instead of "model": the adapters ("llama.layers.{i}.attention.compute_query.lora_A", ...)
                     and "classifier_head.*" (lora.lora_state_dict), which load onto the base model
                     model_config["pretrained_model_path"]
+    "base_digest"   lora: checkpoint.weights_digest of that base model's weights, which must match when loading
     "optim"         the AdamW state dict (not in lora's best checkpoint, which holds only what predicting needs)
     "model_config"  the ClassifierConfig fields (pretrained_model_path, num_labels, hidden_dropout_prob, option,
                     lora_rank, lora_alpha, lora_dropout, lora_targets)
@@ -37,16 +38,19 @@ and the last checkpoint also
     "rng"           the random generators' states of each process (rng_state), by rank
     "run"           the run's id in metrics.jsonl: the time it started
     "metrics"       the run's metrics.jsonl records so far
+    "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
 Each is written under a temporary name and then renamed (checkpoint.write_atomically), so a run killed at any
 moment leaves the previous checkpoint whole. --resume loads the last checkpoint and goes on with the next epoch. As
 an epoch's batches depend only on --seed and the epoch, and the generators that dropout draws from are restored,
-the resumed run ends with the weights that it would have ended with uninterrupted.
+the resumed run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that
+the interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
 import argparse
 import contextlib
 import os
 import random
 import time
+import typing
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -57,15 +61,19 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import write_atomically
+import metrics
+from checkpoint import (CheckpointError, check_state_dict, file_digest, fits_type, read_torch_file, weights_digest,
+                        write_atomically)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from lora import load_lora_state_dict, lora_state_dict
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
-
-
-class CheckpointError(Exception):
-    """A checkpoint that does not fit the model or the run it is loaded into."""
+SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
+         "best_dev_acc": float}  # what each checkpoint holds besides its weights, with its type
+SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "train_sha256": str}  # and the last one
+CONFIG_TYPES = typing.get_type_hints(ClassifierConfig)
+RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
+                  "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
 
 
 # ---- processes ----
@@ -162,7 +170,7 @@ def checkpoint_data(model: LlamaEmbeddingClassifier, args: argparse.Namespace, c
                label_names: list[str], epoch: int, best_dev_acc: float) -> dict:
     """What both checkpoints hold (see above): all the weights, or with LoRA only the adapters and the head."""
     if config.option == "lora":
-        weights = {"lora": lora_state_dict(model, "classifier_head.")}
+        weights = {"lora": lora_state_dict(model, "classifier_head."), "base_digest": base_digest(model)}
     else:
         weights = {"model": model.state_dict()}
     return {"model_args": asdict(model.llama.config), **weights, "model_config": asdict(config),
@@ -189,7 +197,45 @@ def save_last(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
     optimizer state and every process's random generators `rng`."""
     saved = checkpoint_data(model, args, config, label_names, progress["epoch"], progress["best_dev_acc"])
     write_checkpoint(args.last_filepath, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
-                                          "metrics": progress["metrics"]})
+                                          "metrics": progress["metrics"], "train_sha256": file_digest(args.train)})
+
+
+def base_digest(model: LlamaEmbeddingClassifier) -> str:
+    """checkpoint.weights_digest of the base model under the LoRA adapters."""
+    state_dict = model.llama.state_dict()
+    return weights_digest({name: t for name, t in state_dict.items() if not name.endswith((".lora_A", ".lora_B"))})
+
+
+def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> dict:
+    """A checkpoint of run_llama.py (`last`: the last one, which --resume reads), read by read_torch_file and
+    checked by classifier_checkpoint."""
+    return classifier_checkpoint(read_torch_file(path), path, last)
+
+
+def classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool = False) -> dict:
+    """`saved`, read from `path`, once checked to be a checkpoint of run_llama.py laid out as above: its keys, their
+    types, and the weights' names and dtypes."""
+    kind = "a last checkpoint" if last else "a checkpoint"
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
+                              f"{type(saved).__name__}, not a dict")
+    weights = "lora" if "lora" in saved else "model"
+    expected = {**SAVED, weights: dict, **({"base_digest": str} if weights == "lora" else {}),
+                **(SAVED_LAST if last else {})}
+    missing = sorted(expected.keys() - saved.keys())
+    if missing and set(missing) <= RECORDED_SINCE.keys():
+        raise CheckpointError(f"{path}: written by an earlier minllama, which did not record "
+                              f"{' and '.join(RECORDED_SINCE[key] for key in missing)}: train it again")
+    if missing:
+        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
+    for key, value_type in expected.items():
+        if not isinstance(saved[key], value_type):
+            raise CheckpointError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
+    config = saved["model_config"]
+    if config.keys() != CONFIG_TYPES.keys() or not all(fits_type(v, CONFIG_TYPES[k]) for k, v in config.items()):
+        raise CheckpointError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
+    check_state_dict(saved[weights], f"{path}: {weights!r}")
+    return saved
 
 
 def sizes(model_args: dict) -> dict:
@@ -201,13 +247,26 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
     """Copy a checkpoint's weights into the classifier built from its model_config: all of them ("model"), or the
     adapters and head onto the base model ("lora")."""
     if "model" in saved:
-        model.load_state_dict(saved["model"])
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as e:
+            raise CheckpointError(f"{path}: its weights do not fit the classifier of its model_config: "
+                                  f"{' '.join(str(e).split())}") from None
         return
-    trained_on, base = (sizes(args) for args in (saved["model_args"], asdict(model.llama.config)))
-    if trained_on != base:
+    base = saved["model_config"]["pretrained_model_path"]
+    trained_on, now = (sizes(args) for args in (saved["model_args"], asdict(model.llama.config)))
+    if trained_on != now:
         raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {trained_on}, "
-                              f"but {saved['model_config']['pretrained_model_path']} now has {base}")
-    load_lora_state_dict(model, saved["lora"], "classifier_head.")
+                              f"but {base} now has {now}")
+    digest = base_digest(model)
+    if saved["base_digest"] != digest:
+        raise CheckpointError(f"{path}: its LoRA adapters were trained on other base weights than those {base} now "
+                              f"holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put back the "
+                              "base model they were trained on")
+    try:
+        load_lora_state_dict(model, saved["lora"], "classifier_head.")
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def resume(args: argparse.Namespace, model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
@@ -224,18 +283,32 @@ def resume(args: argparse.Namespace, model: LlamaEmbeddingClassifier, optimizer:
     if not Path(args.last_filepath).exists():
         print(f"--resume: there is no {args.last_filepath} yet, so the run starts at epoch 0")
         return fresh
-    saved = torch.load(args.last_filepath, map_location="cpu", weights_only=True)
+    saved = read_classifier_checkpoint(args.last_filepath, last=True)
     changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in vars(args).items()
                if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
     if changed:
         raise CheckpointError(f"--resume: {args.last_filepath} was written by a run with other flags "
                               f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
+    if saved["train_sha256"] != file_digest(args.train):
+        raise CheckpointError(f"--resume: {args.last_filepath} was written by a run on another {args.train} (its "
+                              "sha256 differs): put back that file, or leave out --resume to start over")
     load_weights(model, saved, args.last_filepath)
-    optimizer.load_state_dict(saved["optim"])
     rank, world_size = rank_and_world_size()
+    if not saved["rng"]:
+        raise CheckpointError(f"{args.last_filepath}: 'rng' holds no random generators' state")
     if len(saved["rng"]) != world_size:
         print(f"note: {args.last_filepath} was written by {len(saved['rng'])} processes, resumed by {world_size}: "
               "the dropout masks will differ from those of an uninterrupted run")
-    set_rng_state(saved["rng"][rank % len(saved["rng"])], device)
+    try:
+        optimizer.load_state_dict(saved["optim"])
+        set_rng_state(saved["rng"][rank % len(saved["rng"])], device)
+    except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"{args.last_filepath}: its optimizer or random generators' state cannot be restored "
+                              f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+    if rank == 0:
+        dropped = metrics.drop_after(metrics.FILE, saved["run"], saved["epoch"])
+        if dropped:
+            print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
+                  f"checkpoint (epoch {saved['epoch']}), before it was interrupted")
     print(f"resume from {args.last_filepath} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
     return {key: saved[key] for key in fresh}

@@ -1,11 +1,13 @@
 """Tests for checkpoint.py: every format round-trips, the .bin layouts match llama2.c's, bad files are refused."""
 import hashlib
 import struct
+import zipfile
 
 import pytest
 import torch
 
-from checkpoint import read_checkpoint, read_checkpoint_with_classifier, save_checkpoint, write_llama2c_bin
+from checkpoint import (CheckpointError, file_digest, read_checkpoint, read_checkpoint_with_classifier,
+                        save_checkpoint, weights_digest, write_llama2c_bin)
 from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
@@ -128,7 +130,7 @@ class NotATensor:
 
 def test_pt_needing_arbitrary_unpickling_is_refused(tmp_path):
     torch.save({"model_args": ARGS, "model": random_state_dict(True), "extra": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(ValueError, match=r"evil\.pt.*refused for safety"):
+    with pytest.raises(CheckpointError, match=r"evil\.pt: unsafe: .*GLOBAL test_checkpoint\.NotATensor"):
         read_checkpoint(tmp_path / "evil.pt")
 
 
@@ -152,7 +154,7 @@ def test_pt_errors(tmp_path):
         read_checkpoint(path)
     torch.save({"model_args": ARGS, "model": random_state_dict(True)}, path)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(ValueError, match=r"c\.pt.*not a readable torch\.save"):
+    with pytest.raises(CheckpointError, match=r"c\.pt: corrupt: a damaged or truncated zip archive"):
         read_checkpoint(path)
 
 
@@ -259,3 +261,95 @@ def test_finetuned_classifier_is_read_strictly(tmp_path, change, error):
 
 def test_bin_has_no_classifier(asset):
     assert read_checkpoint_with_classifier(asset("stories260K.bin"))[2] == {}
+
+
+def flip_byte_of_largest_entry(path) -> None:
+    """Invert one byte inside the data of the largest entry of the zip `path`, leaving the archive whole."""
+    with zipfile.ZipFile(path) as archive:
+        entry = max(archive.infolist(), key=lambda info: info.file_size)
+    data = bytearray(path.read_bytes())
+    data[entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + entry.file_size // 2] ^= 0x01
+    path.write_bytes(data)
+
+
+def test_corrupted_byte_inside_a_pt_is_caught_by_its_crc(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, ARGS, random_state_dict(shared=False))
+    flip_byte_of_largest_entry(path)
+    with pytest.raises(CheckpointError, match=r"c\.pt: corrupt: the bytes of '.*' do not match their CRC-32"):
+        read_checkpoint(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
+    sd = random_state_dict(shared=True)
+    sd["layers.1.attention.compute_key.weight"][2, 3] = value
+    save_checkpoint(tmp_path / "c.pt", ARGS, sd)
+    with pytest.raises(CheckpointError, match=r"c\.pt: tensor 'model/layers\.1\.attention\.compute_key\.weight' "
+                                              r"holds [01] NaN and [01] infinite value\(s\) out of 128"):
+        read_checkpoint(tmp_path / "c.pt")
+    write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
+    with pytest.raises(CheckpointError, match=r"m\.bin: tensor 'layers\.1\.attention\.compute_key\.weight' holds"):
+        read_checkpoint(tmp_path / "m.bin")
+
+
+def test_legacy_torch_save_is_named_as_such(tmp_path):
+    torch.save({"model_args": ARGS, "model": random_state_dict(True)}, tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"old\.pt: legacy torch\.save format"):
+        read_checkpoint(tmp_path / "old.pt")
+
+
+def test_empty_file_and_folder(tmp_path):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"empty\.pt: empty file"):
+        read_checkpoint(tmp_path / "empty.pt")
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"dir\.pt is a folder, not a checkpoint file"):
+        read_checkpoint(tmp_path / "dir.pt")
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(n_layers=2.0), r"n_layers=2\.0 is not a finite int"),
+    (dict(dim=True), r"dim=True is not a finite int"),
+    (dict(layer_norm_eps=float("nan")), r"layer_norm_eps=nan is not a finite float"),
+    (dict(hidden_dim="40"), r"hidden_dim='40' is not a finite int \| None"),
+    (dict(n_layers=10**9), r"n_layers=1000000000, but the file holds only 21 tensors"),
+])
+def test_model_args_of_the_wrong_type_are_refused(tmp_path, change, error):
+    torch.save({"model_args": {**ARGS, **change}, "model": random_state_dict(True)}, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=rf"c\.pt: .*{error}"):
+        read_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("ckpt, error", [
+    ({"model_args": [16, 40], "model": {}}, r"model_args is a list, not a dict"),
+    ({"model_args": ARGS, "model": [torch.zeros(2)]}, r"'model': a list, not a dict of tensors"),
+    ({"model_args": ARGS, "model": {"norm.weight": 1.0}}, r"entry 'norm\.weight' is a float, not a named tensor"),
+    ({"model_args": ARGS, "model": {"norm.weight": torch.zeros(16, dtype=torch.long)}},
+     r"tensor 'norm\.weight' holds torch\.int64, not floating-point weights"),
+    ({"model_args": ARGS, "model": {"norm.weight": torch.zeros(16).to_sparse()}},
+     r"tensor 'model/norm\.weight' is stored as torch\.sparse_coo, not as a dense tensor"),
+])
+def test_checkpoint_contents_of_the_wrong_kind_are_refused(tmp_path, ckpt, error):
+    torch.save(ckpt, tmp_path / "c.pt")
+    with pytest.raises(CheckpointError, match=rf"c\.pt.*{error}"):
+        read_checkpoint(tmp_path / "c.pt")
+
+
+def test_bin_header_with_huge_sizes_is_refused_at_once(tmp_path):
+    header = struct.pack("<7i", 16, 40, 2**30, 4, 2, 37, 8)  # n_layers 2^30: listing its tensors would take hours
+    (tmp_path / "m.bin").write_bytes(header + bytes(400))
+    with pytest.raises(CheckpointError, match=r"m\.bin: wrong size .* found 428"):
+        read_checkpoint(tmp_path / "m.bin")
+
+
+def test_weights_digest_is_that_of_the_weights_not_of_the_file(tmp_path):
+    sd = random_state_dict(shared=False)
+    save_checkpoint(tmp_path / "c.pt", ARGS, sd)
+    write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
+    digests = {weights_digest(read_checkpoint(tmp_path / name)[1]) for name in ("c.pt", "m.bin")}
+    assert len(digests) == 1
+    sd["norm.weight"][0] += 1e-3
+    assert weights_digest(sd) not in digests
+    assert file_digest(tmp_path / "m.bin") == hashlib.sha256((tmp_path / "m.bin").read_bytes()).hexdigest()

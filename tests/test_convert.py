@@ -4,6 +4,7 @@ import os
 import struct
 import subprocess
 import sys
+from argparse import Namespace
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -15,10 +16,10 @@ from transformers import LlamaForCausalLM
 import convert
 from checkpoint import save_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from lora import lora_state_dict
 from config import LlamaConfig
 from llama import Llama, load_pretrained
 from test_llama import random_model
+from trainer import checkpoint_data
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LlamaConfig(vocab_size=61, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=16, layer_norm_eps=1e-6,
@@ -173,8 +174,7 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
                 p.normal_(0.0, 0.1)  # trained adapters: B is no longer zero
     expected = all_logits(model.llama)
     assert (expected - all_logits(base)).abs().max() > 1e-3  # the adapters change the model
-    torch.save({"model_args": asdict(base.config), "lora": lora_state_dict(model, "classifier_head."),
-                "model_config": asdict(config)}, tmp_path / "lora.pt")
+    torch.save(checkpoint_data(model, Namespace(), config, ["a", "b", "c"], 0, 0.5), tmp_path / "lora.pt")
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
     assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
     assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), causal=True)) - expected).abs().max() < 1e-5
@@ -200,3 +200,52 @@ def test_without_transformers(tmp_path):
     assert result.returncode == 1
     assert "needs the transformers package: pip install transformers safetensors" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "hf").exists()
+
+
+def test_output_that_is_an_input_is_refused(tmp_path, capsys):
+    model = random_model(LLAMA2C_CONFIG)
+    save_finetuned(tmp_path / "ft.pt", model)
+    (tmp_path / "link.bin").symlink_to(tmp_path / "ft.pt")
+    before = (tmp_path / "ft.pt").read_bytes()
+    for out in ("ft.pt", "link.bin"):
+        assert convert.main([str(tmp_path / "ft.pt"), "--to", "llama2c", str(tmp_path / out)]) == 1
+        assert f"{tmp_path / out} is the input {tmp_path / 'ft.pt'}: the export would replace it" in \
+            capsys.readouterr().err
+    assert (tmp_path / "ft.pt").read_bytes() == before
+
+
+def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
+    base = random_model(LLAMA2C_CONFIG)
+    save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
+    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora")
+    torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, ["a", "b", "c"], 0, 0.5),
+               tmp_path / "lora.pt")
+    before = (tmp_path / "base.pt").read_bytes()
+    assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "base.pt")]) == 1
+    assert "base.pt is the input" in capsys.readouterr().err
+    assert (tmp_path / "base.pt").read_bytes() == before
+    (tmp_path / "base.pt").unlink()
+    assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "out.bin")]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'lora.pt'}: a LoRA checkpoint, whose base model "
+                                              f"cannot be loaded: {tmp_path / 'base.pt'} does not exist")
+
+
+@pytest.mark.parametrize("to", ["hf", "llama2c"])
+def test_output_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys, to):
+    save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
+    out = tmp_path / "missing" / "out"
+    assert convert.main([str(tmp_path / "model.pt"), "--to", to, str(out)]) == 1
+    assert capsys.readouterr().err == f"error: cannot write {out}: its folder {out.parent} does not exist\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_corrupt_or_unsafe_checkpoint_is_one_clear_error(tmp_path, capsys):
+    save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "model.pt").read_bytes()[:3000])
+    torch.save({"model_args": {}, "model": {}, "code": Namespace(x=1)}, tmp_path / "unsafe.pt")
+    for name, what in (("cut.pt", "corrupt: a damaged or truncated zip archive"),
+                       ("unsafe.pt", "unsafe: its pickle holds objects other than tensors")):
+        assert convert.main([str(tmp_path / name), "--to", "llama2c", str(tmp_path / "out.bin")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {tmp_path / name}: {what}") and err.count("\n") == 1
+    assert not (tmp_path / "out.bin").exists()

@@ -1,7 +1,9 @@
 """--option lora end to end: only the adapters and the head train and are saved; the checkpoint loads onto the base
 model, and merged into it for inference gives the predictions of the adapted model."""
 import copy
+import shutil
 import sys
+from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 
 import run_llama
-from checkpoint import save_checkpoint
+from checkpoint import read_checkpoint, save_checkpoint, weights_digest
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama, load_pretrained
@@ -17,7 +19,7 @@ from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_
 from run_llama import InputError
 from test_run_llama import GetAsset, copy_head, files, read_predictions
 from tokenizer import Tokenizer
-from trainer import CheckpointError, load_weights
+from trainer import CheckpointError, checkpoint_data, load_weights
 
 
 def sst(asset: GetAsset, cwd: Path) -> dict[str, list[str]]:
@@ -41,7 +43,9 @@ def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
                                         "sst-dev-lora-output.txt", "sst-test-lora-output.txt"}
 
     best = torch.load(tmp_path / "lora-2-0.01.pt", weights_only=True)
-    assert best.keys() == {"model_args", "lora", "model_config", "label_names", "args", "epoch", "best_dev_acc"}
+    assert best.keys() == {"model_args", "lora", "base_digest", "model_config", "label_names", "args", "epoch",
+                           "best_dev_acc"}
+    assert best["base_digest"] == weights_digest(read_checkpoint(model_path)[1])
     adapters = {f"llama.layers.{i}.attention.{target}.lora_{m}"
                 for i in range(2) for target in ("compute_query", "compute_value") for m in "AB"}
     assert best["lora"].keys() == adapters | {"classifier_head.weight", "classifier_head.bias"}
@@ -99,3 +103,19 @@ def test_adapters_of_another_base_model_are_refused(tmp_path: Path, model_path: 
     saved = {"model_args": base, "lora": {}, "model_config": {"pretrained_model_path": str(tmp_path / "other.pt")}}
     with pytest.raises(CheckpointError, match=r"adapters\.pt: its LoRA adapters were trained on a model of sizes"):
         load_weights(model, saved, "adapters.pt")
+
+
+def test_adapters_on_another_base_of_the_same_sizes_are_refused(tmp_path: Path, model_path: str):
+    """The base checkpoint replaced by other weights of the same sizes: the adapters would merge onto a model they
+    were not trained on."""
+    base = tmp_path / "stories42M.pt"
+    shutil.copyfile(model_path, base)
+    config = ClassifierConfig(str(base), 2, option="lora")
+    saved = checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, ["bad", "good"], 0, 0.5)
+    load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")  # the same base: fine
+    model_args, state_dict = read_checkpoint(base)
+    state_dict["norm.weight"] = state_dict["norm.weight"] * 1.01
+    save_checkpoint(base, model_args, state_dict)
+    with pytest.raises(CheckpointError, match=rf"lora\.pt: its LoRA adapters were trained on other base weights "
+                                              rf"than those {base} now holds"):
+        load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")

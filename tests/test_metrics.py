@@ -33,3 +33,15 @@ def test_plot_without_matplotlib_is_a_note_not_a_crash(tmp_path, monkeypatch, ca
     assert not metrics.plot(RECORDS, [0, 1], [0, 1], ["neg", "pos"], path)
     assert "matplotlib is not installed" in capsys.readouterr().out
     assert not path.exists()
+
+
+def test_drop_after_removes_only_this_runs_later_records(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = ['{"run": "a", "epoch": 0}', '{"run": "b", "epoch": 2}', '{"run": "a", "epoch": 1}', "not JSON",
+             '{"run": "a", "epoch": 2}']
+    path.write_text("\n".join(lines) + "\n")
+    assert metrics.drop_after(path, "a", 0) == 2
+    assert path.read_text().splitlines() == lines[:2] + ["not JSON"]
+    assert metrics.drop_after(path, "a", 0) == 0
+    assert metrics.drop_after(tmp_path / "none.jsonl", "a", 0) == 0 and not (tmp_path / "none.jsonl").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]

@@ -1,5 +1,6 @@
 """Resumable, crash-safe runs: a run stopped after an epoch and resumed with --resume ends with the weights of an
 uninterrupted run, and a run killed with SIGKILL leaves its previous checkpoint loadable."""
+import json
 import os
 import random
 import signal
@@ -122,3 +123,83 @@ def test_run_killed_while_training_leaves_a_checkpoint_to_resume_from(tmp_path: 
     monkeypatch.chdir(whole)
     run_llama.main(flags)
     assert_same_run(whole, killed, "finetune-3-0.001")
+
+
+def crash_before_the_last_checkpoint_of(epoch: int, monkeypatch, flags: list[str]) -> None:
+    """Run with `flags` in the current folder, stopped after epoch `epoch` was appended to metrics.jsonl and before
+    its last checkpoint was written."""
+    save_last = run_llama.save_last
+
+    def crash_at_epoch(*args):
+        if args[5]["epoch"] == epoch:  # progress
+            raise Crash
+        save_last(*args)
+
+    monkeypatch.setattr(run_llama, "save_last", crash_at_epoch)
+    with pytest.raises(Crash):
+        run_llama.main(flags)
+    monkeypatch.setattr(run_llama, "save_last", save_last)
+
+
+def finetune_flags(model_path: str, tokenizer_model: str) -> list[str]:
+    return ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.001", "--batch_size",
+            "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
+
+
+def test_resume_drops_the_metrics_recorded_after_the_last_checkpoint(tmp_path: Path, monkeypatch, capsys,
+                                                                       asset: GetAsset, model_path: str,
+                                                                       tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset, tmp_path, 8)
+    flags = finetune_flags(model_path, tokenizer_model)
+    (tmp_path / "metrics.jsonl").write_text('{"run": "an earlier run", "epoch": 1}\n')
+    crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+    epochs = lambda: [(r["run"] == "an earlier run", r["epoch"]) for r in map(json.loads, open("metrics.jsonl"))]
+    assert epochs() == [(True, 1), (False, 0), (False, 1)]
+    run_llama.main(flags + ["--resume"])
+    assert "note: removed 1 line(s) of metrics.jsonl that this run appended after its last checkpoint (epoch 0)" \
+        in capsys.readouterr().out
+    assert epochs() == [(True, 1), (False, 0), (False, 1)]  # epoch 1 once, as trained again
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_resume_on_another_training_file_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                    model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset, tmp_path, 8)
+    flags = finetune_flags(model_path, tokenizer_model)
+    crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+    train = tmp_path / "data" / "sst-train.txt"
+    train.write_text(train.read_text().replace("4 |||", "0 |||"))  # same path, same flags, other labels
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run on another "
+                                              r"data/sst-train\.txt \(its sha256 differs\)"):
+        run_llama.main(flags + ["--resume"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                                    model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset, tmp_path, 8)
+    flags = finetune_flags(model_path, tokenizer_model)
+    crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+    saved = torch.load("finetune-2-0.001-last.pt", weights_only=True)
+    del saved["train_sha256"]
+    torch.save(saved, "finetune-2-0.001-last.pt")
+    with pytest.raises(CheckpointError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
+                                              r"not record the sha256 of the training data: train it again"):
+        run_llama.main(flags + ["--resume"])
+
+
+@pytest.mark.parametrize("content, error", [
+    (b"", r"finetune-2-0\.001-last\.pt: empty file"),
+    (b"PK\x03\x04" + bytes(100), r"finetune-2-0\.001-last\.pt: corrupt: a damaged or truncated zip archive"),
+])
+def test_unreadable_last_checkpoint_is_a_checkpoint_error(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                          model_path: str, tokenizer_model: str, content, error):
+    monkeypatch.chdir(tmp_path)
+    sst(asset, tmp_path, 8)
+    (tmp_path / "finetune-2-0.001-last.pt").write_bytes(content)
+    with pytest.raises(CheckpointError, match=error):
+        run_llama.main(finetune_flags(model_path, tokenizer_model) + ["--resume"])

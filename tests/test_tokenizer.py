@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from sentencepiece import SentencePieceProcessor, SentencePieceTrainer
 
-from tokenizer import Tokenizer
+from tokenizer import Tokenizer, TokenizerError
 
 TEXTS = ["Hello world", "Once upon a time, there was a little girl named Lily.", "naïve café: 東京 🦙 <s> 3.14"]
 
@@ -80,6 +80,22 @@ def test_not_a_sentencepiece_model(tmp_path: Path):
     junk.write_text("this is not a protobuf")
     with pytest.raises(ValueError, match="junk.model is not a sentencepiece model"):
         Tokenizer(tokenizer_model=str(junk))
+
+
+@pytest.mark.parametrize("content, error", [
+    (None, r"tokenizer model .*bad\.model is a folder, not a sentencepiece model file"),
+    (b"", r"bad\.model is not a sentencepiece model: an empty file"),
+    (4000, r"bad\.model is not a sentencepiece model \(truncated or another kind of file\): "),
+])
+def test_unusable_tokenizer_files_are_one_clear_error(tmp_path: Path, model_path: str, content, error: str):
+    bad = tmp_path / "bad.model"
+    if content is None:
+        bad.mkdir()
+    else:
+        bad.write_bytes(content if isinstance(content, bytes) else Path(model_path).read_bytes()[:content])
+    with pytest.raises(TokenizerError, match=error) as e:
+        Tokenizer(tokenizer_model=str(bad))
+    assert "\n" not in str(e.value)
 
 
 def test_pad_falls_back_to_sentencepiece_pad_id(tmp_path: Path):
