@@ -13,7 +13,8 @@ known files that are missing are fetched (see assets.py). Every file is written 
 renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora write the
 checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume goes on
 from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with matplotlib,
-draw {option}-{epochs}-{lr}.png (metrics.py).
+draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
+output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
 import codecs

@@ -354,7 +354,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
     assert files(tmp_path) == before
 
 
-def test_a_folder_given_as_a_data_file_is_refused(tmp_path: Path, monkeypatch):
+def test_data_files_that_cannot_be_read_are_refused(tmp_path: Path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     named = ["--option", "finetune", "--train", "data/sst-train.txt", "--dev", "data/sst-dev.txt",
@@ -363,6 +363,11 @@ def test_a_folder_given_as_a_data_file_is_refused(tmp_path: Path, monkeypatch):
     for flag in ("--train", "--dev", "--test", "--label-names"):
         with pytest.raises(InputError, match=f"cannot read {flag} data: it is a folder"):
             run_llama.get_args([*named, flag, "data"])
+    (tmp_path / "data" / "sst-dev.txt").write_text("3 ||| fine\n")
+    access = os.access  # a file that permissions keep from this user (root reads any, so it is pretended)
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and path != "data/sst-dev.txt")
+    with pytest.raises(InputError, match="cannot read --dev data/sst-dev.txt: permission denied"):
+        run_llama.get_args(named)
 
 
 def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset_mirror: Path,
