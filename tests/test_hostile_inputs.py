@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -107,7 +108,8 @@ CASES = {
     # an output that cannot be written
     "dev_out is a folder": Case(["--dev_out", "data"], 1, r"cannot write --dev_out data: it is a folder"),
     "dev_out is empty": Case(["--dev_out", ""], 1, r"cannot write --dev_out : it is a folder"),
-    "dev_out is a device": Case(["--dev_out", "/dev/null"], 1, r"--dev_out /dev/null: it is not a regular file"),
+    "dev_out is a pipe": Case(["--dev_out", "pipe"], 1, r"cannot write --dev_out pipe: it is not a regular file",
+                              lambda folder: os.mkfifo(folder / "pipe")),
     "dev_out in a missing folder": Case(["--dev_out", "missing/o.txt"], 1, r"the folder .*/missing does not exist"),
     "dev_out under a file": Case(["--dev_out", "data/sst-dev.txt/o.txt"], 1,
                                  r"cannot write --dev_out .*: .*data/sst-dev\.txt is not a folder"),
@@ -190,11 +192,14 @@ def run_script(asset_mirror: Path) -> Iterator[Callable[[Path, list[str]], dict]
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bool, str]]:
-    """Each file and folder under `folder`: whether it is a link, and the sha256 of the bytes it holds (through
-    links: the model and tokenizer are links to the shared files)."""
-    return {str(p.relative_to(folder)): (p.is_symlink(), "folder" if p.is_dir() else
-                                         hashlib.sha256(p.read_bytes()).hexdigest())
-            for p in folder.rglob("*")}
+    """Each entry under `folder`: whether it is a link, and the sha256 of the bytes of a file (through links: the
+    model and tokenizer are links to the shared files), or the kind of anything else."""
+    def content(p: Path) -> str:
+        if p.is_file():
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        return "folder" if p.is_dir() else stat.filemode(p.stat().st_mode)
+
+    return {str(p.relative_to(folder)): (p.is_symlink(), content(p)) for p in folder.rglob("*")}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
