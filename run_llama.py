@@ -84,9 +84,10 @@ class Split:
 
 
 def data_lines(path: str) -> list[bytes]:
-    """The lines of a data file, without a UTF-8 byte order mark before the first or blank lines after the last."""
+    """The lines of a data file, each ended by \\n, \\r\\n or \\r, without a UTF-8 byte order mark before the first
+    or blank lines after the last."""
     with open(assets.ensure(path), "rb") as f:
-        lines = f.readlines()
+        lines = f.read().splitlines()
     if lines and lines[0].startswith(codecs.BOM_UTF8):
         lines[0] = lines[0][len(codecs.BOM_UTF8):]
     while lines and not lines[-1].strip():

@@ -283,6 +283,9 @@ def test_a_byte_order_mark_and_blank_lines_at_the_end_are_read_as_if_absent(tmp_
     expected = run_llama.create_data(str(plain), tokenizer, 5)
     read = run_llama.create_data(str(marked), tokenizer, 5)
     assert (read.sentences, read.labels, read.token_ids) == (expected.sentences, expected.labels, expected.token_ids)
+    marked.write_bytes(b"3 ||| A fine film .\r0 ||| Awful .\r")  # old Mac line ends
+    read = run_llama.create_data(str(marked), tokenizer, 5)
+    assert (read.sentences, read.labels, read.token_ids) == (expected.sentences, expected.labels, expected.token_ids)
     labels = tmp_path / "labels.json"
     labels.write_bytes(codecs.BOM_UTF8 + b'["bad", "good"]\n')
     assert run_llama.read_label_names(str(labels)) == ["bad", "good"]
