@@ -13,14 +13,17 @@ known files that are missing are fetched (see assets.py). Every file is written 
 renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora write the
 checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume goes on
 from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with matplotlib,
-draw {option}-{epochs}-{lr}.png (metrics.py).
+draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
+output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
+import codecs
 import json
 import math
 import os
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +73,26 @@ def seed_everything(seed: int = 11711) -> None:
 # ---- data ----
 @dataclass
 class Split:
-    """A data file's sentences, gold labels and token ids, in file order (example i is on line i + 1)."""
+    """A data file's sentences, gold labels and token ids, in file order (example i is on line i + 1), and how many
+    of each example's last ids are the prompt after the sentence."""
 
     path: str
     sentences: list[str]
     labels: list[int]
     token_ids: list[list[int]]
+    suffix_len: int = 0
+
+
+def data_lines(path: str) -> list[bytes]:
+    """The lines of a data file, each ended by \\n, \\r\\n or \\r, without a UTF-8 byte order mark before the first
+    or blank lines after the last."""
+    with open(assets.ensure(path), "rb") as f:
+        lines = f.read().splitlines()
+    if lines and lines[0].startswith(codecs.BOM_UTF8):
+        lines[0] = lines[0][len(codecs.BOM_UTF8):]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
 
 
 def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | None = None,
@@ -84,47 +101,58 @@ def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | 
 
     With a prompt `suffix`, an example is the sentence, a space and the suffix, as in the course, and its token ids
     end with the suffix's, which max_len does not cut. Labels must be 0 … num_labels − 1, or PLACEHOLDER where
-    `placeholders` allows it.
+    `placeholders` allows it. A byte order mark and blank lines at the end are ignored; a blank line before the last
+    sentence is an error.
     """
     suffix_ids = tokenizer.sp_model.encode(suffix) if suffix else []
     sentences, labels, token_ids = [], [], []
-    with open(assets.ensure(path), "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise InputError(f"{where}: not UTF-8 text ({e})") from None
-            label_text, separator, sentence = line.partition(" ||| ")
-            sentence = sentence.strip()
-            if not separator or not sentence:
-                raise InputError(f"{where}: expected 'label ||| sentence', found {line.rstrip()[:80]!r}")
-            try:
-                label = int(label_text)
-            except ValueError:
-                raise InputError(f"{where}: the label {label_text!r} is not an integer") from None
-            if not (0 <= label < num_labels or placeholders and label == PLACEHOLDER):
-                allowed = f"0 … {num_labels - 1}" + (f" or {PLACEHOLDER}" if placeholders else "")
-                raise InputError(f"{where}: label {label} is not one of {allowed} ({num_labels} label names)")
-            sentences.append(f"{sentence} {suffix}" if suffix else sentence)
-            labels.append(label)
-            token_ids.append(tokenizer.encode(sentence, bos=True, eos=False) + suffix_ids)
+    for lineno, raw in enumerate(data_lines(path), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not UTF-8 text ({e})") from None
+        label_text, separator, sentence = line.partition(" ||| ")
+        sentence = sentence.strip()
+        if not separator or not sentence:
+            raise InputError(f"{where}: expected 'label ||| sentence', found {line.rstrip()[:80]!r}")
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise InputError(f"{where}: the label {label_text!r} is not an integer") from None
+        if not (0 <= label < num_labels or placeholders and label == PLACEHOLDER):
+            allowed = f"0 … {num_labels - 1}" + (f" or {PLACEHOLDER}" if placeholders else "")
+            raise InputError(f"{where}: label {label} is not one of {allowed} ({num_labels} label names)")
+        sentences.append(f"{sentence} {suffix}" if suffix else sentence)
+        labels.append(label)
+        token_ids.append(tokenizer.encode(sentence, bos=True, eos=False) + suffix_ids)
     if not sentences:
         raise InputError(f"{path}: empty file: no 'label ||| sentence' lines")
     print(f"load {len(sentences)} data from {path}")
-    return Split(path, sentences, labels, token_ids)
+    return Split(path, sentences, labels, token_ids, len(suffix_ids))
 
 
 def read_label_names(path: str) -> list[str]:
-    """The JSON list of label names; label i is named label_names[i]."""
+    """The JSON list of label names (UTF-8, a byte order mark allowed); label i is named label_names[i]. At least
+    two, each a different non-blank string."""
     try:
-        with open(assets.ensure(path), encoding="utf-8") as f:
-            label_names = json.load(f)
+        label_names = json.loads(assets.ensure(path).read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
-    if not (isinstance(label_names, list) and len(label_names) >= 2
-            and all(isinstance(name, str) and name.strip() for name in label_names)):
-        raise InputError(f"{path}: expected a JSON list of at least two label names, found {label_names!r}")
+    if not isinstance(label_names, list):
+        raise InputError(f"{path}: expected a JSON list of label names, found {str(label_names)[:80]!r}")
+    first_of: dict[str, int] = {}
+    for i, name in enumerate(label_names):
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(f"{path}: label name {i} is {name!r}: each label name must be a non-blank string")
+        if name.strip() in first_of:
+            raise InputError(f"{path}: label names {first_of[name.strip()]} and {i} are both {name.strip()!r}: "
+                             "each label needs a name of its own")
+        first_of[name.strip()] = i
+    if len(label_names) < 2:
+        raise InputError(f"{path}: expected at least two label names, found {len(label_names)}")
     return label_names
 
 
@@ -234,7 +262,20 @@ def check_fits(llama: Llama, tokenizer: Tokenizer, args: argparse.Namespace, spl
         for i, ids in enumerate(split.token_ids):
             if len(ids) > max_seq_len:
                 raise InputError(f"{split.path}:{i + 1}: {len(ids)} tokens, more than the model's max_seq_len="
-                                 f"{max_seq_len}; pass --max_sentence_len to truncate sentences")
+                                 f"{max_seq_len}; {shortening(tokenizer.max_len, split.suffix_len, max_seq_len)}")
+
+
+def shortening(max_sentence_len: int | None, suffix_len: int, max_seq_len: int) -> str:
+    """What makes an example of BOS, a sentence cut to max_sentence_len tokens and suffix_len prompt tokens fit in
+    max_seq_len tokens."""
+    prompt = f"the prompt after the sentence takes {suffix_len} tokens" if suffix_len else ""
+    room = max_seq_len - 1 - suffix_len  # for the sentence's tokens
+    if room < 1:
+        return f"{prompt}, which leaves no room for a sentence: use shorter label names"
+    if max_sentence_len is None:
+        return "pass --max_sentence_len to truncate sentences" + (f" ({prompt})" if prompt else "")
+    return (f"--max_sentence_len {max_sentence_len} is too long" + (f" because {prompt}" if prompt else "") +
+            f": pass --max_sentence_len {room} or less")
 
 
 @torch.inference_mode()
@@ -361,6 +402,16 @@ def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
         raise InputError(str(e)) from None
 
 
+def divergence(loss: float, model: torch.nn.Module) -> str | None:
+    """Why training has diverged: a non-finite loss, or a trained weight that is no longer finite; None if not."""
+    if not math.isfinite(loss):
+        return f"the training loss became {loss}"
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            return f"the weight {name} is no longer finite"
+    return None
+
+
 def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str], train_split: Split,
           dev: Split, test_split: Split, device: torch.device) -> list[dict]:
     """Fine-tune LlamaEmbeddingClassifier (all of it, or with LoRA its adapters and head) with AdamW, in every process.
@@ -375,12 +426,20 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
     model = model.to(device)
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     progress = resume(args, model, optimizer, device)
+    if progress["epoch"] >= 0 and not Path(args.filepath).is_file():
+        raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress['epoch']}, but the best "
+                         f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
+                         "start over")
     trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
     dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
     for epoch in range(progress["epoch"] + 1, args.epochs):
         stats = train_epoch(trained_model, optimizer, train_data, epoch, args, device)
+        failure = divergence(stats["loss"], model)
+        if failure:
+            raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
+                             f"{args.lr}")
         rng = gather(rng_state(device))
         if rank == 0:
             dev_preds = model_eval(model, dev_data, dev_batches, args, device)
@@ -406,6 +465,9 @@ def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split:
          device: torch.device) -> dict[str, list[int]]:
     """Reload the best checkpoint and write its dev and test predictions; return them. LoRA adapters are merged
     into the base weights first (lora.merge_lora), which changes no prediction and makes no extra work per token."""
+    if not Path(args.filepath).is_file():
+        raise InputError(f"{args.filepath}: the best checkpoint of this run is missing (moved or deleted while it "
+                         "ran?), so there is no model to write the predictions of")
     saved = read_classifier_checkpoint(args.filepath)
     model = build_classifier(ClassifierConfig(**saved["model_config"]))
     load_weights(model, saved, args.filepath)
@@ -418,6 +480,8 @@ def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split:
 
 
 # ---- command line ----
+MAX_SEED = 2**31 - 1  # NumPy takes seeds below 2**32, and process r seeds with --seed + r
+DATA_FLAGS = ("--train", "--dev", "--test", "--label-names")
 DERIVED = {"dev": "--dev", "test": "--test", "label_names": "--label-names", "dev_out": "--dev_out",
            "test_out": "--test_out"}
 
@@ -483,13 +547,27 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any")
     args = parser.parse_args(argv)
+    validate_args(args, parser)
+    return args
+
+
+def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """Check every flag, derive the paths left out, and check the run's files, before any work.
+
+    A flag out of range, a path that cannot be derived, an output that is an input of the run or another output
+    (after resolving links) exits through parser.error; a folder given as a data file, or an output that cannot be
+    written, is an InputError.
+    """
     for name in ("epochs", "batch_size", "max_sentence_len", "lora_rank"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
-    if not 0.0 <= args.hidden_dropout_prob < 1.0:
-        parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
-    if not 0.0 <= args.lora_dropout < 1.0:
-        parser.error(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be in 0 … {MAX_SEED}, got {args.seed}")
+    if not 0.0 < args.lr < math.inf:
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    for name in ("hidden_dropout_prob", "lora_dropout"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if not 0.0 < args.lora_alpha < math.inf:
         parser.error(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
     missing = derive_paths(args)
@@ -498,7 +576,90 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "from it: pass them")
     name = f"{args.option}-{args.epochs}-{args.lr}"
     args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
-    return args
+    inputs, outputs = run_files(args)
+    problem = clash(inputs, outputs)
+    if problem:
+        parser.error(problem)
+    for flag in DATA_FLAGS:
+        problem = unreadable(inputs[flag]) if flag in inputs else None
+        if problem:
+            raise InputError(f"cannot read {flag} {inputs[flag]}: {problem}")
+    for role, path in outputs.items():
+        problem = unwritable(path)
+        if problem:
+            raise InputError(f"cannot write {role} {path}: {problem}")
+
+
+def run_files(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """The files the run reads and those it writes, each under the flag it comes from (or what it is). The last
+    checkpoint, which --resume reads, and metrics.jsonl, which is appended to, are among the outputs."""
+    inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
+    if args.option == "generate":
+        return inputs, {"--generated_sentence_low_temp_out": args.generated_sentence_low_temp_out,
+                        "--generated_sentence_high_temp_out": args.generated_sentence_high_temp_out}
+    inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
+    outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
+    if args.option in ("finetune", "lora"):
+        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
+                    "the metrics file": METRICS, "the plot": args.plot_filepath}
+    return inputs, outputs
+
+
+def file_identity(path: str) -> object:
+    """What two paths to one file share: the device and inode of an existing file (so hard links, symbolic links and
+    other spellings match), else the absolute path with links resolved."""
+    try:
+        resolved = Path(path).resolve()
+        info = resolved.stat()
+    except (OSError, RuntimeError):  # missing, or a loop of links: compared by name
+        return os.path.abspath(path)
+    return info.st_dev, info.st_ino
+
+
+def clash(inputs: dict[str, str], outputs: dict[str, str]) -> str | None:
+    """Why these outputs cannot be written: one is an input, or two are one file; None if neither."""
+    read = {file_identity(path): f"{role} {path}" for role, path in inputs.items()}
+    written: dict[object, str] = {}
+    for role, path in outputs.items():
+        identity = file_identity(path)
+        if identity in read:
+            return f"{role} {path} would overwrite {read[identity]}: an output may not be an input of the run"
+        if identity in written:
+            return f"{written[identity]} and {role} {path} are one file: give each output its own path"
+        written[identity] = f"{role} {path}"
+    return None
+
+
+def unreadable(path: str) -> str | None:
+    """Why the file `path` cannot be read, as far as can be told before reading it, or None: a missing file may be
+    fetched (assets.ensure), and is reported then."""
+    try:
+        if Path(path).is_dir():
+            return "it is a folder"
+        if Path(path).exists() and not os.access(path, os.R_OK):
+            return "permission denied"
+    except OSError as e:
+        return e.strerror
+    return None
+
+
+def unwritable(path: str) -> str | None:
+    """Why `path` cannot be written as write_atomically writes it (a temporary file in its folder, renamed onto it),
+    or None if it can: a temporary file of that kind is created there and removed."""
+    target = Path(path)
+    folder = target.absolute().parent
+    try:
+        if target.is_dir():
+            return "it is a folder"
+        if target.exists() and not target.is_file():
+            return "it is not a regular file"
+        if not folder.is_dir():
+            return f"{folder} is not a folder" if folder.exists() else f"the folder {folder} does not exist"
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.", suffix=".tmp"):
+            pass
+    except OSError as e:
+        return e.strerror
+    return None
 
 
 def get_device(args: argparse.Namespace) -> torch.device:
@@ -514,13 +675,6 @@ def get_device(args: argparse.Namespace) -> torch.device:
             raise InputError(f"--dtype bfloat16: the GPU {torch.cuda.get_device_name()} has no bfloat16 "
                              "arithmetic; use --dtype float32")
     return device
-
-
-def output_files(args: argparse.Namespace) -> list[str]:
-    """The files this run writes."""
-    if args.option == "generate":
-        return [args.generated_sentence_low_temp_out, args.generated_sentence_high_temp_out]
-    return [args.dev_out, args.test_out] + ([args.filepath] if args.option in ("finetune", "lora") else [])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -547,9 +701,6 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
         print("note: --group_by_length groups the training batches only: without --causal, evaluation keeps the "
               "course's batches, because there the padding changes the predictions")
     seed_everything(args.seed + rank)  # the processes' dropout masks differ; the batches come from --seed and epoch
-    for path in output_files(args):
-        if not Path(path).absolute().parent.is_dir():
-            raise InputError(f"cannot write {path}: its folder does not exist")
     tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=str(assets.ensure(args.tokenizer_model)))
 
     if args.option == "generate":

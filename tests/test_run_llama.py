@@ -1,4 +1,5 @@
 """run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
+import codecs
 import inspect
 import json
 import os
@@ -6,6 +7,7 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +20,7 @@ import torch
 import run_llama
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from config import LlamaConfig
-from llama import load_pretrained
+from llama import Llama, load_pretrained
 from run_llama import InputError
 from trainer import CheckpointError
 from tokenizer import Tokenizer
@@ -269,37 +271,152 @@ def test_default_and_derived_paths():
 
 
 @pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr must be a positive finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a positive finite number, got inf"),
+    (["--lr", "-1"], r"--lr must be a positive finite number, got -1\.0"),
+    (["--lr", "0"], r"--lr must be a positive finite number, got 0\.0"),
+    (["--seed", "-1"], "--seed must be in 0 … 2147483647, got -1"),
+    (["--seed", "4294967296"], "--seed must be in 0 … 2147483647, got 4294967296"),
+    (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+    (["--batch_size", "0"], "--batch_size must be at least 1, got 0"),
+    (["--max_sentence_len", "-2"], "--max_sentence_len must be at least 1, got -2"),
+    (["--hidden_dropout_prob", "nan"], r"--hidden_dropout_prob must be in \[0, 1\), got nan"),
+    (["--hidden_dropout_prob", "1"], r"--hidden_dropout_prob must be in \[0, 1\), got 1\.0"),
     (["--lora_rank", "0"], "--lora_rank must be at least 1"),
     (["--lora_alpha", "0"], "--lora_alpha must be a positive number"),
     (["--lora_alpha", "inf"], "--lora_alpha must be a positive number"),
     (["--lora_dropout", "1"], r"--lora_dropout must be in \[0, 1\)"),
 ])
-def test_bad_lora_flags_are_refused(capsys, flags: list[str], message: str):
+def test_numeric_flags_are_checked_as_they_are_parsed(capsys, flags: list[str], message: str):
     with pytest.raises(SystemExit):
         run_llama.get_args(["--option", "lora", *flags])
     assert re.search(message, capsys.readouterr().err)
 
 
 @pytest.mark.parametrize("file, content, message", [
-    ("sst-dev.txt", "3 ||| fine\nthree ||| not a number\n", r"data/sst-dev\.txt:2: the label 'three' is not an int"),
-    ("sst-dev.txt", "3 ||| fine\n\n", r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence'"),
-    ("sst-train.txt", "7 ||| too many stars\n", r"data/sst-train\.txt:1: label 7 is not one of 0 … 4"),
-    ("sst-test.txt", "", r"data/sst-test\.txt: empty file"),
-    ("sst-label-mapping.json", '["bad", "good"', r"data/sst-label-mapping\.json:1: not valid JSON"),
+    ("sst-dev.txt", b"3 ||| fine\nthree ||| not a number\n", r"data/sst-dev\.txt:2: the label 'three' is not an int"),
+    ("sst-dev.txt", b"3 ||| fine\n\n4 ||| after a blank line\n", r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence'"),
+    ("sst-train.txt", b"7 ||| too many stars\n", r"data/sst-train\.txt:1: label 7 is not one of 0 … 4"),
+    ("sst-test.txt", b"", r"data/sst-test\.txt: empty file"),
+    ("sst-label-mapping.json", b'["bad", "good"', r"data/sst-label-mapping\.json:1: not valid JSON"),
+    ("sst-label-mapping.json", b'["awful", "bad", "average", "bad", "excellent"]',
+     r"data/sst-label-mapping\.json: label names 1 and 3 are both 'bad'"),
+    ("sst-label-mapping.json", b'["awful", "bad", " ", "good", "excellent"]',
+     r"data/sst-label-mapping\.json: label name 2 is ' ': each label name must be a non-blank string"),
+    ("sst-label-mapping.json", b'["awful", "bad", "averag\xe9", "good", "excellent"]',
+     r"data/sst-label-mapping\.json: not UTF-8 text"),
 ])
 def test_bad_inputs_are_refused(tmp_path: Path, monkeypatch, model_path: str, tokenizer_model: str, file: str,
-                                content: str, message: str):
+                                content: bytes, message: str):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data").mkdir()
     for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt"):
         (tmp_path / "data" / name).write_text("1 ||| a sentence\n4 ||| another one\n")
     (tmp_path / "data" / "sst-label-mapping.json").write_text('["awful", "bad", "average", "good", "excellent"]')
-    (tmp_path / "data" / file).write_text(content)
+    (tmp_path / "data" / file).write_bytes(content)
     before = files(tmp_path)
     with pytest.raises(InputError, match=message):
         run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt",
                         "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
     assert files(tmp_path) == before
+
+
+def test_a_byte_order_mark_and_blank_lines_at_the_end_are_read_as_if_absent(tmp_path: Path, tokenizer_model: str):
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    plain, marked = tmp_path / "plain.txt", tmp_path / "marked.txt"
+    plain.write_text("3 ||| A fine film .\n0 ||| Awful .\n")
+    marked.write_bytes(codecs.BOM_UTF8 + b"3 ||| A fine film .\r\n0 ||| Awful .\r\n\r\n  \n\n")
+    expected = run_llama.create_data(str(plain), tokenizer, 5)
+    read = run_llama.create_data(str(marked), tokenizer, 5)
+    assert (read.sentences, read.labels, read.token_ids) == (expected.sentences, expected.labels, expected.token_ids)
+    marked.write_bytes(b"3 ||| A fine film .\r0 ||| Awful .\r")  # old Mac line ends
+    read = run_llama.create_data(str(marked), tokenizer, 5)
+    assert (read.sentences, read.labels, read.token_ids) == (expected.sentences, expected.labels, expected.token_ids)
+    labels = tmp_path / "labels.json"
+    labels.write_bytes(codecs.BOM_UTF8 + b'["bad", "good"]\n')
+    assert run_llama.read_label_names(str(labels)) == ["bad", "good"]
+    marked.write_bytes(codecs.BOM_UTF8 + b"3 ||| A fine film .\n\n0 ||| Awful .\n\n")  # a blank line inside
+    with pytest.raises(InputError, match=r"marked\.txt:2: expected 'label \|\|\| sentence', found ''"):
+        run_llama.create_data(str(marked), tokenizer, 5)
+
+
+# ---- the run's files, checked before any work ----
+def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sst-dev.txt").write_text("3 ||| gold\n")
+    (tmp_path / "gold.txt").symlink_to("data/sst-dev.txt")
+    before = files(tmp_path)
+    sst = ["--option", "finetune", "--train", "data/sst-train.txt"]
+    for flags, message in [
+        (["--dev_out", "data/sst-dev.txt"],
+         "--dev_out data/sst-dev.txt would overwrite --dev data/sst-dev.txt: an output may not be an input of the run"),
+        (["--dev_out", "gold.txt"], "--dev_out gold.txt would overwrite --dev data/sst-dev.txt"),
+        (["--test_out", "stories42M.pt"], "--test_out stories42M.pt would overwrite --pretrained-model-path"),
+        (["--label-names", "metrics.jsonl"], "the metrics file metrics.jsonl would overwrite --label-names"),
+        (["--pretrained-model-path", "finetune-5-2e-05.pt"],
+         "the best checkpoint finetune-5-2e-05.pt would overwrite --pretrained-model-path finetune-5-2e-05.pt"),
+        (["--resume", "--dev_out", "finetune-5-2e-05-last.pt"],
+         "--dev_out finetune-5-2e-05-last.pt and the last checkpoint finetune-5-2e-05-last.pt are one file"),
+        (["--dev_out", "o.txt", "--test_out", "o.txt"],
+         "--dev_out o.txt and --test_out o.txt are one file: give each output its own path"),
+        (["--option", "generate", "--generated_sentence_low_temp_out", "g.txt",
+          "--generated_sentence_high_temp_out", "g.txt"],
+         "--generated_sentence_low_temp_out g.txt and --generated_sentence_high_temp_out g.txt are one file"),
+    ]:
+        with pytest.raises(SystemExit):
+            run_llama.get_args(sst + flags)
+        assert message in capsys.readouterr().err
+    # a file read twice, or read and then written by design (--resume's last checkpoint), is no clash
+    run_llama.get_args(sst + ["--test", "data/sst-dev.txt", "--resume"])
+    assert files(tmp_path) == before
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path: Path) -> Path:
+    """A folder in which this process cannot create a file: a read-only one, or, for root, whom permissions do not
+    stop, /sys, which is mounted read-only."""
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o555)
+    for folder in (read_only, Path("/sys")):
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError:
+            return folder
+    pytest.skip("no folder here refuses this user a new file")
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Path, monkeypatch,
+                                                                    unwritable_folder: Path):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    before = files(tmp_path)
+    for flags, message in [
+        (["--dev_out", "outputs"], r"cannot write --dev_out outputs: it is a folder"),
+        (["--test_out", "missing/t.txt"], r"cannot write --test_out missing/t\.txt: the folder .*missing does not "
+                                          r"exist"),
+        (["--dev_out", str(unwritable_folder / "d.txt")], r"cannot write --dev_out .*d\.txt: Permission denied"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            run_llama.get_args(["--option", "prompt", *flags])
+    run_llama.get_args(["--option", "prompt", "--dev_out", "outputs/d.txt"])  # and no probe is left behind
+    assert files(tmp_path) == before
+
+
+def test_data_files_that_cannot_be_read_are_refused(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    named = ["--option", "finetune", "--train", "data/sst-train.txt", "--dev", "data/sst-dev.txt",
+             "--test", "data/sst-test.txt", "--label-names", "data/labels.json", "--dev_out", "d.txt",
+             "--test_out", "t.txt"]
+    for flag in ("--train", "--dev", "--test", "--label-names"):
+        with pytest.raises(InputError, match=f"cannot read {flag} data: it is a folder"):
+            run_llama.get_args([*named, flag, "data"])
+    (tmp_path / "data" / "sst-dev.txt").write_text("3 ||| fine\n")
+    access = os.access  # a file that permissions keep from this user (root reads any, so it is pretended)
+    monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and path != "data/sst-dev.txt")
+    with pytest.raises(InputError, match="cannot read --dev data/sst-dev.txt: permission denied"):
+        run_llama.get_args(named)
 
 
 def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
@@ -337,6 +454,33 @@ def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatc
                         "--resume", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
 
 
+
+
+def test_too_long_examples_are_told_what_would_fit(tokenizer_model: str):
+    """The advice depends on whether --max_sentence_len was passed and on the prompt after the sentence, and the
+    --max_sentence_len it suggests does make the example fit."""
+    assert run_llama.shortening(None, 0, 1024) == "pass --max_sentence_len to truncate sentences"
+    assert run_llama.shortening(2000, 0, 1024) == "--max_sentence_len 2000 is too long: pass --max_sentence_len " \
+                                                  "1023 or less"
+    assert run_llama.shortening(None, 1023, 1024) == "the prompt after the sentence takes 1023 tokens, which " \
+                                                     "leaves no room for a sentence: use shorter label names"
+    suffix_ids = Tokenizer(tokenizer_model=tokenizer_model).sp_model.encode(run_llama.prompt_suffix(["bad", "good"]))
+    sentence = "very " * 1100 + "long ."
+    llama = Llama(LlamaConfig(vocab_size=32000, dim=8, n_layers=1, n_heads=2, n_kv_heads=2, max_seq_len=1024))
+    for max_len, advice in ((None, r"pass --max_sentence_len to truncate sentences \(the prompt after the sentence "
+                                    r"takes \d+ tokens\)"),
+                            (1020, r"--max_sentence_len 1020 is too long because the prompt after the sentence "
+                                   r"takes \d+ tokens: pass --max_sentence_len (\d+) or less")):
+        tokenizer = Tokenizer(max_len, tokenizer_model=tokenizer_model)
+        split = run_llama.Split("long.txt", [sentence], [1], [tokenizer.encode(sentence, True, False) + suffix_ids],
+                                len(suffix_ids))
+        with pytest.raises(InputError, match=r"long\.txt:1: \d+ tokens, more than the model's max_seq_len=1024; "
+                                             + advice) as refusal:
+            run_llama.check_fits(llama, tokenizer, run_llama.get_args([]), [split])
+    fitting = Tokenizer(int(re.search(advice, str(refusal.value))[1]), tokenizer_model=tokenizer_model)
+    assert len(fitting.encode(sentence, True, False) + suffix_ids) == 1024
+
+
 def test_placeholder_labels(tmp_path: Path, monkeypatch, capsys, asset: GetAsset, model_path: str,
                             tokenizer_model: str):
     monkeypatch.chdir(tmp_path)
@@ -365,6 +509,80 @@ def test_prompt_suffix_is_kept_whole_when_sentences_are_cut(asset: GetAsset, tok
     for text, ids in zip(short.sentences[:20], short.token_ids):
         sentence = text.removesuffix(f" {suffix}")
         assert ids == [tokenizer.bos_id] + tokenizer.encode(sentence, bos=False, eos=False)[:3] + suffix_ids
+
+
+# ---- training that cannot go on ----
+def sst_head(asset: GetAsset, cwd: Path) -> None:
+    copy_head(asset, cwd, "sst-train.txt", 8)
+    copy_head(asset, cwd, "sst-dev.txt", 4)
+    copy_head(asset, cwd, "sst-test.txt", 3)
+    copy_head(asset, cwd, "sst-label-mapping.json", 1)
+
+
+def test_non_finite_training_stops_the_run_and_saves_nothing_of_that_epoch(tmp_path: Path, monkeypatch,
+                                                                          asset: GetAsset, model_path: str,
+                                                                          tokenizer_model: str):
+    """Epoch 1 runs at a learning rate that sends the weights to infinity: epoch 0's files are all that remain."""
+    monkeypatch.chdir(tmp_path)
+    sst_head(asset, tmp_path)
+    train_epoch = run_llama.train_epoch
+
+    def exploding_in_epoch_1(model, optimizer, data, epoch, args, device):
+        for group in optimizer.param_groups:
+            group["lr"] = 1e30 if epoch == 1 else args.lr
+        return train_epoch(model, optimizer, data, epoch, args, device)
+
+    monkeypatch.setattr(run_llama, "train_epoch", exploding_in_epoch_1)
+    with pytest.raises(InputError, match=r"^epoch 1: (the training loss became nan|the weight .* is no longer "
+                                         r"finite), so nothing of this epoch was saved; try a lower --lr than 0\.001"):
+        run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "3", "--lr", "1e-3",
+                        "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model",
+                        tokenizer_model])
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0]
+    for name in ("finetune-3-0.001.pt", "finetune-3-0.001-last.pt"):
+        saved = torch.load(tmp_path / name, weights_only=True)
+        assert saved["epoch"] == 0 and all(torch.isfinite(t).all() for t in saved["model"].values())
+    assert not list(tmp_path.glob("*output*")) and not list(tmp_path.glob("*.png"))
+
+
+class Stop(Exception):
+    """Ends a run where a test says."""
+
+
+def test_resume_without_its_best_checkpoint_is_refused_before_training(tmp_path: Path, monkeypatch,
+                                                                       asset: GetAsset, model_path: str,
+                                                                       tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst_head(asset, tmp_path)
+    flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "1e-3",
+             "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
+    save_last = run_llama.save_last
+
+    def save_last_then_stop(*args):
+        save_last(*args)
+        raise Stop
+
+    monkeypatch.setattr(run_llama, "save_last", save_last_then_stop)
+    with pytest.raises(Stop):
+        run_llama.main(flags)
+    monkeypatch.setattr(run_llama, "save_last", save_last)
+    (tmp_path / "finetune-2-0.001.pt").unlink()
+    last = (tmp_path / "finetune-2-0.001-last.pt").read_bytes()
+    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt goes on after epoch 0, but the best "
+                                         r"checkpoint finetune-2-0\.001\.pt of its run is missing"):
+        run_llama.main(flags + ["--resume"])
+    assert (tmp_path / "finetune-2-0.001-last.pt").read_bytes() == last
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_a_best_checkpoint_gone_before_testing_is_one_clear_error(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                                   model_path: str, tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst_head(asset, tmp_path)
+    monkeypatch.setattr(run_llama, "train", lambda *args: [])  # as if the file had been removed while training
+    with pytest.raises(InputError, match=r"finetune-1-0\.001\.pt: the best checkpoint of this run is missing"):
+        run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1", "--lr", "1e-3",
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
 
 
 # ---- batching ----

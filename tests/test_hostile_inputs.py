@@ -1,0 +1,223 @@
+"""Hostile command lines and data files, each given to run_llama.py as a user would give it: every one ends with
+one line saying what is wrong (after argparse's usage, for a bad flag), never a traceback, and every file of the run,
+inputs included, is left as it was, byte for byte, with no file added.
+
+Each case runs in a process of its own, forked by fork_runner.py from one that has imported run_llama.py's modules
+once: a fresh interpreter per case would spend most of the test importing torch.
+"""
+import hashlib
+import json
+import os
+import re
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from test_run_llama import SCRIPT, GetAsset, copy_head
+
+RUNNER = Path(__file__).resolve().parent / "fork_runner.py"
+BASE = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "4",
+        "--pretrained-model-path", "model.pt", "--tokenizer-model", "tokenizer.model"]
+LONG_SENTENCE = "3 ||| " + "very " * 1100 + "long .\n"  # more tokens than the model's max_seq_len of 1024
+
+
+def write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_bytes(content)
+
+
+@dataclass
+class Case:
+    flags: list[str]  # after BASE, so they may override its flags
+    code: int  # 2: argparse's exit for a bad flag; 1: a bad file
+    message: str  # a regular expression found in the error line
+    prepare: Callable[[Path], object] = lambda folder: None
+
+
+CASES = {
+    # numbers, checked as the flags are parsed
+    "lr nan": Case(["--lr", "nan"], 2, r"--lr must be a positive finite number, got nan"),
+    "lr inf": Case(["--lr", "inf"], 2, r"--lr must be a positive finite number, got inf"),
+    "lr -inf": Case(["--lr=-inf"], 2, r"--lr must be a positive finite number, got -inf"),
+    "lr negative": Case(["--lr", "-1"], 2, r"--lr must be a positive finite number, got -1\.0"),
+    "lr zero": Case(["--lr", "0"], 2, r"--lr must be a positive finite number, got 0\.0"),
+    "lr underflowing to zero": Case(["--lr", "1e-400"], 2, r"--lr must be a positive finite number, got 0\.0"),
+    "lr not a number": Case(["--lr", "fast"], 2, r"argument --lr: invalid float value: 'fast'"),
+    "seed negative": Case(["--seed", "-1"], 2, r"--seed must be in 0 … 2147483647, got -1"),
+    "seed too large": Case(["--seed", str(2**32)], 2, r"--seed must be in 0 … 2147483647, got 4294967296"),
+    "epochs zero": Case(["--epochs", "0"], 2, r"--epochs must be at least 1, got 0"),
+    "epochs negative": Case(["--epochs", "-3"], 2, r"--epochs must be at least 1, got -3"),
+    "epochs fractional": Case(["--epochs", "1.5"], 2, r"argument --epochs: invalid int value: '1\.5'"),
+    "batch_size zero": Case(["--batch_size", "0"], 2, r"--batch_size must be at least 1, got 0"),
+    "max_sentence_len zero": Case(["--max_sentence_len", "0"], 2, r"--max_sentence_len must be at least 1, got 0"),
+    "dropout 1": Case(["--hidden_dropout_prob", "1"], 2, r"--hidden_dropout_prob must be in \[0, 1\), got 1\.0"),
+    "dropout nan": Case(["--hidden_dropout_prob", "nan"], 2, r"--hidden_dropout_prob must be in \[0, 1\), got nan"),
+    "dropout negative": Case(["--hidden_dropout_prob", "-0.1"], 2, r"--hidden_dropout_prob must be in \[0, 1\)"),
+    "lora_rank zero": Case(["--option", "lora", "--lora_rank", "0"], 2, r"--lora_rank must be at least 1, got 0"),
+    "lora_alpha zero": Case(["--lora_alpha", "0"], 2, r"--lora_alpha must be a positive number, got 0\.0"),
+    "lora_alpha nan": Case(["--lora_alpha", "nan"], 2, r"--lora_alpha must be a positive number, got nan"),
+    "lora_alpha inf": Case(["--lora_alpha", "inf"], 2, r"--lora_alpha must be a positive number, got inf"),
+    "lora_dropout 1": Case(["--lora_dropout", "1"], 2, r"--lora_dropout must be in \[0, 1\), got 1\.0"),
+    "lora_dropout -inf": Case(["--lora_dropout=-inf"], 2, r"--lora_dropout must be in \[0, 1\), got -inf"),
+    "unknown option": Case(["--option", "pretrain"], 2, r"argument --option: invalid choice: 'pretrain'"),
+    "paths not derivable": Case(["--train", "reviews.txt"], 2, r"--train reviews\.txt is not named NAME-train\.txt"),
+    # an output that is an input of the run, or another output
+    "dev_out is dev": Case(["--option", "prompt", "--dev_out", "data/sst-dev.txt"], 2,
+                           r"--dev_out data/sst-dev\.txt would overwrite --dev data/sst-dev\.txt"),
+    "dev_out is train": Case(["--option", "prompt", "--dev_out", "data/sst-train.txt"], 2,
+                             r"--dev_out data/sst-train\.txt would overwrite --train data/sst-train\.txt"),
+    "test_out is test, spelled otherwise": Case(["--test_out", "./data/../data/sst-test.txt"], 2,
+                                                r"--test_out \./data/\.\./data/sst-test\.txt would overwrite --test"),
+    "test_out is the model": Case(["--test_out", "model.pt"], 2,
+                                  r"--test_out model\.pt would overwrite --pretrained-model-path model\.pt"),
+    "dev_out is the tokenizer": Case(["--dev_out", "tokenizer.model"], 2,
+                                     r"--dev_out tokenizer\.model would overwrite --tokenizer-model"),
+    "dev_out is the label names": Case(["--dev_out", "data/sst-label-mapping.json"], 2,
+                                       r"--dev_out data/sst-label-mapping\.json would overwrite --label-names"),
+    "dev_out is a link to dev": Case(["--dev_out", "gold.txt"], 2, r"--dev_out gold\.txt would overwrite --dev",
+                                     lambda folder: (folder / "gold.txt").symlink_to("data/sst-dev.txt")),
+    "dev_out is a hard link to dev": Case(["--dev_out", "gold.txt"], 2, r"--dev_out gold\.txt would overwrite --dev",
+                                          lambda folder: os.link(folder / "data/sst-dev.txt", folder / "gold.txt")),
+    "dev_out is the best checkpoint": Case(["--dev_out", "finetune-1-2e-05.pt"], 2,
+                                           r"--dev_out finetune-1-2e-05\.pt and the best checkpoint finetune-1-2e-05"
+                                           r"\.pt are one file"),
+    "test_out is the resumed checkpoint": Case(["--resume", "--test_out", "finetune-1-2e-05-last.pt"], 2,
+                                               r"--test_out finetune-1-2e-05-last\.pt and the last checkpoint"),
+    "test_out is the metrics file": Case(["--test_out", "metrics.jsonl"], 2,
+                                         r"--test_out metrics\.jsonl and the metrics file metrics\.jsonl are one file"),
+    "dev_out is the plot": Case(["--option", "lora", "--dev_out", "lora-1-2e-05.png"], 2,
+                                r"--dev_out lora-1-2e-05\.png and the plot lora-1-2e-05\.png are one file"),
+    "dev is the best checkpoint": Case(["--dev", "finetune-1-2e-05.pt"], 2,
+                                       r"the best checkpoint finetune-1-2e-05\.pt would overwrite --dev"),
+    "model is the best checkpoint": Case(["--pretrained-model-path", "finetune-1-2e-05.pt"], 2,
+                                         r"the best checkpoint .* would overwrite --pretrained-model-path"),
+    "model is the last checkpoint": Case(["--option", "lora", "--pretrained-model-path", "lora-1-2e-05-last.pt"], 2,
+                                         r"the last checkpoint .* would overwrite --pretrained-model-path"),
+    "dev_out is test_out": Case(["--dev_out", "o.txt", "--test_out", "o.txt"], 2,
+                                r"--dev_out o\.txt and --test_out o\.txt are one file"),
+    "generate's outputs are one file": Case(["--option", "generate", "--generated_sentence_low_temp_out", "g.txt",
+                                             "--generated_sentence_high_temp_out", "./g.txt"], 2,
+                                            r"--generated_sentence_low_temp_out g\.txt and "
+                                            r"--generated_sentence_high_temp_out \./g\.txt are one file"),
+    "generate's output is the model": Case(["--option", "generate", "--generated_sentence_high_temp_out", "model.pt"],
+                                           2, r"--generated_sentence_high_temp_out model\.pt would overwrite"),
+    # an output that cannot be written
+    "dev_out is a folder": Case(["--dev_out", "data"], 1, r"cannot write --dev_out data: it is a folder"),
+    "dev_out is empty": Case(["--dev_out", ""], 1, r"cannot write --dev_out : it is a folder"),
+    "dev_out is a pipe": Case(["--dev_out", "pipe"], 1, r"cannot write --dev_out pipe: it is not a regular file",
+                              lambda folder: os.mkfifo(folder / "pipe")),
+    "dev_out in a missing folder": Case(["--dev_out", "missing/o.txt"], 1, r"the folder .*/missing does not exist"),
+    "dev_out under a file": Case(["--dev_out", "data/sst-dev.txt/o.txt"], 1,
+                                 r"cannot write --dev_out .*: .*data/sst-dev\.txt is not a folder"),
+    "dev_out name too long": Case(["--dev_out", "o" * 300], 1, r"cannot write --dev_out o+: File name too long"),
+    "metrics file is a folder": Case([], 1, r"cannot write the metrics file metrics\.jsonl: it is a folder",
+                                     lambda folder: (folder / "metrics.jsonl").mkdir()),
+    # data files
+    "dev is a folder": Case(["--dev", "data"], 1, r"cannot read --dev data: it is a folder"),
+    "train is a folder": Case(["--train", "data", "--dev", "data/sst-dev.txt", "--test", "data/sst-test.txt",
+                               "--label-names", "data/sst-label-mapping.json", "--dev_out", "d.txt",
+                               "--test_out", "t.txt"], 1, r"cannot read --train data: it is a folder"),
+    "test is a folder": Case(["--test", "data"], 1, r"cannot read --test data: it is a folder"),
+    "label names is a folder": Case(["--label-names", "data"], 1, r"cannot read --label-names data: it is a folder"),
+    "dev name too long": Case(["--dev", "d" * 300], 1, r"cannot read --dev d+: File name too long"),
+    "dev missing, no known asset": Case(["--dev", "mine-dev.txt"], 1, r"mine-dev\.txt does not exist"),
+    "label names repeated": Case([], 1, r"label names 1 and 3 are both 'bad'",
+                                 write("data/sst-label-mapping.json", b'["awful", "bad", "average", "bad", "great"]')),
+    "label names repeated with a space": Case([], 1, r"label names 0 and 1 are both 'good'",
+                                              write("data/sst-label-mapping.json", b'["good", " good "]')),
+    "label name blank": Case([], 1, r"label name 2 is ' ': each label name must be a non-blank string",
+                             write("data/sst-label-mapping.json", b'["awful", "bad", " ", "good", "great"]')),
+    "label name a number": Case([], 1, r"label name 1 is 3: each label name must be a non-blank string",
+                                write("data/sst-label-mapping.json", b'["awful", 3]')),
+    "one label name": Case([], 1, r"expected at least two label names, found 1",
+                           write("data/sst-label-mapping.json", b'["awful"]')),
+    "label names not a list": Case([], 1, r"expected a JSON list of label names, found",
+                                   write("data/sst-label-mapping.json", b'{"0": "awful", "1": "great"}')),
+    "label names not UTF-8": Case([], 1, r"sst-label-mapping\.json: not UTF-8 text",
+                                  write("data/sst-label-mapping.json", b'["caf\xe9", "bar"]')),
+    "label names not JSON": Case([], 1, r"sst-label-mapping\.json:1: not valid JSON",
+                                 write("data/sst-label-mapping.json", b'["awful", "great"')),
+    "label names empty": Case([], 1, r"sst-label-mapping\.json:1: not valid JSON",
+                              write("data/sst-label-mapping.json", b"")),
+    "dev not UTF-8": Case([], 1, r"data/sst-dev\.txt:2: not UTF-8 text",
+                          write("data/sst-dev.txt", b"3 ||| fine\n3 ||| caf\xe9\n")),
+    "dev with a blank line inside": Case([], 1, r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence', found ''",
+                                         write("data/sst-dev.txt", b"3 ||| fine\n\n4 ||| more\n")),
+    "dev of blank lines only": Case([], 1, r"data/sst-dev\.txt: empty file",
+                                    write("data/sst-dev.txt", b"\n  \n\r\n")),
+    "dev label out of range": Case([], 1, r"data/sst-dev\.txt:1: label 5 is not one of 0 … 4",
+                                   write("data/sst-dev.txt", b"5 ||| too good\n")),
+    "dev label not an integer": Case([], 1, r"data/sst-dev\.txt:1: the label 'four' is not an integer",
+                                     write("data/sst-dev.txt", b"four ||| good\n")),
+    "dev without separator": Case([], 1, r"data/sst-dev\.txt:1: expected 'label \|\|\| sentence'",
+                                  write("data/sst-dev.txt", b"4 | good\n")),
+    "train with a placeholder label": Case([], 1, r"data/sst-train\.txt:1: label -1 is not one of 0 … 4 \(",
+                                           write("data/sst-train.txt", b"-1 ||| hidden\n")),
+    "test empty": Case([], 1, r"data/sst-test\.txt: empty file", write("data/sst-test.txt", b"")),
+    # found once the model is loaded, before any work on it
+    "sentence too long": Case(["--option", "prompt"], 1,
+                              r"data/sst-dev\.txt:1: \d+ tokens, more than the model's max_seq_len=1024; pass "
+                              r"--max_sentence_len to truncate sentences \(the prompt after the sentence takes",
+                              write("data/sst-dev.txt", LONG_SENTENCE.encode())),
+    "prompt too long for max_sentence_len": Case(["--option", "prompt", "--max_sentence_len", "1020"], 1,
+                                                 r"--max_sentence_len 1020 is too long because the prompt after the "
+                                                 r"sentence takes (\d+) tokens: pass --max_sentence_len \d+ or less",
+                                                 write("data/sst-dev.txt", LONG_SENTENCE.encode())),
+    # found while training
+    "lr so large that training diverges": Case(["--lr", "1e30", "--batch_size", "2"], 1,
+                                               r"epoch 0: the training loss became nan, so nothing of this epoch was "
+                                               r"saved; try a lower --lr than 1e\+30"),
+}
+
+
+@pytest.fixture(scope="module")
+def run_script(asset_cache: Path) -> Iterator[Callable[[Path, list[str]], dict]]:
+    """Run run_llama.py with these arguments in this folder: its returncode, stdout and stderr."""
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}
+    runner = subprocess.Popen([sys.executable, str(RUNNER), str(SCRIPT), "run_llama"], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(cwd: Path, argv: list[str]) -> dict:
+        runner.stdin.write(json.dumps({"cwd": str(cwd), "argv": argv, "timeout": 300}) + "\n")
+        runner.stdin.flush()
+        return json.loads(runner.stdout.readline())
+
+    yield run
+    runner.stdin.close()
+    runner.wait(timeout=60)
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bool, str]]:
+    """Each entry under `folder`: whether it is a link, and the sha256 of the bytes of a file (through links: the
+    model and tokenizer are links to the shared files), or the kind of anything else."""
+    def content(p: Path) -> str:
+        if p.is_file():
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        return "folder" if p.is_dir() else stat.filemode(p.stat().st_mode)
+
+    return {str(p.relative_to(folder)): (p.is_symlink(), content(p)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_hostile_input_is_one_line_and_changes_no_file(tmp_path: Path, asset: GetAsset, model_path: str,
+                                                       tokenizer_model: str, run_script, case: Case):
+    for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset, tmp_path, name, 4)
+    (tmp_path / "model.pt").symlink_to(model_path)
+    (tmp_path / "tokenizer.model").symlink_to(tokenizer_model)
+    case.prepare(tmp_path)
+    before = snapshot(tmp_path)
+    result = run_script(tmp_path, BASE + case.flags)
+    assert result["returncode"] == case.code, result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    lines = result["stderr"].splitlines()
+    assert [line for line in lines if "error:" in line] == lines[-1:]
+    prefix = "run_llama.py: error: " if case.code == 2 else "error: "
+    assert lines[-1].startswith(prefix) and re.search(case.message, lines[-1]), lines[-1]
+    if case.code == 2:
+        assert result["stderr"].startswith("usage: run_llama.py ")
+    assert snapshot(tmp_path) == before
