@@ -46,7 +46,7 @@ FIRST_SEED = 1337  # run_llama.py's default --seed, so the first run of each com
 # flags reproduce.py sets itself: passed after --, they would make the runs something other than the table's
 RESERVED = {"--option", "--train", "--dev", "--test", "--label-names", "--dev_out", "--test_out", "--seed",
             "--pretrained-model-path", "--tokenizer-model", "--generated_sentence_low_temp_out",
-            "--generated_sentence_high_temp_out", "--resume", "--use_gpu", "--causal", "--epochs"}
+            "--generated_sentence_high_temp_out", "--resume", "--use_gpu", "--causal"}
 
 
 @dataclass(frozen=True)
