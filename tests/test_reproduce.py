@@ -80,7 +80,7 @@ def test_two_seeds_killed_and_run_again(tmp_path: Path, asset_mirror: Path, mode
     assert {name: mtimes(runs / name) for name in untouched} == untouched
     assert not list(runs.rglob("*.pt"))  # the fine-tunes' checkpoints, deleted once their predictions checked
 
-    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    third = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert third.returncode == 0, third.stderr
     assert "7 runs: 7 finished earlier, 0 to run" in third.stdout and not PROGRESS.findall(third.stdout)
 
