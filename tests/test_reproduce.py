@@ -11,9 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import reproduce
-from test_run_llama import copy_head
+import run_llama
+from llama import load_pretrained
+from tokenizer import Tokenizer
+from test_run_llama import GetAsset, copy_head
 
 SCRIPT = Path(__file__).resolve().parent.parent / "reproduce.py"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -37,14 +41,15 @@ def mtimes(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
 
 
-def test_two_seeds_killed_and_run_again(tmp_path: Path, asset_mirror: Path, model_path: str, tokenizer_model: str):
+def test_two_seeds_killed_and_run_again(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                                        tokenizer_model: str):
     for name, lines in HEADS.items():
-        copy_head(asset_mirror, tmp_path, name, lines)
+        copy_head(asset, tmp_path, name, lines)
     out = tmp_path / "out"
     command = [sys.executable, str(SCRIPT), "--seeds", "2", "--epochs", "1", "--out", str(out),
                "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
                "--data-dir", str(tmp_path / "data")]
-    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_mirror)}
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}
     runs = out / "runs"
     last = runs / "finetune-sst" / "seed-1337" / "finetune-1-2e-05-last.pt"
 
@@ -133,6 +138,30 @@ def test_two_seeds_killed_and_run_again(tmp_path: Path, asset_mirror: Path, mode
             assert seconds == json.loads((runs / name / f"seed-{seed}" / "run.json").read_text())["seconds"] > 0
     machine = numbers["machine"]
     assert f"Python {machine['python']}, torch {machine['torch']}" in table and machine["gpu"] is None
+
+
+def test_causal_runs_every_command_causal(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                                         tokenizer_model: str):
+    """--causal reaches every run_llama.py command, the table says so, and the greedy text is the causal model's."""
+    for name in HEADS:
+        copy_head(asset, tmp_path, name, 1 if name.endswith(".json") else 3)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--causal", "--seeds", "1", "--epochs", "1", "--out",
+                             str(out), "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
+                             "--data-dir", str(tmp_path / "data")], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    numbers = json.loads((out / "results.json").read_text())
+    assert numbers["semantics"] == "causal"
+    assert "causal: Llama 2 as llama2.c and transformers compute it" in (out / "results.md").read_text()
+    for state in (out / "runs").glob("*/seed-*/run.json"):
+        assert json.loads(state.read_text())["argv"][-1] == "--causal"
+        assert "'causal': True" in (state.parent / "run_llama.log").read_text()
+    model = load_pretrained(model_path, causal=True)
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    prompt = torch.tensor([tokenizer.encode(run_llama.PREFIX, bos=True, eos=False)])
+    greedy = tokenizer.decode(model.generate(prompt, 75, temperature=0.0)[0].tolist())
+    assert numbers["generated"]["greedy"] == greedy
 
 
 # ---- in-process ----
