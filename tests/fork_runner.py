@@ -6,8 +6,9 @@ stdout and stderr to files, and executes the script as `__main__` with the reque
 interpreter would (a `sys.exit("message")` prints the message and exits 1; an uncaught exception prints its
 traceback and exits 1). The parent computes nothing with torch, so each child starts with torch's threads unstarted.
 
-    python fork_runner.py SCRIPT MODULE...   then one JSON request per line on stdin: {"cwd", "argv", "timeout"};
-                                             one JSON reply per line on stdout: {"returncode", "stdout", "stderr"}
+    python fork_runner.py SCRIPT MODULE...   then one JSON request per line on stdin: {"cwd", "argv", "timeout"},
+                                             and "script" to run another script than SCRIPT; one JSON reply per
+                                             line on stdout: {"returncode", "stdout", "stderr"}
 """
 import importlib
 import json
@@ -58,7 +59,8 @@ def run(script: str, request: dict) -> dict:
         sys.stdout.flush()
         pid = os.fork()
         if pid == 0:
-            child(script, request["argv"], request["cwd"], request["timeout"], out.fileno(), err.fileno())
+            child(request.get("script", script), request["argv"], request["cwd"], request["timeout"], out.fileno(),
+                  err.fileno())
         _, status = os.waitpid(pid, 0)
         texts = []
         for f in (out, err):

@@ -1,7 +1,6 @@
 """The two classifiers: in the course's semantics they read the last column, exactly as the course's reference does
 (so a sentence's prediction depends on its batch's padding); with --causal each sentence's last real token, whatever
 it is batched with."""
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

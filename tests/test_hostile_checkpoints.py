@@ -2,8 +2,8 @@
 status 1 and one line on stderr that names the file and says what is wrong (no traceback), and leaves every file as
 it was (no output written, no input changed).
 
-The commands are run by a worker process that imports torch and the project once, then forks a child per case in
-which the script runs as `__main__` with its command line, as `python SCRIPT ARGS...` runs it; the child's exit
+The commands are run by tests/fork_runner.py, which imports torch and the project once, then forks a child per case
+in which the script runs as `__main__` with its command line, as `python SCRIPT ARGS...` runs it; the child's exit
 status and stderr are those of the command (`test_the_worker_runs_commands_as_python_does` compares a few with real
 `python` processes). A fresh interpreter per case would take seconds each, for some 140 cases.
 """
@@ -28,37 +28,7 @@ from test_run_llama import GetAsset, copy_head
 from trainer import checkpoint_data
 
 REPO = Path(__file__).resolve().parent.parent
-WORKER = r"""
-import json, os, runpy, sys, traceback
-sys.path.insert(0, sys.argv[1])
-import convert, run_llama, sanity_check  # noqa: F401 (imported once, before forking, for speed)
-import torch._dynamo  # noqa: F401 (which an optimizer imports when it is first built: seconds)
-
-results = []
-for case in json.load(sys.stdin):
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.chdir(case["cwd"])
-            for fd, name in ((1, "stdout.txt"), (2, "stderr.txt")):
-                os.dup2(os.open(os.path.join(case["logs"], name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-            sys.argv = [case["script"], *case["args"]]
-            runpy.run_path(case["script"], run_name="__main__")
-            code = 0
-        except SystemExit as e:  # as the interpreter ends on it: a string is printed and means status 1
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
-            code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    results.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-print(json.dumps(results))
-"""
+RUNNER = Path(__file__).resolve().parent / "fork_runner.py"
 RUN_OPTIONS = ("generate", "prompt", "finetune", "lora")
 OPTIONS = RUN_OPTIONS + ("sanity_check", "convert")
 
@@ -248,9 +218,7 @@ def cases(tmp_path_factory, mirror: Path, model_path: str, tokenizer_model: str)
     cases = {}
 
     def case(name: str, script: str, args: list[str], cwd: Path, file: str, says: str) -> None:
-        logs = root / "logs" / cwd.name
-        logs.mkdir(parents=True)
-        cases[name] = {"script": str(REPO / script), "args": args, "cwd": str(cwd), "logs": str(logs), "file": file,
+        cases[name] = {"script": str(REPO / script), "args": args, "cwd": str(cwd), "file": file,
                        "says": says, "before": tree(cwd)}
 
     for bad, (write, says) in BAD_MODELS.items():
@@ -284,12 +252,16 @@ def cases(tmp_path_factory, mirror: Path, model_path: str, tokenizer_model: str)
             case(f"resume {bad} {option}", "run_llama.py",
                  run_flags(option, model_path, tokenizer_model) + ["--resume"], cwd, last.name, says)
     env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(mirror), "PYTHONDONTWRITEBYTECODE": "1"}
-    worker = subprocess.run([sys.executable, "-c", WORKER, str(REPO)], input=json.dumps(list(cases.values())),
-                            capture_output=True, text=True, env=env, timeout=900)
-    assert worker.returncode == 0, worker.stderr
-    for case_, status in zip(cases.values(), json.loads(worker.stdout.splitlines()[-1])):
-        case_["status"] = status
-        case_["stderr"] = (Path(case_["logs"]) / "stderr.txt").read_text()
+    requests = "".join(json.dumps({"script": c["script"], "argv": c["args"], "cwd": c["cwd"], "timeout": 300}) + "\n"
+                       for c in cases.values())
+    # torch._dynamo: which an optimizer imports when it is first built, for seconds
+    runner = subprocess.run([sys.executable, str(RUNNER), str(REPO / "run_llama.py"), "run_llama", "convert",
+                             "sanity_check", "torch._dynamo"], input=requests, capture_output=True, text=True, env=env,
+                            timeout=900)
+    assert runner.returncode == 0, runner.stderr
+    for case_, reply in zip(cases.values(), map(json.loads, runner.stdout.splitlines()), strict=True):
+        case_["status"] = reply["returncode"]
+        case_["stderr"] = reply["stderr"]
         case_["after"] = tree(Path(case_["cwd"]))
     return cases
 

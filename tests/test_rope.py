@@ -59,7 +59,7 @@ def test_other_theta():
 
 
 def test_course_values():
-    """The issue's literal numbers: 2·ones at position 1 turns by 1 rad (pair 0) and by 0.01 rad (pair 1)."""
+    """Values worked out by hand: 2·ones at position 1 turns by 1 rad (pair 0) and by 0.01 rad (pair 1)."""
     q, k = apply_rotary_emb(2 * torch.ones(1, 2, 2, 4), 3 * torch.ones(1, 2, 2, 4), 4, 20)
     assert torch.equal(q[0, 0], 2 * torch.ones(2, 4))  # position 0 is unchanged
     torch.testing.assert_close(q[0, 1, 0], torch.tensor([-0.6023, 2.7635, 1.9799, 2.0199]), atol=1e-4, rtol=0)
