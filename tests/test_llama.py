@@ -345,6 +345,16 @@ def test_load_pretrained_missing_file(tmp_path):
         load_pretrained(str(tmp_path / "nope.pt"))
 
 
+def test_load_pretrained_fetches_nothing(tmp_path, asset, asset_cache, monkeypatch):
+    """A missing known file is an error, even with a mirror that holds it: fetching is the entry points' job."""
+    asset("stories260K.bin")  # into asset_cache, the mirror here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))
+    with pytest.raises(FileNotFoundError, match="stories260K.bin"):
+        load_pretrained("stories260K.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
 # sanity_check.py: its token ids reach 17953, so the tiny model here has a vocabulary of 18000
 SANITY_CONFIG = LlamaConfig(vocab_size=18000, dim=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=8)
 
