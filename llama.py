@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocked_linear import BlockedLinear  # nn.Linear without bias, faster on the few rows of a decoding step
+from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
 from checkpoint import read_checkpoint
 from config import LlamaConfig, swiglu_hidden_dim
 from rope import apply_rotary_emb, precompute_freqs
