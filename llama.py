@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import assets
+from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
 from checkpoint import read_checkpoint
 from config import LlamaConfig, swiglu_hidden_dim
 from rope import apply_rotary_emb, precompute_freqs
@@ -27,30 +27,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._norm(x.float()).type_as(x) * self.weight  # normalise in float32 whatever the input dtype
-
-
-class Linear(nn.Linear):
-    """nn.Linear without bias, with a faster product x·Wᵀ for an x of a few rows (decoding, a classifier's output).
-
-    Such a product is memory-bound: it streams all of W for little arithmetic. F.linear sends it to a BLAS kernel
-    that streams W at ~11 GB/s here; cut into blocks of rows multiplied as a batch (bmm), W streams ~2× faster on one
-    thread and ~3× on two, each thread taking whole blocks (BENCHMARKS.md). Past 16 rows this stops paying: F.linear's
-    matrix-matrix kernel catches up at ~30. Same parameter and state dict as nn.Linear.
-    """
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        n = math.gcd(max(2, torch.get_num_threads()), self.out_features)  # blocks: one per thread, at least two
-        if not (0 < rows <= 16 and n > 1 and x.is_cpu and self.weight.is_contiguous()):
-            return F.linear(x, self.weight)
-        blocks = self.weight.view(n, -1, self.in_features)
-        # x's rows as columns, read in place (strides 1, in_features): BLAS is ~6× faster on this than on a copy
-        columns = x.reshape(rows, -1).mT.expand(n, -1, -1)  # (n, in_features, rows)
-        y = torch.bmm(blocks, columns)  # (n, out_features / n, rows)
-        return y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)
 
 
 class KVCache:
@@ -89,10 +65,10 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.max_seq_len = config.max_seq_len
         self.causal = config.causal
-        self.compute_query = Linear(config.dim, config.n_heads * self.head_dim)
-        self.compute_key = Linear(config.dim, config.n_kv_heads * self.head_dim)
-        self.compute_value = Linear(config.dim, config.n_kv_heads * self.head_dim)
-        self.compute_output = Linear(config.n_heads * self.head_dim, config.dim)
+        self.compute_query = BlockedLinear(config.dim, config.n_heads * self.head_dim)
+        self.compute_key = BlockedLinear(config.dim, config.n_kv_heads * self.head_dim)
+        self.compute_value = BlockedLinear(config.dim, config.n_kv_heads * self.head_dim)
+        self.compute_output = BlockedLinear(config.n_heads * self.head_dim, config.dim)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
@@ -148,9 +124,9 @@ class FeedForward(nn.Module):
         super().__init__()
         if hidden_dim is None:
             hidden_dim = swiglu_hidden_dim(dim, multiple_of)
-        self.w1 = Linear(dim, hidden_dim)
-        self.w2 = Linear(hidden_dim, dim)
-        self.w3 = Linear(dim, hidden_dim)
+        self.w1 = BlockedLinear(dim, hidden_dim)
+        self.w2 = BlockedLinear(hidden_dim, dim)
+        self.w3 = BlockedLinear(dim, hidden_dim)
         self.dropout = nn.Dropout(dropout)
 
     def SwiGLU(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,7 +186,7 @@ class Llama(LlamaPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(LlamaLayer(i, config) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
-        self.output = Linear(config.dim, config.vocab_size)
+        self.output = BlockedLinear(config.dim, config.vocab_size)
         self.tok_embeddings.weight = self.output.weight  # weight tying (Press & Wolf 2017)
         cos, sin = precompute_freqs(config.head_dim, config.max_seq_len)
         self.register_buffer("freqs_cos", cos, persistent=False)  # computed once, not part of the state dict
@@ -301,15 +277,14 @@ def load_pretrained(checkpoint: str, causal: bool = False, device: str | torch.d
     causal=False computes the course's reference semantics (attention without a mask), causal=True Llama 2's
     (see LlamaConfig); the weights are the same. Reads the course's stories42M.pt, llama2.c train.py checkpoints,
     llama2.c legacy and version-1 `.bin` exports, and the Llama part of run_llama.py's fine-tuned classifiers
-    (see checkpoint.py). A missing stories42M.pt is downloaded first.
+    (see checkpoint.py). A missing file is a FileNotFoundError: fetching one is the caller's job (assets.ensure).
     """
-    path = assets.ensure(checkpoint)
-    model_args, state_dict = read_checkpoint(path)
-    model = Llama(LlamaConfig.from_model_args(model_args, source=str(path), causal=causal))
+    model_args, state_dict = read_checkpoint(checkpoint)
+    model = Llama(LlamaConfig.from_model_args(model_args, source=str(checkpoint), causal=causal))
     if not torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"]):
         model.output.weight = nn.Parameter(torch.empty_like(model.output.weight))  # the file has its own classifier
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{path}: the checkpoint does not fit the model: {e}") from None
+        raise ValueError(f"{checkpoint}: the checkpoint does not fit the model: {e}") from None
     return model.to(device or "cpu").eval()

@@ -6,6 +6,7 @@ implementation, whose attention has no mask: so the check is always of that sema
 Both files are fetched if missing (see assets.py).
 """
 import sys
+from pathlib import Path
 
 import torch
 
@@ -34,9 +35,8 @@ def compare(outputs: dict[str, torch.Tensor], expected: dict[str, torch.Tensor])
     return problems
 
 
-def load_expected(path: str) -> dict[str, torch.Tensor]:
-    """The reference outputs saved in `path` (fetched if missing)."""
-    path = assets.ensure(path)
+def load_expected(path: str | Path) -> dict[str, torch.Tensor]:
+    """The reference outputs saved in `path`."""
     try:
         data = read_torch_file(path)
     except ValueError as e:
@@ -50,8 +50,8 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
     """Run the check; returns the exit status (0 when the outputs match)."""
     torch.manual_seed(SEED)
     try:
-        expected = load_expected(data)
-        model = load_pretrained(checkpoint, causal=False)  # the course's reference semantics
+        expected = load_expected(assets.ensure(data))  # each file is fetched if missing, before it is read
+        model = load_pretrained(assets.ensure(checkpoint), causal=False)  # the course's reference semantics
         largest = max(max(row) for row in SENT_IDS)
         if largest >= model.config.vocab_size:
             raise ValueError(f"{checkpoint}: a vocabulary of {model.config.vocab_size} pieces, but the check feeds "

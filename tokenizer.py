@@ -15,25 +15,21 @@ class Tokenizer:
     """Turns text into piece ids and back.
 
     `max_len` caps the number of text pieces; BOS/EOS are added after the cap, so an encoding can be up to
-    max_len + 2 ids long. Without `tokenizer_model` the default `tokenizer.model` is used, fetched if missing.
+    max_len + 2 ids long. Without `tokenizer_model` the default `tokenizer.model` is used. A missing model
+    file is a FileNotFoundError: fetching one is the caller's job (assets.ensure).
     """
 
     def __init__(self, max_len: int | None = None, tokenizer_model: str | None = None):
         if max_len is not None and max_len <= 0:
             raise ValueError(f"max_len must be positive or None, got {max_len}")
-        if tokenizer_model is None:
-            import assets  # imported here so that an explicit model file needs no download machinery
-
-            path = assets.ensure(DEFAULT_MODEL)
-        else:
-            path = Path(tokenizer_model)
-            if path.is_dir():
-                raise TokenizerError(f"tokenizer model {path} is a folder, not a sentencepiece model file")
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with "
-                    f"`python assets.py {DEFAULT_MODEL}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"
-                )
+        path = Path(DEFAULT_MODEL if tokenizer_model is None else tokenizer_model)
+        if path.is_dir():
+            raise TokenizerError(f"tokenizer model {path} is a folder, not a sentencepiece model file")
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with "
+                f"`python assets.py {DEFAULT_MODEL}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"
+            )
         if path.stat().st_size == 0:
             raise TokenizerError(f"{path} is not a sentencepiece model: an empty file")
         try:

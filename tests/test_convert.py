@@ -121,6 +121,16 @@ def test_llama2c_export_of_stories260k(tmp_path, asset):
     assert torch.equal(all_logits(exported, tokens), all_logits(original, tokens))
 
 
+def test_missing_input_is_fetched_by_the_command(tmp_path, asset, asset_cache, monkeypatch):
+    """convert.main fetches a missing known checkpoint before reading it (load_pretrained itself fetches nothing)."""
+    stories260k = asset("stories260K.bin")  # into asset_cache, the mirror here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))
+    assert convert.main(["stories260K.bin", "--to", "llama2c", "v1.bin"]) == 0
+    assert (tmp_path / "stories260K.bin").read_bytes() == stories260k.read_bytes()
+    assert (tmp_path / "v1.bin").is_file()
+
+
 def test_llama2c_export_refuses_other_eps(tmp_path, capsys):
     save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), random_model(CONFIG).state_dict())  # layer_norm_eps 1e-6
     assert convert.main([str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / "model.bin")]) == 1
@@ -227,7 +237,7 @@ def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
     (tmp_path / "base.pt").unlink()
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "out.bin")]) == 1
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'lora.pt'}: a LoRA checkpoint, whose base model "
-                                              f"cannot be loaded: {tmp_path / 'base.pt'} does not exist")
+                                              f"cannot be loaded: checkpoint not found: {tmp_path / 'base.pt'}")
 
 
 @pytest.mark.parametrize("to", ["hf", "llama2c"])

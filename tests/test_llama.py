@@ -17,7 +17,7 @@ import sanity_check
 from checkpoint import save_checkpoint
 from config import LlamaConfig
 from convert import to_hf
-from llama import Attention, FeedForward, KVCache, Linear, Llama, LlamaLayer, RMSNorm, load_pretrained
+from llama import Attention, FeedForward, KVCache, Llama, LlamaLayer, RMSNorm, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LlamaConfig(vocab_size=97, dim=64, n_layers=3, n_heads=8, n_kv_heads=2, max_seq_len=32, causal=True)
@@ -345,6 +345,16 @@ def test_load_pretrained_missing_file(tmp_path):
         load_pretrained(str(tmp_path / "nope.pt"))
 
 
+def test_load_pretrained_fetches_nothing(tmp_path, asset, asset_cache, monkeypatch):
+    """A missing known file is an error, even with a mirror that holds it: fetching is the entry points' job."""
+    asset("stories260K.bin")  # into asset_cache, the mirror here
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))
+    with pytest.raises(FileNotFoundError, match="stories260K.bin"):
+        load_pretrained("stories260K.bin")
+    assert list(tmp_path.iterdir()) == []
+
+
 # sanity_check.py: its token ids reach 17953, so the tiny model here has a vocabulary of 18000
 SANITY_CONFIG = LlamaConfig(vocab_size=18000, dim=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=8)
 
@@ -405,20 +415,3 @@ def test_sanity_check_missing_files(tmp_path, asset):
     assert "stories42M.pt" in result.stderr and "https://www.cs.cmu.edu/~vijayv/stories42M.pt" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in work.iterdir()) == ["sanity_check.data"]
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("out_features", [64, 61, 96])
-def test_fast_linear_equals_f_linear(threads, out_features):
-    """llama.Linear's blocked product for a few rows is F.linear's, whatever the threads and row counts."""
-    layer = Linear(48, out_features)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for shape in [(48,), (1, 48), (1, 1, 48), (3, 5, 48), (16, 48), (17, 48), (2, 20, 48)]:
-            x = torch.randn(shape)
-            got = layer(x)
-            assert got.shape == (*shape[:-1], out_features)
-            torch.testing.assert_close(got, F.linear(x, layer.weight), rtol=1e-5, atol=1e-5)
-    finally:
-        torch.set_num_threads(before)

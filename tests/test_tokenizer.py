@@ -1,4 +1,4 @@
-"""Tokenizer against the real Llama 2 tokenizer.model (fetched through assets.py), and its error paths."""
+"""Tokenizer against the real Llama 2 tokenizer.model (which the tests fetch through assets.py), and its error paths."""
 import io
 from pathlib import Path
 
@@ -59,13 +59,16 @@ def test_truncation_happens_before_bos_eos(tok: Tokenizer, tokenizer_model: str)
     assert Tokenizer(max_len=len(full), tokenizer_model=tokenizer_model).encode(text, bos=False, eos=False) == full
 
 
-def test_default_model_is_fetched_through_assets(tmp_path: Path, tokenizer_model: str, asset_cache: Path,
-                                                 monkeypatch):
+def test_default_model_is_read_from_the_working_folder_never_fetched(tmp_path: Path, tokenizer_model: str,
+                                                                       asset_cache: Path, monkeypatch):
+    """Fetching is the entry points' job (assets.ensure): a missing default model is an error, even with a mirror."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))  # holds tokenizer.model
-    tok = Tokenizer()
-    assert (tmp_path / "tokenizer.model").is_file()
-    assert tok.n_words == 32000
+    with pytest.raises(FileNotFoundError, match="python assets.py tokenizer.model"):
+        Tokenizer()
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "tokenizer.model").write_bytes(Path(tokenizer_model).read_bytes())
+    assert Tokenizer().n_words == 32000
 
 
 def test_missing_file_says_how_to_fetch_it(tmp_path: Path):
