@@ -10,11 +10,11 @@ fine-tuning LoRA adapters (Hu et al. 2021) with a classifier head, on one proces
 Data files hold one `label ||| sentence` per line. --dev, --test, --label-names, --dev_out and --test_out default
 to the files that go with --train (data/sst-train.txt → data/sst-dev.txt, sst-dev-finetuning-output.txt, ...);
 known files that are missing are fetched before any work (see assets.py). Every file is written under a temporary
-name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora write the
-checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume goes on
-from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with matplotlib,
-draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
-output that is an input of the run or another output, or that cannot be written.
+name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora
+write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
+goes on from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with
+matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and
+refuses an output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
 import codecs
