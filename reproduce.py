@@ -38,7 +38,7 @@ import torch
 
 import assets
 from checkpoint import write_atomically
-from run_llama import PREFIX, get_args
+from run_llama import PREFIX, parse_args
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
 COURSE_SEEDS = 10  # the course reports mean (std) over 10 seeds
@@ -174,7 +174,7 @@ def write_state(run: Run, state: dict) -> None:
 
 def checkpoints(run: Run) -> tuple[Path, Path] | None:
     """The fine-tune's best and last checkpoints, as run_llama.py names them; None for the other options."""
-    args = get_args(list(run.argv))
+    args = parse_args(list(run.argv))
     return (run.folder / args.filepath, run.folder / args.last_filepath) if args.option == "finetune" else None
 
 
@@ -260,7 +260,7 @@ def read_generated(path: Path) -> str:
 def outputs(run: Run) -> dict:
     """What the run wrote, checked: {"greedy", "sampled"} texts for generate, else {split: predictions} for dev and
     test. Raises OutputError."""
-    args = get_args(list(run.argv))
+    args = parse_args(list(run.argv))
     if args.option == "generate":
         return {"greedy": read_generated(run.folder / args.generated_sentence_low_temp_out),
                 "sampled": read_generated(run.folder / args.generated_sentence_high_temp_out)}
@@ -382,7 +382,7 @@ def results(runs: list[Run], states: dict[Run, dict], args: argparse.Namespace) 
         if command.task is None:
             generated = {"seed": mine[0].seed, **outputs(mine[0])}
             continue
-        run_args = get_args(list(mine[0].argv))
+        run_args = parse_args(list(mine[0].argv))
         predictions = [outputs(run) for run in mine]
         for split, data in (("dev", run_args.dev), ("test", run_args.test)):
             gold = read_gold(Path(data))
@@ -485,11 +485,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args)
     for run in runs:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
         try:
-            get_args(list(run.argv))
+            parse_args(list(run.argv))
         except SystemExit:
             raise ReproduceError(f"run_llama.py refuses the flags of {run.command.name}: {' '.join(run.argv)}")
     needed = {args.pretrained_model_path, args.tokenizer_model}
-    needed |= {getattr(get_args(list(run.argv)), name) for run in runs if run.command.task
+    needed |= {getattr(parse_args(list(run.argv)), name) for run in runs if run.command.task
                for name in ("dev", "test", "label_names", "train")}
     for path in sorted(needed):  # fetched once, before any run, where they are known public files
         assets.ensure(path)

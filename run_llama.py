@@ -9,12 +9,12 @@ fine-tuning LoRA adapters (Hu et al. 2021) with a classifier head, on one proces
 
 Data files hold one `label ||| sentence` per line. --dev, --test, --label-names, --dev_out and --test_out default
 to the files that go with --train (data/sst-train.txt → data/sst-dev.txt, sst-dev-finetuning-output.txt, ...);
-known files that are missing are fetched (see assets.py). Every file is written under a temporary name and then
-renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora write the
-checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume goes on
-from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with matplotlib,
-draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
-output that is an input of the run or another output, or that cannot be written.
+known files that are missing are fetched before any work (see assets.py). Every file is written under a temporary
+name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora
+write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
+goes on from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with
+matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and
+refuses an output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
 import codecs
@@ -46,8 +46,8 @@ from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
 from trainer import (CheckpointError, all_reduce_sum, barrier, distributed, gather, init_distributed,
-                     launched_by_torchrun, load_weights, printing_on_rank_0, rank_and_world_size,
-                     read_classifier_checkpoint, resume, rng_state, save_last, save_model, shares)
+                     launched_by_torchrun, load_weights, my_share, printing_on_rank_0, rank_and_world_size,
+                     read_classifier_checkpoint, resume, rng_state, save_last, save_model)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
@@ -86,7 +86,7 @@ class Split:
 def data_lines(path: str) -> list[bytes]:
     """The lines of a data file, each ended by \\n, \\r\\n or \\r, without a UTF-8 byte order mark before the first
     or blank lines after the last."""
-    with open(assets.ensure(path), "rb") as f:
+    with open(path, "rb") as f:
         lines = f.read().splitlines()
     if lines and lines[0].startswith(codecs.BOM_UTF8):
         lines[0] = lines[0][len(codecs.BOM_UTF8):]
@@ -136,7 +136,7 @@ def read_label_names(path: str) -> list[str]:
     """The JSON list of label names (UTF-8, a byte order mark allowed); label i is named label_names[i]. At least
     two, each a different non-blank string."""
     try:
-        label_names = json.loads(assets.ensure(path).read_bytes().decode("utf-8-sig"))
+        label_names = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
@@ -246,17 +246,18 @@ def report(name: str, split: Split, preds: list[int]) -> str:
 
 
 # ---- running the models ----
-def autocast(args: argparse.Namespace, device: torch.device) -> torch.autocast:
-    """bfloat16 autocast with --dtype bfloat16, else a context that changes nothing."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
+def autocast(dtype: str, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast where `dtype` (--dtype) is "bfloat16", else a context that changes nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
 
-def check_fits(llama: Llama, tokenizer: Tokenizer, args: argparse.Namespace, splits: list[Split]) -> None:
-    """Refuse a tokenizer with more pieces than the model has embeddings, and sentences longer than its context."""
+def check_fits(llama: Llama, tokenizer: Tokenizer, splits: list[Split], tokenizer_model: str, model_path: str) -> None:
+    """Refuse a tokenizer with more pieces than the model has embeddings, and sentences longer than its context.
+    `tokenizer_model` and `model_path` are the files they were read from, which the refusal names."""
     vocab_size, max_seq_len = llama.config.vocab_size, llama.config.max_seq_len
     if tokenizer.n_words > vocab_size:
-        raise InputError(f"the tokenizer {args.tokenizer_model} has {tokenizer.n_words} pieces, more than the "
-                         f"{vocab_size} embeddings of the model {args.pretrained_model_path}: they do not belong "
+        raise InputError(f"the tokenizer {tokenizer_model} has {tokenizer.n_words} pieces, more than the "
+                         f"{vocab_size} embeddings of the model {model_path}: they do not belong "
                          "together (pass the model's own tokenizer with --tokenizer-model)")
     for split in splits:
         for i, ids in enumerate(split.token_ids):
@@ -279,13 +280,13 @@ def shortening(max_sentence_len: int | None, suffix_len: int, max_seq_len: int) 
 
 
 @torch.inference_mode()
-def model_eval(model: torch.nn.Module, data: LlamaDataset, batches: list[list[int]], args: argparse.Namespace,
+def model_eval(model: torch.nn.Module, data: LlamaDataset, batches: list[list[int]], dtype: str,
                device: torch.device) -> list[int]:
     """The model's prediction (argmax) for every example, in file order whatever the batches."""
     model.eval()
     preds = torch.empty(len(data), dtype=torch.long, device=device)
     for rows, token_ids, lengths, _ in tqdm(data.batches(batches), total=len(batches), desc="eval"):
-        with autocast(args, device):
+        with autocast(dtype, device):
             preds[rows] = model(token_ids, lengths).argmax(dim=-1)
     return preds.tolist()
 
@@ -300,15 +301,16 @@ def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[st
 
 
 def evaluate_and_write(model: torch.nn.Module, splits: dict[str, tuple[Split, str]], tokenizer: Tokenizer,
-                       args: argparse.Namespace, device: torch.device) -> dict[str, list[int]]:
-    """For each split name → (split, output file): predict, print the report, write `<pred> ||| <sentence>` lines.
-    Returns each split's predictions."""
+                       batch_size: int, group_by_length: bool, causal: bool, dtype: str,
+                       device: torch.device) -> dict[str, list[int]]:
+    """For each split name → (split, output file): predict in the batches of eval_order, print the report, write
+    `<pred> ||| <sentence>` lines. Returns each split's predictions."""
     predictions = {}
     for name, (split, outfile) in splits.items():
         data = LlamaDataset(split, tokenizer.pad_id, device)
-        batches = eval_order(data.lengths, args.batch_size, args.group_by_length, args.causal)
+        batches = eval_order(data.lengths, batch_size, group_by_length, causal)
         start = time.perf_counter()
-        preds = model_eval(model, data, batches, args, device)
+        preds = model_eval(model, data, batches, dtype, device)
         seconds = time.perf_counter() - start
         print(f"{name}: {len(data)} examples in {seconds:.1f}s ({len(data) / seconds:.1f} examples/s), "
               f"padding {padded_fraction(data.lengths, batches):.1%}")
@@ -338,44 +340,40 @@ def test_with_prompting(args: argparse.Namespace, tokenizer: Tokenizer, label_na
     config = ClassifierConfig(args.pretrained_model_path, len(label_names), args.hidden_dropout_prob, args.option,
                               causal=args.causal)
     model = LlamaZeroShotClassifier(config, tokenizer, label_names)
-    check_fits(model.llama, tokenizer, args, [dev, test_split])
+    check_fits(model.llama, tokenizer, [dev, test_split], args.tokenizer_model, args.pretrained_model_path)
     model = model.to(device)
     outputs = {"dev": (dev, args.dev_out), "test": (test_split, args.test_out)}
-    evaluate_and_write(model, outputs, tokenizer, args, device)
+    evaluate_and_write(model, outputs, tokenizer, args.batch_size, args.group_by_length, args.causal, args.dtype,
+                       device)
 
 
-def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, epoch: int,
-                args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, epoch: int, seed: int,
+                batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
-    The batches depend on --seed and the epoch only, so that every process draws the same ones; under torchrun each
-    process computes its share of each batch, its loss scaled to give the course's gradient (see trainer.py).
+    The batches depend on the seed and the epoch only, so that every process draws the same ones; under torchrun
+    each process computes its share of each batch, its loss weighted to give the course's gradient (my_share).
     Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
     seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
     """
     rank, world_size = rank_and_world_size()
     model.train()
-    generator = torch.Generator().manual_seed(args.seed + epoch)
-    batches = batch_order(data.lengths, args.batch_size, True, args.group_by_length, generator)
-    split = [shares(batch, world_size) for batch in batches]
-    # a process whose share of a short last batch is empty must still join the averaging of the gradients and
-    # step: it computes the batch's first example, with weight 0
-    weights = [world_size / args.batch_size if s[rank] else 0.0 for s in split]
-    mine = [s[rank] or batch[:1] for s, batch in zip(split, batches)]
+    generator = torch.Generator().manual_seed(seed + epoch)
+    batches = batch_order(data.lengths, batch_size, True, group_by_length, generator)
     total_loss = torch.zeros((), device=device)
     preds = torch.zeros(len(data), dtype=torch.long, device=device)
     start = time.perf_counter()
-    widths = [max(data.lengths[i] for i in batch) for batch in batches]  # without a mask, padding counts
-    progress = tqdm(data.batches(mine, widths), total=len(mine), desc=f"train-{epoch}", disable=rank != 0)
-    for weight, (rows, token_ids, lengths, labels) in zip(weights, progress):
+    mine = my_share(data, batches, batch_size)  # without torchrun, each whole batch
+    for (rows, token_ids, lengths, labels), loss_weight in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
+                                                                disable=rank != 0):
         optimizer.zero_grad()
-        with autocast(args, device):
+        with autocast(dtype, device):
             log_probs = model(token_ids, lengths)
-        loss = F.nll_loss(log_probs, labels, reduction="sum") * weight
+        loss = F.nll_loss(log_probs, labels, reduction="sum") * loss_weight
         loss.backward()
         optimizer.step()
         total_loss += loss.detach()
-        if weight:
+        if loss_weight:  # else a stand-in example, which another process predicts
             preds[rows] = log_probs.argmax(dim=-1)
     all_reduce_sum(total_loss)
     preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
@@ -386,12 +384,6 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
             "examples_per_s": len(data) / seconds,
             "padded": padded_fraction(data.lengths, batches)}
-
-
-def classifier_config(args: argparse.Namespace, num_labels: int) -> ClassifierConfig:
-    targets = ATTENTION_PROJECTIONS if args.lora_all_projections else DEFAULT_TARGETS
-    return ClassifierConfig(args.pretrained_model_path, num_labels, args.hidden_dropout_prob, args.option,
-                            args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.causal)
 
 
 def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
@@ -420,9 +412,12 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
     appends the epoch's metrics, while the others wait. Returns the run's metrics records (those of rank 0).
     """
     rank, _ = rank_and_world_size()
-    config = classifier_config(args, len(label_names))
+    targets = ATTENTION_PROJECTIONS if args.lora_all_projections else DEFAULT_TARGETS
+    config = ClassifierConfig(args.pretrained_model_path, len(label_names), args.hidden_dropout_prob, args.option,
+                              args.lora_rank, args.lora_alpha, args.lora_dropout, targets, args.causal)
     model = build_classifier(config)
-    check_fits(model.llama, tokenizer, args, [train_split, dev, test_split])
+    check_fits(model.llama, tokenizer, [train_split, dev, test_split], args.tokenizer_model,
+               args.pretrained_model_path)
     model = model.to(device)
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     progress = resume(args, model, optimizer, device)
@@ -435,14 +430,15 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
     dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
     for epoch in range(progress["epoch"] + 1, args.epochs):
-        stats = train_epoch(trained_model, optimizer, train_data, epoch, args, device)
+        stats = train_epoch(trained_model, optimizer, train_data, epoch, args.seed, args.batch_size,
+                            args.group_by_length, args.dtype, device)
         failure = divergence(stats["loss"], model)
         if failure:
             raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
                              f"{args.lr}")
         rng = gather(rng_state(device))
         if rank == 0:
-            dev_preds = model_eval(model, dev_data, dev_batches, args, device)
+            dev_preds = model_eval(model, dev_data, dev_batches, args.dtype, device)
             dev_acc, dev_f1 = scores(dev.labels, dev_preds)
             if dev_acc > progress["best_dev_acc"]:
                 save_model(model, optimizer, args, config, label_names, epoch, dev_acc)
@@ -476,7 +472,8 @@ def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split:
     model = model.to(device)
     print(f"load model from {args.filepath} (epoch {saved['epoch']}, dev acc {saved['best_dev_acc']:.3f})")
     outputs = {"dev": (dev, args.dev_out), "test": (test_split, args.test_out)}
-    return evaluate_and_write(model, outputs, tokenizer, args, device)
+    return evaluate_and_write(model, outputs, tokenizer, args.batch_size, args.group_by_length, args.causal,
+                              args.dtype, device)
 
 
 # ---- command line ----
@@ -486,25 +483,21 @@ DERIVED = {"dev": "--dev", "test": "--test", "label_names": "--label-names", "de
            "test_out": "--test_out"}
 
 
-def derive_paths(args: argparse.Namespace) -> list[str]:
-    """Fill in the DERIVED flags left out from --train NAME-train.txt; return those that cannot be derived."""
-    train = Path(args.train)
-    name = train.name.removesuffix("-train.txt")
-    kind = {"finetune": "finetuning", "lora": "lora"}.get(args.option, "prompting")
-    derived = {"dev": str(train.with_name(f"{name}-dev.txt")), "test": str(train.with_name(f"{name}-test.txt")),
-               "label_names": str(train.with_name(f"{name}-label-mapping.json")),
-               "dev_out": f"{name}-dev-{kind}-output.txt", "test_out": f"{name}-test-{kind}-output.txt"}
-    missing = []
-    for key, value in derived.items():
-        if getattr(args, key) is None:
-            if name == train.name:
-                missing.append(DERIVED[key])
-            else:
-                setattr(args, key, value)
-    return missing
+def derived_paths(train: str, option: str) -> dict[str, str] | None:
+    """The defaults of the DERIVED flags from --train NAME-train.txt and --option; None where --train is not named
+    so."""
+    train_path = Path(train)
+    name = train_path.name.removesuffix("-train.txt")
+    if name == train_path.name:
+        return None
+    kind = {"finetune": "finetuning", "lora": "lora"}.get(option, "prompting")
+    return {"dev": str(train_path.with_name(f"{name}-dev.txt")), "test": str(train_path.with_name(f"{name}-test.txt")),
+            "label_names": str(train_path.with_name(f"{name}-label-mapping.json")),
+            "dev_out": f"{name}-dev-{kind}-output.txt", "test_out": f"{name}-test-{kind}-output.txt"}
 
 
-def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+def arg_parser() -> argparse.ArgumentParser:
+    """The command line's flags, with the course's names and defaults."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", type=str, default="data/cfimdb-train.txt")
     parser.add_argument("--dev", type=str, help="default: NAME-dev.txt beside --train NAME-train.txt")
@@ -546,18 +539,31 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="--option lora: adapt all four attention projections, not only query and value")
     parser.add_argument("--resume", action="store_true",
                         help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any")
-    args = parser.parse_args(argv)
-    validate_args(args, parser)
+    return parser
+
+
+def get_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed only: validate_args then checks it and fills in the paths."""
+    return arg_parser().parse_args(argv)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, parsed and validated: what the run works with."""
+    args = get_args(argv)
+    validate_args(args)
     return args
 
 
-def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """Check every flag, derive the paths left out, and check the run's files, before any work.
+def validate_args(args: argparse.Namespace) -> None:
+    """Check every flag, fill in the paths left out, and check the run's files, before any work.
 
-    A flag out of range, a path that cannot be derived, an output that is an input of the run or another output
-    (after resolving links) exits through parser.error; a folder given as a data file, or an output that cannot be
-    written, is an InputError.
+    The paths: --dev, --test, --label-names, --dev_out and --test_out from --train (derived_paths), and
+    args.filepath, args.last_filepath and args.plot_filepath, the best and last checkpoints and the plot of a
+    fine-tune, from --option, --epochs and --lr. A flag out of range, a path that cannot be derived, an output that
+    is an input of the run or another output (after resolving links) exits as argparse does with a usage error; a
+    folder given as a data file, or an output that cannot be written, is an InputError.
     """
+    parser = arg_parser()
     for name in ("epochs", "batch_size", "max_sentence_len", "lora_rank"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -570,13 +576,26 @@ def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
     if not 0.0 < args.lora_alpha < math.inf:
         parser.error(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
-    missing = derive_paths(args)
-    if missing and args.option != "generate":
-        parser.error(f"--train {args.train} is not named NAME-train.txt, so {', '.join(missing)} cannot be derived "
-                     "from it: pass them")
+    left_out = [key for key in DERIVED if getattr(args, key) is None]
+    derived = derived_paths(args.train, args.option)
+    if derived:
+        for key in left_out:
+            setattr(args, key, derived[key])
+    elif left_out and args.option != "generate":
+        parser.error(f"--train {args.train} is not named NAME-train.txt, so "
+                     f"{', '.join(DERIVED[key] for key in left_out)} cannot be derived from it: pass them")
     name = f"{args.option}-{args.epochs}-{args.lr}"
     args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
-    inputs, outputs = run_files(args)
+    inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
+    if args.option == "generate":
+        outputs = {"--generated_sentence_low_temp_out": args.generated_sentence_low_temp_out,
+                   "--generated_sentence_high_temp_out": args.generated_sentence_high_temp_out}
+    else:
+        inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
+        outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
+    if args.option in ("finetune", "lora"):  # written, though --resume reads one and metrics.jsonl is appended to
+        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
+                    "the metrics file": METRICS, "the plot": args.plot_filepath}
     problem = clash(inputs, outputs)
     if problem:
         parser.error(problem)
@@ -588,21 +607,6 @@ def validate_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         problem = unwritable(path)
         if problem:
             raise InputError(f"cannot write {role} {path}: {problem}")
-
-
-def run_files(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
-    """The files the run reads and those it writes, each under the flag it comes from (or what it is). The last
-    checkpoint, which --resume reads, and metrics.jsonl, which is appended to, are among the outputs."""
-    inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
-    if args.option == "generate":
-        return inputs, {"--generated_sentence_low_temp_out": args.generated_sentence_low_temp_out,
-                        "--generated_sentence_high_temp_out": args.generated_sentence_high_temp_out}
-    inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
-    outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
-    if args.option in ("finetune", "lora"):
-        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
-                    "the metrics file": METRICS, "the plot": args.plot_filepath}
-    return inputs, outputs
 
 
 def file_identity(path: str) -> object:
@@ -632,7 +636,7 @@ def clash(inputs: dict[str, str], outputs: dict[str, str]) -> str | None:
 
 def unreadable(path: str) -> str | None:
     """Why the file `path` cannot be read, as far as can be told before reading it, or None: a missing file may be
-    fetched (assets.ensure), and is reported then."""
+    fetched (main), and is reported then."""
     try:
         if Path(path).is_dir():
             return "it is a folder"
@@ -662,13 +666,13 @@ def unwritable(path: str) -> str | None:
     return None
 
 
-def get_device(args: argparse.Namespace) -> torch.device:
+def get_device(use_gpu: bool, dtype: str) -> torch.device:
     """CUDA with --use_gpu (GPU LOCAL_RANK under torchrun), else the CPU; refused where --use_gpu or --dtype asks
     what the hardware lacks."""
-    if args.use_gpu and not torch.cuda.is_available():
+    if use_gpu and not torch.cuda.is_available():
         raise InputError("--use_gpu: PyTorch sees no CUDA GPU here (run without --use_gpu to use the CPU)")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if args.use_gpu else torch.device("cpu")
-    if args.dtype == "bfloat16":
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpu else torch.device("cpu")
+    if dtype == "bfloat16":
         if not torch.amp.is_autocast_available(device.type):
             raise InputError(f"--dtype bfloat16: PyTorch has no autocast for {device.type}; use --dtype float32")
         if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
@@ -678,12 +682,18 @@ def get_device(args: argparse.Namespace) -> torch.device:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the --option; started by torchrun, as one of its processes (finetune and lora only)."""
-    args = get_args(argv)
-    device = get_device(args)
+    """Run the --option; started by torchrun, as one of its processes (finetune and lora only). Before any work,
+    the command line is validated, and the files the run reads that are missing and known (assets.py) are fetched."""
+    args = parse_args(argv)
+    device = get_device(args.use_gpu, args.dtype)
+    if launched_by_torchrun() and args.option not in ("finetune", "lora"):
+        raise InputError(f"--option {args.option} runs as a single process: start it with python, not torchrun")
+    read = [args.pretrained_model_path, args.tokenizer_model]
+    if args.option != "generate":
+        read += [args.label_names, args.dev, args.test] + ([args.train] if args.option != "prompt" else [])
+    for path in read:
+        assets.ensure(path)
     if launched_by_torchrun():
-        if args.option not in ("finetune", "lora"):
-            raise InputError(f"--option {args.option} runs as a single process: start it with python, not torchrun")
         init_distributed(device)
     try:
         with printing_on_rank_0():
@@ -701,13 +711,13 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
         print("note: --group_by_length groups the training batches only: without --causal, evaluation keeps the "
               "course's batches, because there the padding changes the predictions")
     seed_everything(args.seed + rank)  # the processes' dropout masks differ; the batches come from --seed and epoch
-    tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=str(assets.ensure(args.tokenizer_model)))
+    tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=args.tokenizer_model)
 
     if args.option == "generate":
         llama = load_pretrained(args.pretrained_model_path, causal=args.causal, device=device)
         print(f"load model from {args.pretrained_model_path}")
-        check_fits(llama, tokenizer, args, [])
-        with autocast(args, device):
+        check_fits(llama, tokenizer, [], args.tokenizer_model, args.pretrained_model_path)
+        with autocast(args.dtype, device):
             generate_sentence(llama, tokenizer, PREFIX, args.generated_sentence_low_temp_out, device, temperature=0.0)
             generate_sentence(llama, tokenizer, PREFIX, args.generated_sentence_high_temp_out, device, temperature=1.0)
         return

@@ -5,8 +5,8 @@ Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option fi
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
 on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
 DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
-batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each (`shares`, the split
-of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
+batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each (`my_share`, the
+split of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
 Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
 loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
 rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
@@ -67,6 +67,9 @@ from checkpoint import (CheckpointError, check_state_dict, file_digest, fits_typ
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from lora import load_lora_state_dict, lora_state_dict
 
+if typing.TYPE_CHECKING:
+    from run_llama import LlamaDataset
+
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
 SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
          "best_dev_acc": float}  # what each checkpoint holds besides its weights, with its type
@@ -115,10 +118,24 @@ def distributed(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def shares(batch: list[int], world_size: int) -> list[list[int]]:
-    """The examples of `batch` that each process computes: every world_size-th, from its rank on. A batch smaller
-    than world_size leaves some processes an empty share."""
-    return [batch[rank::world_size] for rank in range(world_size)]
+def my_share(data: "LlamaDataset", batches: list[list[int]], batch_size: int
+             ) -> Iterator[tuple[tuple[torch.Tensor, ...], float]]:
+    """For each of `batches`, the examples of it that this process computes, as data.batches gives them (example
+    indices, token ids, lengths, labels, on the device), and the weight of their summed loss.
+
+    Process r of N computes examples r, r + N, r + 2N, ... of each batch, padded to the width of the whole batch, as
+    one process pads them (without a mask the padding changes the results). Their loss weight N / batch_size makes
+    the average of the N gradients that of the course's loss Σ nll / batch_size over the whole batch. A process
+    with no example of a short last batch must still join the averaging of the gradients and step: it computes the
+    batch's first example with loss weight 0, and its prediction is not one to keep. Without torchrun (N = 1) this
+    is each whole batch, with loss weight 1 / batch_size.
+    """
+    rank, world_size = rank_and_world_size()
+    shares = [batch[rank::world_size] for batch in batches]
+    loss_weights = [world_size / batch_size if share else 0.0 for share in shares]
+    rows = [share or batch[:1] for share, batch in zip(shares, batches)]
+    widths = [max(data.lengths[i] for i in batch) for batch in batches]
+    return zip(data.batches(rows, widths), loss_weights)
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:

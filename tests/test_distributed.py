@@ -12,13 +12,29 @@ import torch.distributed as dist
 import run_llama
 from run_llama import InputError
 from test_run_llama import SCRIPT, GetAsset, copy_head, files
-from trainer import shares
+from trainer import my_share
 
 
-def test_shares_split_each_batch_among_the_processes():
-    assert shares(list(range(10)), 4) == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
-    assert shares([7, 3], 4) == [[7], [3], [], []]
-    assert shares([5, 6, 7], 1) == [[5, 6, 7]]
+def test_my_share_splits_each_batch_among_the_processes(monkeypatch):
+    """Process r of N has every N-th example from the r-th on, padded to the whole batch's width, with loss weight
+    N / batch_size; one with no example of a batch has the batch's first one, with loss weight 0."""
+    lengths = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    split = run_llama.Split("x.txt", ["x"] * 10, [0] * 10, [[1] * n for n in lengths])
+    data = run_llama.LlamaDataset(split, 0, torch.device("cpu"))
+    batches = [list(range(10)), [7, 3]]
+
+    def shares(world_size: int) -> list[list[tuple[list[int], int, float]]]:
+        """Each process's (examples, width, loss weight) of each batch."""
+        found = []
+        for rank in range(world_size):
+            monkeypatch.setattr("trainer.rank_and_world_size", lambda: (rank, world_size))
+            found.append([(rows.tolist(), token_ids.shape[1], loss_weight)
+                          for (rows, token_ids, _, _), loss_weight in my_share(data, batches, 10)])
+        return found
+
+    assert shares(4) == [[([0, 4, 8], 9, 0.4), ([7], 6, 0.4)], [([1, 5, 9], 9, 0.4), ([3], 6, 0.4)],
+                         [([2, 6], 9, 0.4), ([7], 6, 0.0)], [([3, 7], 9, 0.4), ([7], 6, 0.0)]]
+    assert shares(1) == [[(list(range(10)), 9, 0.1), ([7, 3], 6, 0.1)]]
 
 
 def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, asset: GetAsset, asset_cache: Path,

@@ -77,11 +77,22 @@ def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
         assert len(preds) == len(lines[name])
 
 
-def test_lora_all_projections_adapts_all_four(model_path: str):
-    args = run_llama.get_args(["--option", "lora", "--lora_all_projections", "--pretrained-model-path", model_path])
-    config = run_llama.classifier_config(args, 2)
+def test_lora_all_projections_adapts_all_four(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str,
+                                              tokenizer_model: str):
+    monkeypatch.chdir(tmp_path)
+    sst(asset, tmp_path)
+    built = []  # (config, model) of each classifier the run builds: the trained one, then the reloaded best
+
+    def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
+        built.append((config, run_llama.LlamaEmbeddingClassifier(config)))
+        return built[-1][1]
+
+    monkeypatch.setattr(run_llama, "build_classifier", build_classifier)
+    run_llama.main(["--option", "lora", "--lora_all_projections", "--train", "data/sst-train.txt", "--epochs", "1",
+                    "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    config, model = built[0]
     assert config.lora_targets == ATTENTION_PROJECTIONS
-    attention = LlamaEmbeddingClassifier(config).llama.layers[0].attention
+    attention = model.llama.layers[0].attention
     assert all(isinstance(getattr(attention, name), LoRALinear) for name in ATTENTION_PROJECTIONS)
 
 

@@ -248,26 +248,28 @@ def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset: GetAsset
 
 # ---- the same errors and choices, in-process ----
 def test_default_and_derived_paths():
-    course = run_llama.get_args(["--option", "prompt"])
+    course = run_llama.parse_args(["--option", "prompt"])
     assert (course.train, course.dev, course.test, course.label_names, course.dev_out, course.test_out) == (
         "data/cfimdb-train.txt", "data/cfimdb-dev.txt", "data/cfimdb-test.txt", "data/cfimdb-label-mapping.json",
         "cfimdb-dev-prompting-output.txt", "cfimdb-test-prompting-output.txt")
     assert (course.pretrained_model_path, course.tokenizer_model, course.seed, course.epochs, course.batch_size,
             course.hidden_dropout_prob, course.lr, course.max_sentence_len, course.group_by_length, course.dtype) == (
         "stories42M.pt", "tokenizer.model", 1337, 5, 8, 0.3, 2e-5, None, False, "float32")
-    sst = run_llama.get_args(["--option", "finetune", "--train", "data/sst-train.txt", "--test_out", "mine.txt"])
+    sst = run_llama.parse_args(["--option", "finetune", "--train", "data/sst-train.txt", "--test_out", "mine.txt"])
     assert (sst.dev, sst.test, sst.label_names, sst.dev_out, sst.test_out, sst.filepath) == (
         "data/sst-dev.txt", "data/sst-test.txt", "data/sst-label-mapping.json", "sst-dev-finetuning-output.txt",
         "mine.txt", "finetune-5-2e-05.pt")
-    lora = run_llama.get_args(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "3"])
+    lora = run_llama.parse_args(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "3"])
     assert (lora.dev_out, lora.test_out, lora.filepath, lora.last_filepath, lora.plot_filepath) == (
         "sst-dev-lora-output.txt", "sst-test-lora-output.txt", "lora-3-2e-05.pt", "lora-3-2e-05-last.pt",
         "lora-3-2e-05.png")
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora.lora_all_projections, lora.resume) == (
         4, 1.0, 0.0, False, False)
-    assert run_llama.get_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
+    assert run_llama.parse_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
+    parsed = run_llama.get_args(["--option", "lora", "--train", "data/sst-train.txt"])  # parsed only, as given
+    assert (parsed.dev, parsed.dev_out, hasattr(parsed, "filepath")) == (None, None, False)
     with pytest.raises(SystemExit):
-        run_llama.get_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
+        run_llama.parse_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -289,7 +291,7 @@ def test_default_and_derived_paths():
 ])
 def test_numeric_flags_are_checked_as_they_are_parsed(capsys, flags: list[str], message: str):
     with pytest.raises(SystemExit):
-        run_llama.get_args(["--option", "lora", *flags])
+        run_llama.parse_args(["--option", "lora", *flags])
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -365,10 +367,10 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path, monkeypatc
          "--generated_sentence_low_temp_out g.txt and --generated_sentence_high_temp_out g.txt are one file"),
     ]:
         with pytest.raises(SystemExit):
-            run_llama.get_args(sst + flags)
+            run_llama.parse_args(sst + flags)
         assert message in capsys.readouterr().err
     # a file read twice, or read and then written by design (--resume's last checkpoint), is no clash
-    run_llama.get_args(sst + ["--test", "data/sst-dev.txt", "--resume"])
+    run_llama.parse_args(sst + ["--test", "data/sst-dev.txt", "--resume"])
     assert files(tmp_path) == before
 
 
@@ -398,8 +400,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
         (["--dev_out", str(unwritable_folder / "d.txt")], r"cannot write --dev_out .*d\.txt: Permission denied"),
     ]:
         with pytest.raises(InputError, match=message):
-            run_llama.get_args(["--option", "prompt", *flags])
-    run_llama.get_args(["--option", "prompt", "--dev_out", "outputs/d.txt"])  # and no probe is left behind
+            run_llama.parse_args(["--option", "prompt", *flags])
+    run_llama.parse_args(["--option", "prompt", "--dev_out", "outputs/d.txt"])  # and no probe is left behind
     assert files(tmp_path) == before
 
 
@@ -411,12 +413,12 @@ def test_data_files_that_cannot_be_read_are_refused(tmp_path: Path, monkeypatch)
              "--test_out", "t.txt"]
     for flag in ("--train", "--dev", "--test", "--label-names"):
         with pytest.raises(InputError, match=f"cannot read {flag} data: it is a folder"):
-            run_llama.get_args([*named, flag, "data"])
+            run_llama.parse_args([*named, flag, "data"])
     (tmp_path / "data" / "sst-dev.txt").write_text("3 ||| fine\n")
     access = os.access  # a file that permissions keep from this user (root reads any, so it is pretended)
     monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and path != "data/sst-dev.txt")
     with pytest.raises(InputError, match="cannot read --dev data/sst-dev.txt: permission denied"):
-        run_llama.get_args(named)
+        run_llama.parse_args(named)
 
 
 def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
@@ -476,7 +478,7 @@ def test_too_long_examples_are_told_what_would_fit(tokenizer_model: str):
                                 len(suffix_ids))
         with pytest.raises(InputError, match=r"long\.txt:1: \d+ tokens, more than the model's max_seq_len=1024; "
                                              + advice) as refusal:
-            run_llama.check_fits(llama, tokenizer, run_llama.get_args([]), [split])
+            run_llama.check_fits(llama, tokenizer, [split], "tokenizer.model", "stories42M.pt")
     fitting = Tokenizer(int(re.search(advice, str(refusal.value))[1]), tokenizer_model=tokenizer_model)
     assert len(fitting.encode(sentence, True, False) + suffix_ids) == 1024
 
@@ -527,10 +529,10 @@ def test_non_finite_training_stops_the_run_and_saves_nothing_of_that_epoch(tmp_p
     sst_head(asset, tmp_path)
     train_epoch = run_llama.train_epoch
 
-    def exploding_in_epoch_1(model, optimizer, data, epoch, args, device):
+    def exploding_in_epoch_1(model, optimizer, data, epoch, *values):
         for group in optimizer.param_groups:
-            group["lr"] = 1e30 if epoch == 1 else args.lr
-        return train_epoch(model, optimizer, data, epoch, args, device)
+            group["lr"] = 1e30 if epoch == 1 else 1e-3
+        return train_epoch(model, optimizer, data, epoch, *values)
 
     monkeypatch.setattr(run_llama, "train_epoch", exploding_in_epoch_1)
     with pytest.raises(InputError, match=r"^epoch 1: (the training loss became nan|the weight .* is no longer "
@@ -631,19 +633,17 @@ def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
-    args = run_llama.get_args([])
     plain_batches = run_llama.batch_order(data.lengths, 8, False, False)
     grouped_batches = run_llama.batch_order(data.lengths, 8, True, True)
     # each prediction lands at its example's place (a random tiny model may predict one label throughout)
     expected = [length % 5 for length in data.lengths]
     assert len(set(expected)) == 5
     for batches in (plain_batches, grouped_batches):
-        assert run_llama.model_eval(LengthMod5(), data, batches, args, cpu) == expected
+        assert run_llama.model_eval(LengthMod5(), data, batches, "float32", cpu) == expected
     # and with --causal, padding other sentences to another width changes no prediction of a real classifier
     model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, causal=True))
-    causal = run_llama.get_args(["--causal"])
-    plain = run_llama.model_eval(model, data, plain_batches, causal, cpu)
-    assert run_llama.model_eval(model, data, grouped_batches, causal, cpu) == plain
+    plain = run_llama.model_eval(model, data, plain_batches, "float32", cpu)
+    assert run_llama.model_eval(model, data, grouped_batches, "float32", cpu) == plain
 
 
 # ---- what the course fixes, pinned with the course's literal values ----
@@ -738,7 +738,7 @@ class MakeDir:
 def test_best_checkpoint_is_reloaded_with_weights_only(tmp_path: Path):
     """The course's test() reloads the best checkpoint with torch.load; here it takes only tensors and plain data."""
     marker = tmp_path / "code-ran"
-    args = run_llama.get_args(["--option", "finetune", "--train", "data/sst-train.txt"])
+    args = run_llama.parse_args(["--option", "finetune", "--train", "data/sst-train.txt"])
     args.filepath = str(tmp_path / "finetune-5-2e-05.pt")
     torch.save({"model": {}, "payload": MakeDir(marker)}, args.filepath)
     with pytest.raises(Exception):
@@ -758,10 +758,10 @@ def test_course_evaluation_keeps_the_courses_batches():
 def test_unavailable_hardware_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="--use_gpu: PyTorch sees no CUDA GPU"):
-        run_llama.get_device(run_llama.get_args(["--use_gpu"]))
+        run_llama.get_device(use_gpu=True, dtype="float32")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Old GPU")
     with pytest.raises(InputError, match="the GPU Old GPU has no bfloat16"):
-        run_llama.get_device(run_llama.get_args(["--use_gpu", "--dtype", "bfloat16"]))
-    assert run_llama.get_device(run_llama.get_args(["--dtype", "bfloat16"])).type == "cpu"
+        run_llama.get_device(use_gpu=True, dtype="bfloat16")
+    assert run_llama.get_device(use_gpu=False, dtype="bfloat16").type == "cpu"
