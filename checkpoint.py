@@ -25,12 +25,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-import tempfiles
+from atomic import write_atomically
 from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 
@@ -384,22 +384,6 @@ def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict)
     model_args = _course_args(model_args, f"writing {path}")
     state_dict = _course_state_dict(state_dict, model_args, f"writing {path}")
     write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written: a
-    process killed at any moment leaves either the old file or the new one (fsync makes that hold after a power cut
-    too). Temporaries that killed processes left in that folder are removed first (tempfiles.py)."""
-    tempfiles.remove_stale(path.parent)
-    tmp = tempfiles.temporary(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import assets
-import tempfiles
+import atomic
 from checkpoint import (CheckpointError, course_checkpoint, read_checkpoint_with_classifier, read_torch_file,
                         write_llama2c_bin)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
@@ -149,8 +149,8 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
         del tensors["lm_head.weight"]  # stored once; from_pretrained ties it to the embedding again
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
     out_dir = Path(out_dir)
-    tempfiles.remove_stale(out_dir.absolute().parent)
-    tmp = tempfiles.temporary(out_dir)
+    atomic.remove_stale(out_dir.absolute().parent)
+    tmp = atomic.temporary(out_dir)
     try:
         tmp.mkdir()
         llama_config.save_pretrained(tmp)  # config.json

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 import assets
 import metrics
-from checkpoint import write_atomically
+from atomic import write_atomically
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora

@@ -39,7 +39,7 @@ and the last checkpoint also
     "run"           the run's id in metrics.jsonl: the time it started
     "metrics"       the run's metrics.jsonl records so far
     "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
-Each is written under a temporary name and then renamed (checkpoint.write_atomically), so a run killed at any
+Each is written under a temporary name and then renamed (atomic.write_atomically), so a run killed at any
 moment leaves the previous checkpoint whole. --resume loads the last checkpoint and goes on with the next epoch. As
 an epoch's batches depend only on --seed and the epoch, and the generators that dropout draws from are restored,
 the resumed run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that
@@ -62,8 +62,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import metrics
-from checkpoint import (CheckpointError, check_state_dict, file_digest, fits_type, read_torch_file, weights_digest,
-                        write_atomically)
+from atomic import write_atomically
+from checkpoint import CheckpointError, check_state_dict, file_digest, fits_type, read_torch_file, weights_digest
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from lora import load_lora_state_dict, lora_state_dict
 
