@@ -14,11 +14,11 @@ In a `.bin`, every per-layer tensor kind is stored for all layers before the nex
 which kinds come in which order, and drive both the reader and the writer.
 
 Classifier checkpoints of run_llama.py. Reader: `read_classifier_checkpoint`; writer: `save_classifier_checkpoint`
-(trainer.py's save_model and save_last fill them). --option finetune and --option lora write, named after the
-option, --epochs and --lr:
+(trainer.py's save_model and save_last fill them; trainer.load_weights puts their weights into a classifier).
+--option finetune and --option lora write, named after the option, --epochs and --lr:
     finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
     finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
-Both are a torch.save of plain data (read with torch.load(..., weights_only=True)), a dict of (SAVED):
+Both are a torch.save of plain data (read with torch.load(..., weights_only=True)): a dict of the weights and SAVED,
     "model_args"    the LlamaConfig fields of the model, as a dict
     "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course tensor names) and
                     "classifier_head.*"
