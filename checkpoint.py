@@ -233,17 +233,17 @@ def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> d
 
 
 def save_classifier_checkpoint(path: str | os.PathLike, saved: dict, last: bool = False) -> None:
-    """Write the checkpoint `saved` of run_llama.py (`last`: the last one) to `path`, once it passes the checks that
-    read_classifier_checkpoint makes, so that what is written can be read back."""
+    """Write the checkpoint `saved` of run_llama.py (`last`: the last one) to `path`, once its layout passes the
+    checks that read_classifier_checkpoint makes, so that what is written can be read back."""
     _classifier_checkpoint(saved, f"writing {path}", last)
     write_atomically(Path(path), lambda f: torch.save(saved, f))
 
 
 def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -> dict:
-    """`saved`, read from `path`, once checked to be a classifier checkpoint of run_llama.py: SAVED (and SAVED_LAST
-    if `last`) with their types, "model" or "lora" (with "base_digest") of floating-point tensors, and model_config
-    the fields of a ClassifierConfig."""
-    from classifier import ClassifierConfig  # here, not at the top: classifier.py imports llama.py, which imports us
+    """`saved` (read from `path`, or about to be written there), once checked to be a classifier checkpoint of
+    run_llama.py: SAVED (and SAVED_LAST if `last`) with their types, "model" or "lora" (with "base_digest") of
+    floating-point tensors, and model_config the fields of a ClassifierConfig."""
+    from classifier import ClassifierConfig  # here: classifier.py imports llama.py, which imports this module
     kind = "a last checkpoint" if last else "a checkpoint"
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
