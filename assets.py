@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-import tempfiles
+import atomic
 
 MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
 _COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
@@ -116,8 +116,8 @@ def _open(source: str | Path) -> tuple[BinaryIO, int | None]:
 def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
     """Copy `source` to a temporary file beside `dest`, check its length and sha256, then rename it to `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tempfiles.remove_stale(dest.parent)
-    tmp = tempfiles.temporary(dest, "part")
+    atomic.remove_stale(dest.parent)
+    tmp = atomic.temporary(dest, "part")
     try:
         stream, length = _open(source)
         digest, received = hashlib.sha256(), 0

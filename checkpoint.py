@@ -1,19 +1,52 @@
-"""Read and write Llama checkpoints as (model_args, state_dict), with the course's tensor names.
+"""Every kind of checkpoint minllama reads and writes, described here once, with one reader and one writer each.
 
-Three formats, told apart by their first bytes, not by the file name:
+Llama checkpoints: (model_args, state_dict), with the course's tensor names. Reader: `read_checkpoint`, which
+load_pretrained uses (`read_checkpoint_with_classifier` also returns a fine-tuned classifier's head); writers:
+`save_checkpoint` (.pt) and `write_llama2c_bin` (.bin). Three formats, told apart by their first bytes, not by the
+file name:
   * a torch.save zip of {"model_args": ..., "model": state_dict} - the course's stories42M.pt, or a checkpoint of
     llama2.c's train.py (attention weights named wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix), or one of
-    run_llama.py's fine-tuned classifiers (the Llama's tensors prefixed "llama.", plus a linear classifier head);
+    run_llama.py's fine-tuned classifiers (below), whose Llama is read: the tensors prefixed "llama.", beside the
+    linear classifier head CLASSIFIER_HEAD;
   * a llama2.c legacy `.bin` export: a 7 x int32 header, then float32 tensors;
   * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
 In a `.bin`, every per-layer tensor kind is stored for all layers before the next kind; TENSORS and BIN_ORDER say
 which kinds come in which order, and drive both the reader and the writer.
 
+Classifier checkpoints of run_llama.py. Reader: `read_classifier_checkpoint`; writer: `save_classifier_checkpoint`
+(trainer.py's save_model and save_last fill them; trainer.load_weights puts their weights into a classifier).
+--option finetune and --option lora write, named after the option, --epochs and --lr:
+    finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
+    finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
+Both are a torch.save of plain data (read with torch.load(..., weights_only=True)): a dict of the weights and SAVED,
+    "model_args"    the LlamaConfig fields of the model, as a dict
+    "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course tensor names) and
+                    "classifier_head.*"
+    "lora"          lora, instead of "model": the adapters ("llama.layers.{i}.attention.compute_query.lora_A", ...)
+                    and "classifier_head.*" (lora.lora_state_dict), which load onto the base model
+                    model_config["pretrained_model_path"]
+    "base_digest"   lora: weights_digest of that base model's weights, which must match when loading
+    "optim"         the AdamW state dict (not in lora's best checkpoint, which holds only what predicting needs)
+    "model_config"  the ClassifierConfig fields (pretrained_model_path, num_labels, hidden_dropout_prob, option,
+                    lora_rank, lora_alpha, lora_dropout, lora_targets, causal)
+    "label_names"   the label names, label i being label_names[i]
+    "args"          vars(args): the command line, plain values only
+    "epoch"         the epoch (from 0) after which it was saved
+    "best_dev_acc"  the best dev accuracy up to that epoch
+and the last checkpoint also (SAVED_LAST)
+    "rng"           the random generators' states of each process (trainer.rng_state), by rank
+    "run"           the run's id in metrics.jsonl: the time it started
+    "metrics"       the run's metrics.jsonl records so far
+    "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
+A LoRA checkpoint is not a Llama checkpoint: read_checkpoint refuses it (LoraCheckpointError), and convert.py
+exports its base model with the adapters merged in.
+
 Reading trusts nothing in the file. A torch.save zip is read only after the CRC-32 of every entry of its archive
 matches (`read_torch_file`), and with torch.load(weights_only=True), which unpickles tensors and plain data only. A
 file that cannot be used raises CheckpointError, whose message names the file and says what it is: missing parts,
 corrupt (damaged or truncated), legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of
-file, or tensors that do not fit, or hold NaN or infinity.
+file, or tensors that do not fit, or hold NaN or infinity. Writing goes through atomic.write_atomically: under a
+temporary name, then renamed, so that a process killed at any moment leaves the previous file whole.
 """
 import hashlib
 import math
@@ -25,12 +58,12 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-import tempfiles
+from atomic import write_atomically
 from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 
@@ -69,17 +102,25 @@ CLASSIFIER_PREFIX = "llama."  # run_llama.py's LlamaEmbeddingClassifier holds it
 CLASSIFIER_HEAD = ("classifier_head.weight", "classifier_head.bias")  # ... beside a linear head of its own
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive ...
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # ... or, before PyTorch 1.6, a pickle
+SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
+         "best_dev_acc": float}  # what each classifier checkpoint holds besides its weights, with its type
+SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "train_sha256": str}  # and the last one
+RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
+                  "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or does not fit the model or the run it is loaded into."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Load (model_args, state_dict) from a `.pt` or `.bin` file; the state dict has both embedding and output.
+class LoraCheckpointError(CheckpointError):
+    """A LoRA checkpoint of run_llama.py, read where a whole Llama is expected: it holds only adapters and a head."""
 
-    Of a fine-tuned classifier this is its Llama part; `read_checkpoint_with_classifier` also returns the head.
-    """
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Load (model_args, state_dict) from a Llama checkpoint of any format; the state dict has both embedding and
+    output. Of a fine-tuned classifier this is its Llama part; `read_checkpoint_with_classifier` also returns the
+    head."""
     model_args, state_dict, _ = read_checkpoint_with_classifier(path)
     return model_args, state_dict
 
@@ -90,7 +131,7 @@ def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict
     path = Path(path)
     first_bytes = _first_bytes(path, V1_HEADER_BYTES)
     if first_bytes.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
-        return course_checkpoint(read_torch_file(path), path)
+        return _course_checkpoint(read_torch_file(path), path)
     return *_read_bin(path, first_bytes), {}
 
 
@@ -170,10 +211,10 @@ def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str
                                   f"{tensor.numel()}: the weights are damaged")
 
 
-def course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+def _course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(model_args, Llama state_dict, classifier head) of what a torch.save checkpoint `path` holds."""
     if isinstance(ckpt, dict) and "lora" in ckpt:
-        raise CheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
+        raise LoraCheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
                               f"`python convert.py {path} --to llama2c OUT.bin` writes its base model with them merged")
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
         raise CheckpointError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
@@ -182,6 +223,48 @@ def course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict
     check_state_dict(ckpt["model"], f"{path}: 'model'")
     state_dict, classifier = _split_classifier(ckpt["model"], model_args, str(path))
     return model_args, _course_state_dict(state_dict, model_args, str(path)), classifier
+
+
+def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> dict:
+    """What a checkpoint of run_llama.py --option finetune or lora holds (`last`: the last one, which --resume reads),
+    laid out as the module docstring says, once read by read_torch_file and checked: its keys, their types, and the
+    weights' names and dtypes. Putting the weights into a classifier is trainer.load_weights'."""
+    return _classifier_checkpoint(read_torch_file(path), path, last)
+
+
+def save_classifier_checkpoint(path: str | os.PathLike, saved: dict, last: bool = False) -> None:
+    """Write the checkpoint `saved` of run_llama.py (`last`: the last one) to `path`, once its layout passes the
+    checks that read_classifier_checkpoint makes, so that what is written can be read back."""
+    _classifier_checkpoint(saved, f"writing {path}", last)
+    write_atomically(Path(path), lambda f: torch.save(saved, f))
+
+
+def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -> dict:
+    """`saved` (read from `path`, or about to be written there), once checked to be a classifier checkpoint of
+    run_llama.py: SAVED (and SAVED_LAST if `last`) with their types, "model" or "lora" (with "base_digest") of
+    floating-point tensors, and model_config the fields of a ClassifierConfig."""
+    from classifier import ClassifierConfig  # here: classifier.py imports llama.py, which imports this module
+    kind = "a last checkpoint" if last else "a checkpoint"
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
+                              f"{type(saved).__name__}, not a dict")
+    weights = "lora" if "lora" in saved else "model"
+    expected = {**SAVED, weights: dict, **({"base_digest": str} if weights == "lora" else {}),
+                **(SAVED_LAST if last else {})}
+    missing = sorted(expected.keys() - saved.keys())
+    if missing and set(missing) <= RECORDED_SINCE.keys():
+        raise CheckpointError(f"{path}: written by an earlier minllama, which did not record "
+                              f"{' and '.join(RECORDED_SINCE[key] for key in missing)}: train it again")
+    if missing:
+        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
+    for key, value_type in expected.items():
+        if not isinstance(saved[key], value_type):
+            raise CheckpointError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
+    config, config_types = saved["model_config"], typing.get_type_hints(ClassifierConfig)
+    if config.keys() != config_types.keys() or not all(fits_type(v, config_types[k]) for k, v in config.items()):
+        raise CheckpointError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
+    check_state_dict(saved[weights], f"{path}: {weights!r}")
+    return saved
 
 
 def check_state_dict(state_dict: object, source: str) -> None:
@@ -384,22 +467,6 @@ def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict)
     model_args = _course_args(model_args, f"writing {path}")
     state_dict = _course_state_dict(state_dict, model_args, f"writing {path}")
     write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
-
-
-def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write to a temporary file beside `path`, then rename it into place, so `path` is never half-written: a
-    process killed at any moment leaves either the old file or the new one (fsync makes that hold after a power cut
-    too). Temporaries that killed processes left in that folder are removed first (tempfiles.py)."""
-    tempfiles.remove_stale(path.parent)
-    tmp = tempfiles.temporary(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:

@@ -18,21 +18,20 @@ import importlib
 import os
 import shutil
 import sys
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
 import assets
-import tempfiles
-from checkpoint import (CheckpointError, course_checkpoint, read_checkpoint_with_classifier, read_torch_file,
-                        write_llama2c_bin)
+import atomic
+from checkpoint import (CheckpointError, LoraCheckpointError, read_checkpoint_with_classifier,
+                        read_classifier_checkpoint, write_llama2c_bin)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from config import LlamaConfig
 from llama import Llama
 from lora import merge_lora
-from trainer import classifier_checkpoint, load_weights
+from trainer import load_weights
 
 if TYPE_CHECKING:
     import transformers
@@ -149,8 +148,8 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
         del tensors["lm_head.weight"]  # stored once; from_pretrained ties it to the embedding again
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
     out_dir = Path(out_dir)
-    tempfiles.remove_stale(out_dir.absolute().parent)
-    tmp = tempfiles.temporary(out_dir)
+    atomic.remove_stale(out_dir.absolute().parent)
+    tmp = atomic.temporary(out_dir)
     try:
         tmp.mkdir()
         llama_config.save_pretrained(tmp)  # config.json
@@ -182,12 +181,11 @@ def check_output(out: Path, to: str, inputs: list[Path]) -> None:
 
 def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Path]]:
     """(model_args, Llama state dict, classifier head, the files read) of any checkpoint; see the module docstring."""
-    if not zipfile.is_zipfile(path):
+    try:
         return *read_checkpoint_with_classifier(path), [path]
-    saved = read_torch_file(path)
-    if not (isinstance(saved, dict) and "lora" in saved):
-        return *course_checkpoint(saved, path), [path]
-    saved = classifier_checkpoint(saved, path)
+    except LoraCheckpointError:
+        pass  # a LoRA classifier: read again as such (it is small), its adapters merged below into its base model
+    saved = read_classifier_checkpoint(path)
     try:
         model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
     except (FileNotFoundError, ValueError) as e:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from checkpoint import write_atomically
+from atomic import write_atomically
 
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 

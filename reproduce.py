@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 import assets
-from checkpoint import write_atomically
+from atomic import write_atomically
 from run_llama import PREFIX, parse_args
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"

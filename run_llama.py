@@ -12,9 +12,9 @@ to the files that go with --train (data/sst-train.txt → data/sst-dev.txt, sst-
 known files that are missing are fetched before any work (see assets.py). Every file is written under a temporary
 name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora
 write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
-goes on from (their contents: trainer.py); they append a line per epoch to metrics.jsonl, and at the end, with
-matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and
-refuses an output that is an input of the run or another output, or that cannot be written.
+goes on from (their contents: checkpoint.py); they append a line per epoch to metrics.jsonl, and at the end, with
+matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
+output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
 import codecs
@@ -39,15 +39,16 @@ from tqdm import tqdm
 
 import assets
 import metrics
-from checkpoint import write_atomically
+from atomic import write_atomically
+from checkpoint import CheckpointError, read_classifier_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
-from trainer import (CheckpointError, all_reduce_sum, barrier, distributed, gather, init_distributed,
-                     launched_by_torchrun, load_weights, my_share, printing_on_rank_0, rank_and_world_size,
-                     read_classifier_checkpoint, resume, rng_state, save_last, save_model)
+from trainer import (all_reduce_sum, barrier, distributed, gather, init_distributed, launched_by_torchrun,
+                     load_weights, my_share, printing_on_rank_0, rank_and_world_size, resume, rng_state, save_last,
+                     save_model)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")

@@ -13,37 +13,12 @@ rounding and dropout (process r seeds its generators with --seed + r, so that th
 Evaluation, printing, progress bars, metrics and checkpoints are rank 0's; the others wait at a barrier.
 Without torchrun there is no process group, and each function here does what one process alone does.
 
-Checkpoints. --option finetune and --option lora write, named after the option, --epochs and --lr:
-    finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
-    finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
-    metrics.jsonl                   one line per epoch appended (run, option, epoch, loss, train_acc, dev_acc,
-                                    train_f1, dev_f1 (macro), seconds, examples_per_s, padded: fraction of padding)
-    finetune-{epochs}-{lr}.png      at the end, with matplotlib: loss and accuracy per epoch, dev confusion matrix
-The checkpoints are a torch.save of plain data (torch.load(..., weights_only=True) reads them):
-    "model_args"    the LlamaConfig fields of the model, as a dict
-    "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course tensor names) and
-                    "classifier_head.*"
-    "lora"          lora, instead of "model": the adapters ("llama.layers.{i}.attention.compute_query.lora_A", ...)
-                    and "classifier_head.*" (lora.lora_state_dict), which load onto the base model
-                    model_config["pretrained_model_path"]
-    "base_digest"   lora: checkpoint.weights_digest of that base model's weights, which must match when loading
-    "optim"         the AdamW state dict (not in lora's best checkpoint, which holds only what predicting needs)
-    "model_config"  the ClassifierConfig fields (pretrained_model_path, num_labels, hidden_dropout_prob, option,
-                    lora_rank, lora_alpha, lora_dropout, lora_targets)
-    "label_names"   the label names, label i being label_names[i]
-    "args"          vars(args): the command line, plain values only
-    "epoch"         the epoch (from 0) after which it was saved
-    "best_dev_acc"  the best dev accuracy up to that epoch
-and the last checkpoint also
-    "rng"           the random generators' states of each process (rng_state), by rank
-    "run"           the run's id in metrics.jsonl: the time it started
-    "metrics"       the run's metrics.jsonl records so far
-    "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
-Each is written under a temporary name and then renamed (checkpoint.write_atomically), so a run killed at any
-moment leaves the previous checkpoint whole. --resume loads the last checkpoint and goes on with the next epoch. As
-an epoch's batches depend only on --seed and the epoch, and the generators that dropout draws from are restored,
-the resumed run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that
-the interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
+Checkpoints and resuming. After each epoch rank 0 writes the checkpoint of the best dev accuracy when it improves
+(save_model) and that of the last epoch (save_last); their keys, and how they are read and written, are described
+in checkpoint.py. --resume loads the last checkpoint and goes on with the next epoch (resume). As an epoch's
+batches depend only on --seed and the epoch, and the generators that dropout draws from are restored, the resumed
+run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that the
+interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
 import argparse
 import contextlib
@@ -62,8 +37,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import metrics
-from checkpoint import (CheckpointError, check_state_dict, file_digest, fits_type, read_torch_file, weights_digest,
-                        write_atomically)
+from checkpoint import (CheckpointError, file_digest, read_classifier_checkpoint, save_classifier_checkpoint,
+                        weights_digest)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from lora import load_lora_state_dict, lora_state_dict
 
@@ -71,12 +46,6 @@ if typing.TYPE_CHECKING:
     from run_llama import LlamaDataset
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
-SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
-         "best_dev_acc": float}  # what each checkpoint holds besides its weights, with its type
-SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "train_sha256": str}  # and the last one
-CONFIG_TYPES = typing.get_type_hints(ClassifierConfig)
-RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
-                  "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
 
 
 # ---- processes ----
@@ -185,7 +154,7 @@ def set_rng_state(state: dict, device: torch.device) -> None:
 
 def checkpoint_data(model: LlamaEmbeddingClassifier, args: argparse.Namespace, config: ClassifierConfig,
                label_names: list[str], epoch: int, best_dev_acc: float) -> dict:
-    """What both checkpoints hold (see above): all the weights, or with LoRA only the adapters and the head."""
+    """What both checkpoints hold (checkpoint.py): all the weights, or with LoRA only the adapters and the head."""
     if config.option == "lora":
         weights = {"lora": lora_state_dict(model, "classifier_head."), "base_digest": base_digest(model)}
     else:
@@ -194,17 +163,13 @@ def checkpoint_data(model: LlamaEmbeddingClassifier, args: argparse.Namespace, c
             "label_names": label_names, "args": vars(args), "epoch": epoch, "best_dev_acc": best_dev_acc}
 
 
-def write_checkpoint(path: str, saved: dict) -> None:
-    write_atomically(Path(path), lambda f: torch.save(saved, f))
-
-
 def save_model(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
                config: ClassifierConfig, label_names: list[str], epoch: int, best_dev_acc: float) -> None:
     """Write the best-dev checkpoint to args.filepath; finetune's keeps the optimizer state too (the course's)."""
     saved = checkpoint_data(model, args, config, label_names, epoch, best_dev_acc)
     if config.option == "finetune":
         saved["optim"] = optimizer.state_dict()
-    write_checkpoint(args.filepath, saved)
+    save_classifier_checkpoint(args.filepath, saved)
     print(f"save the model to {args.filepath}")
 
 
@@ -213,46 +178,15 @@ def save_last(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
     """Write the last checkpoint to args.last_filepath: `progress` (epoch, best_dev_acc, run, metrics), the
     optimizer state and every process's random generators `rng`."""
     saved = checkpoint_data(model, args, config, label_names, progress["epoch"], progress["best_dev_acc"])
-    write_checkpoint(args.last_filepath, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
-                                          "metrics": progress["metrics"], "train_sha256": file_digest(args.train)})
+    save_classifier_checkpoint(args.last_filepath, {**saved, "optim": optimizer.state_dict(), "rng": rng,
+                                                    "run": progress["run"], "metrics": progress["metrics"],
+                                                    "train_sha256": file_digest(args.train)}, last=True)
 
 
 def base_digest(model: LlamaEmbeddingClassifier) -> str:
     """checkpoint.weights_digest of the base model under the LoRA adapters."""
     state_dict = model.llama.state_dict()
     return weights_digest({name: t for name, t in state_dict.items() if not name.endswith((".lora_A", ".lora_B"))})
-
-
-def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> dict:
-    """A checkpoint of run_llama.py (`last`: the last one, which --resume reads), read by read_torch_file and
-    checked by classifier_checkpoint."""
-    return classifier_checkpoint(read_torch_file(path), path, last)
-
-
-def classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool = False) -> dict:
-    """`saved`, read from `path`, once checked to be a checkpoint of run_llama.py laid out as above: its keys, their
-    types, and the weights' names and dtypes."""
-    kind = "a last checkpoint" if last else "a checkpoint"
-    if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
-                              f"{type(saved).__name__}, not a dict")
-    weights = "lora" if "lora" in saved else "model"
-    expected = {**SAVED, weights: dict, **({"base_digest": str} if weights == "lora" else {}),
-                **(SAVED_LAST if last else {})}
-    missing = sorted(expected.keys() - saved.keys())
-    if missing and set(missing) <= RECORDED_SINCE.keys():
-        raise CheckpointError(f"{path}: written by an earlier minllama, which did not record "
-                              f"{' and '.join(RECORDED_SINCE[key] for key in missing)}: train it again")
-    if missing:
-        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
-    for key, value_type in expected.items():
-        if not isinstance(saved[key], value_type):
-            raise CheckpointError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
-    config = saved["model_config"]
-    if config.keys() != CONFIG_TYPES.keys() or not all(fits_type(v, CONFIG_TYPES[k]) for k, v in config.items()):
-        raise CheckpointError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
-    check_state_dict(saved[weights], f"{path}: {weights!r}")
-    return saved
 
 
 def sizes(model_args: dict) -> dict:

@@ -2,12 +2,15 @@
 import hashlib
 import struct
 import zipfile
+from dataclasses import asdict
 
 import pytest
 import torch
 
-from checkpoint import (CheckpointError, file_digest, read_checkpoint, read_checkpoint_with_classifier,
-                        save_checkpoint, weights_digest, write_llama2c_bin)
+from checkpoint import (CheckpointError, LoraCheckpointError, file_digest, read_checkpoint,
+                        read_checkpoint_with_classifier, read_classifier_checkpoint, save_checkpoint,
+                        save_classifier_checkpoint, weights_digest, write_llama2c_bin)
+from classifier import ClassifierConfig
 from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
@@ -261,6 +264,46 @@ def test_finetuned_classifier_is_read_strictly(tmp_path, change, error):
 
 def test_bin_has_no_classifier(asset):
     assert read_checkpoint_with_classifier(asset("stories260K.bin"))[2] == {}
+
+
+def classifier_checkpoint(last: bool) -> dict:
+    """A best (or last) checkpoint of run_llama.py --option finetune, laid out as checkpoint.py's docstring says."""
+    saved = {"model_args": ARGS, "model": finetuned_state_dict(), "optim": {"state": {}, "param_groups": []},
+             "model_config": asdict(ClassifierConfig("base.pt", num_labels=3)), "label_names": ["a", "b", "c"],
+             "args": {"lr": 1e-5}, "epoch": 1, "best_dev_acc": 0.5}
+    if last:
+        saved |= {"rng": [{"torch": torch.get_rng_state()}], "run": "2024-01-01T00:00:00", "metrics": [],
+                  "train_sha256": "0" * 64}
+    return saved
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_classifier_checkpoint_round_trip(tmp_path, last):
+    saved = classifier_checkpoint(last)
+    save_classifier_checkpoint(tmp_path / "c.pt", saved, last=last)
+    read = read_classifier_checkpoint(tmp_path / "c.pt", last=last)
+    assert read.keys() == saved.keys() and read["label_names"] == ["a", "b", "c"]
+    assert_same_state(read["model"], saved["model"])
+    assert_same_state(read_checkpoint(tmp_path / "c.pt")[1], random_state_dict(shared=True))  # its Llama, as a Llama
+    if not last:  # a best checkpoint is not one that --resume can go on from
+        with pytest.raises(CheckpointError, match=r"c\.pt: not a last checkpoint of run_llama\.py.*lacks \['metrics'"):
+            read_classifier_checkpoint(tmp_path / "c.pt", last=True)
+
+
+def test_classifier_checkpoint_that_could_not_be_read_back_is_not_written(tmp_path):
+    saved = classifier_checkpoint(last=False)
+    saved["epoch"] = 1.0
+    with pytest.raises(CheckpointError, match=r"writing .*c\.pt: 'epoch' is a float, not a int"):
+        save_classifier_checkpoint(tmp_path / "c.pt", saved)
+    with pytest.raises(CheckpointError, match=r"writing .*c\.pt: not a last checkpoint.*lacks \['metrics', 'rng'"):
+        save_classifier_checkpoint(tmp_path / "c.pt", classifier_checkpoint(last=False), last=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lora_checkpoint_is_not_read_as_a_llama(tmp_path):
+    torch.save({"model_args": ARGS, "lora": {}}, tmp_path / "lora.pt")
+    with pytest.raises(LoraCheckpointError, match=r"lora\.pt: a LoRA classifier of run_llama\.py"):
+        read_checkpoint(tmp_path / "lora.pt")
 
 
 def flip_byte_of_largest_entry(path) -> None:

@@ -17,7 +17,7 @@ from config import LlamaConfig
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_lora
 from run_llama import InputError
-from test_run_llama import GetAsset, copy_head, files, read_predictions
+from test_run_llama import GetAsset, copy_head, course_batches, files, read_predictions
 from tokenizer import Tokenizer
 from trainer import CheckpointError, checkpoint_data, load_weights
 
@@ -67,11 +67,9 @@ def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
     for name in ("dev", "test"):
         preds, sentences = read_predictions(tmp_path / f"sst-{name}-lora-output.txt", 5)
         ids = [tokenizer.encode(sentence, bos=True, eos=False) for sentence in sentences]
-        width = max(map(len, ids))
-        batch = torch.tensor([x + [tokenizer.pad_id] * (width - len(x)) for x in ids])
-        lengths = torch.tensor([len(x) for x in ids])
-        with torch.no_grad():
-            adapted, plain = model(batch, lengths), merged(batch, lengths)
+        with torch.no_grad():  # without a mask the padding is part of the input: the course's batches of 4
+            adapted, plain = (torch.cat([m(torch.tensor(batch)) for batch in course_batches(ids, 4, tokenizer.pad_id)])
+                              for m in (model, merged))
         torch.testing.assert_close(plain, adapted, atol=1e-5, rtol=1e-5)
         assert adapted.argmax(-1).tolist() == plain.argmax(-1).tolist() == preds
         assert len(preds) == len(lines[name])

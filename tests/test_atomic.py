@@ -1,4 +1,5 @@
-"""Temporaries that a killed process left are removed by the next writer into the same folder, and only those."""
+"""atomic.py: temporaries that a killed process left are removed by the next writer into the same folder, and only
+those."""
 import os
 import signal
 import subprocess
@@ -8,8 +9,7 @@ from pathlib import Path
 import pytest
 
 import assets
-import tempfiles
-from checkpoint import write_atomically
+from atomic import remove_stale, write_atomically
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def leftovers(folder: Path, dead_pid: int) -> dict[str, bool]:
 
 def test_only_stale_temporaries_of_this_program_are_removed(tmp_path: Path, dead_pid: int):
     names = leftovers(tmp_path, dead_pid)
-    removed = tempfiles.remove_stale(tmp_path)
+    removed = remove_stale(tmp_path)
     assert sorted(p.name for p in removed) == sorted(name for name, stale in names.items() if stale)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(name for name, stale in names.items() if not stale)
 

@@ -1,17 +1,37 @@
-"""The hidden temporary files that minllama writes beside a file before renaming them to it, and the removal of
-those that a killed process left behind.
+"""Writing a file so that it is never seen half-written: under a hidden temporary name beside it, then renamed to it.
 
-NAME is written as `.NAME.PID.tmp` (assets.py's downloads: `.NAME.PID.part`) in NAME's folder, PID being the writing
-process's id, and then renamed to NAME. A process killed with SIGKILL, or by a power cut, cannot remove its
-temporary; the next process that writes into the same folder does (`remove_stale`): only names of this pattern, and
-only those whose process no longer exists, so the temporaries of a run still going on are left alone.
+NAME is written as `.NAME.PID.tmp` (assets.py's downloads: `.NAME.PID.part`; convert.py's Hugging Face export: a
+folder `.NAME.PID.tmp`) in NAME's folder, PID being the writing process's id, and then renamed to NAME, which
+replaces the old file in one step: a process killed at any moment leaves either the old file or the new one.
+`write_atomically` does all of this for a single file; assets.py and convert.py, which write otherwise, use
+`temporary` and `remove_stale` themselves.
+
+A process killed with SIGKILL, or by a power cut, cannot remove its temporary; the next process that writes into
+the same folder does (`remove_stale`): only names of this pattern, and only those whose process no longer exists,
+so the temporaries of a run still going on are left alone.
 """
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 PATTERN = re.compile(r"\.(?P<name>.+)\.(?P<pid>[0-9]{1,10})\.(?:tmp|part)")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call write(f) on a temporary file beside `path`, then rename it onto `path`, so `path` is never half-written
+    (fsync makes that hold after a power cut too). Stale temporaries in that folder are removed first."""
+    remove_stale(path.parent)
+    tmp = temporary(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def temporary(path: Path, suffix: str = "tmp") -> Path:
