@@ -110,7 +110,8 @@ class Attention(nn.Module):
         query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # heads first
         if self.cache is not None:
             key, value = self.cache.update(start_pos, key, value)
-        key = key.repeat_interleave(self.n_rep, dim=1)  # key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1
+        # key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1
+        key = key.repeat_interleave(self.n_rep, dim=1)
         value = value.repeat_interleave(self.n_rep, dim=1)
         output = self.compute_query_key_value_scores(query, key, value)
         output = output.transpose(1, 2).reshape(batch_size, seqlen, -1)

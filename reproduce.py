@@ -123,31 +123,31 @@ class Run:
         return f"{self.command.name} seed {self.seed}"
 
 
-def command_argv(command: Command, seed: int, args: argparse.Namespace) -> tuple[str, ...]:
-    """The command's flags with the data files under --data-dir, the overrides, and absolute paths everywhere an
-    input is named (the run's working directory is its own folder)."""
-    data_dir = Path(args.data_dir).resolve()
+def command_argv(command: Command, seed: int, data_dir: str, epochs: int | None, batch_size: int | None,
+                 run_flags: tuple[str, ...]) -> tuple[str, ...]:
+    """The command's flags with the data files under data_dir (absolute: the run's working directory is its own
+    folder), the --epochs and --batch_size overrides, the seed, then run_flags, which every run gets."""
+    data_dir = Path(data_dir).resolve()
     flags = [str(data_dir / flag.removeprefix("data/")) if flag.startswith("data/") else flag
              for flag in command.flags]
     option = flags[flags.index("--option") + 1]
-    if args.epochs is not None and option == "finetune":
-        flags[flags.index("--epochs") + 1] = str(args.epochs)
-    if args.batch_size is not None and option != "generate":
-        flags[flags.index("--batch_size") + 1] = str(args.batch_size)
-    flags += ["--seed", str(seed), "--pretrained-model-path", str(Path(args.pretrained_model_path).resolve()),
-              "--tokenizer-model", str(Path(args.tokenizer_model).resolve())]
-    flags += ["--causal"] * args.causal + ["--use_gpu"] * args.use_gpu + args.run_llama_args
-    return tuple(flags)
+    if epochs is not None and option == "finetune":
+        flags[flags.index("--epochs") + 1] = str(epochs)
+    if batch_size is not None and option != "generate":
+        flags[flags.index("--batch_size") + 1] = str(batch_size)
+    return (*flags, "--seed", str(seed), *run_flags)
 
 
-def plan(args: argparse.Namespace) -> list[Run]:
+def plan(seeds: list[int], out: str, data_dir: str, epochs: int | None, batch_size: int | None,
+         run_flags: tuple[str, ...]) -> list[Run]:
     """Every (command, seed) run, seed after seed; the deterministic commands with the first seed only."""
     runs = []
-    for seed in args.seed_list:
+    for seed in seeds:
         for command in COMMANDS:
-            if seed == args.seed_list[0] or not command.deterministic:
-                folder = Path(args.out) / "runs" / command.name / f"seed-{seed}"
-                runs.append(Run(command, seed, command_argv(command, seed, args), folder))
+            if seed == seeds[0] or not command.deterministic:
+                folder = Path(out) / "runs" / command.name / f"seed-{seed}"
+                runs.append(Run(command, seed, command_argv(command, seed, data_dir, epochs, batch_size, run_flags),
+                                folder))
     return runs
 
 
@@ -274,8 +274,8 @@ def accuracy(preds: list[int], gold: list[int]) -> float:
 
 
 def placeholders(gold: list[int]) -> bool:
-    """A test file's labels that are not gold labels: all -1 (run_llama.PLACEHOLDER), or all one value (cfimdb-test.txt's
-    are all 0)."""
+    """A test file's labels that are not gold labels: all -1 (run_llama.PLACEHOLDER), or all one value
+    (cfimdb-test.txt's are all 0)."""
     return len(set(gold)) == 1
 
 
@@ -370,8 +370,9 @@ def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def results(runs: list[Run], states: dict[Run, dict], args: argparse.Namespace) -> dict:
-    """The numbers of results.json: per task and split, the accuracy of each run and their mean (std)."""
+def results(runs: list[Run], states: dict[Run, dict]) -> dict:
+    """The measured part of results.json: per task and split, the accuracy of each run and their mean (std); each
+    command's wall times; the generated text."""
     rows, commands, generated = [], [], None
     for command in COMMANDS:
         mine = [run for run in runs if run.command == command]
@@ -397,15 +398,7 @@ def results(runs: list[Run], states: dict[Run, dict], args: argparse.Namespace) 
                 mean, std = mean_std(accuracies)
                 row.update(placeholder_labels=False, accuracies=accuracies, mean=mean, std=std)
             rows.append(row)
-    overrides = []
-    for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size)):
-        overrides += [flag, str(value)] if value is not None else []
-    overrides += args.run_llama_args
-    return {"semantics": "causal" if args.causal else "default", "seeds": args.seed_list,
-            "overrides": overrides, "model": str(Path(args.pretrained_model_path).resolve()),
-            "tokenizer": str(Path(args.tokenizer_model).resolve()), "data_dir": str(Path(args.data_dir).resolve()),
-            "machine": machine(args.use_gpu), "use_gpu": args.use_gpu, "rows": rows, "commands": commands,
-            "generated": generated}
+    return {"rows": rows, "commands": commands, "generated": generated}
 
 
 def figure(mean: float, std: float | None) -> str:
@@ -477,12 +470,17 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"{', '.join(reserved)} after -- : reproduce.py sets those itself (see --help)")
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
+    args.overrides = [item for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size))
+                      if value is not None for item in (flag, str(value))] + args.run_llama_args
+    args.run_flags = ("--pretrained-model-path", str(Path(args.pretrained_model_path).resolve()),
+                      "--tokenizer-model", str(Path(args.tokenizer_model).resolve()),
+                      *["--causal"] * args.causal, *["--use_gpu"] * args.use_gpu, *args.run_llama_args)
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = get_reproduce_args(sys.argv[1:] if argv is None else argv)
-    runs = plan(args)
+    runs = plan(args.seed_list, args.out, args.data_dir, args.epochs, args.batch_size, args.run_flags)
     for run in runs:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
         try:
             parse_args(list(run.argv))
@@ -496,7 +494,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"seeds: {', '.join(map(str, args.seed_list))}; semantics: {'causal' if args.causal else 'default'}; "
           f"runs and results in {args.out}")
     states = run_all(runs, args.keep_checkpoints)
-    numbers = results(runs, states, args)
+    numbers = {"semantics": "causal" if args.causal else "default", "seeds": args.seed_list,
+               "overrides": args.overrides, "model": str(Path(args.pretrained_model_path).resolve()),
+               "tokenizer": str(Path(args.tokenizer_model).resolve()), "data_dir": str(Path(args.data_dir).resolve()),
+               "machine": machine(args.use_gpu), "use_gpu": args.use_gpu, **results(runs, states)}
     out = Path(args.out)
     write_atomically(out / "results.json", lambda f: f.write(json.dumps(numbers, indent=1).encode("utf-8")))
     write_atomically(out / "results.md", lambda f: f.write(markdown(numbers).encode("utf-8")))

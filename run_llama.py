@@ -13,8 +13,8 @@ known files that are missing are fetched before any work (see assets.py). Every 
 name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora
 write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
 goes on from (their contents: checkpoint.py); they append a line per epoch to metrics.jsonl, and at the end, with
-matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and refuses an
-output that is an input of the run or another output, or that cannot be written.
+matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, validate_args checks every flag and
+refuses an output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
 import codecs
@@ -40,15 +40,15 @@ from tqdm import tqdm
 import assets
 import metrics
 from atomic import write_atomically
-from checkpoint import CheckpointError, read_classifier_checkpoint
+from checkpoint import CheckpointError, file_digest, read_classifier_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
-from trainer import (all_reduce_sum, barrier, distributed, gather, init_distributed, launched_by_torchrun,
-                     load_weights, my_share, printing_on_rank_0, rank_and_world_size, resume, rng_state, save_last,
-                     save_model)
+from trainer import (all_reduce_sum, barrier, checkpoint_data, distributed, drop_metrics_after, gather,
+                     init_distributed, launched_by_torchrun, load_weights, my_share, new_run, printing_on_rank_0,
+                     rank_and_world_size, resume, rng_state, save_last, save_model)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
@@ -421,11 +421,16 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
                args.pretrained_model_path)
     model = model.to(device)
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    progress = resume(args, model, optimizer, device)
+    train_sha256 = file_digest(args.train)  # of the training data this run read
+    flags = vars(args)
+    progress = (resume(args.last_filepath, flags, train_sha256, model, optimizer, device) if args.resume
+                else new_run())
     if progress["epoch"] >= 0 and not Path(args.filepath).is_file():
         raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress['epoch']}, but the best "
                          f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
                          "start over")
+    if progress["epoch"] >= 0:
+        drop_metrics_after(progress)
     trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
@@ -442,7 +447,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
             dev_preds = model_eval(model, dev_data, dev_batches, args.dtype, device)
             dev_acc, dev_f1 = scores(dev.labels, dev_preds)
             if dev_acc > progress["best_dev_acc"]:
-                save_model(model, optimizer, args, config, label_names, epoch, dev_acc)
+                save_model(args.filepath, checkpoint_data(model, flags, config, label_names, epoch, dev_acc), optimizer)
             record = {"run": progress["run"], "option": args.option, "epoch": epoch, "loss": stats["loss"],
                       "train_acc": stats["acc"], "dev_acc": dev_acc, "train_f1": stats["f1"],
                       "dev_f1": dev_f1, "seconds": stats["seconds"],
@@ -450,7 +455,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
             metrics.append(METRICS, record)
             progress = {**progress, "epoch": epoch, "best_dev_acc": max(progress["best_dev_acc"], dev_acc),
                         "metrics": progress["metrics"] + [record]}
-            save_last(model, optimizer, args, config, label_names, progress, rng)
+            saved = checkpoint_data(model, flags, config, label_names, epoch, progress["best_dev_acc"])
+            save_last(args.last_filepath, saved, optimizer, progress, rng, train_sha256)
             print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
                   f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
                   f"padding {stats['padded']:.1%}")

@@ -20,7 +20,6 @@ batches depend only on --seed and the epoch, and the generators that dropout dra
 run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that the
 interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
-import argparse
 import contextlib
 import os
 import random
@@ -37,7 +36,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import metrics
-from checkpoint import (CheckpointError, file_digest, read_classifier_checkpoint, save_classifier_checkpoint,
+from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classifier_checkpoint,
                         weights_digest)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
 from lora import load_lora_state_dict, lora_state_dict
@@ -152,35 +151,33 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def checkpoint_data(model: LlamaEmbeddingClassifier, args: argparse.Namespace, config: ClassifierConfig,
-               label_names: list[str], epoch: int, best_dev_acc: float) -> dict:
-    """What both checkpoints hold (checkpoint.py): all the weights, or with LoRA only the adapters and the head."""
+def checkpoint_data(model: LlamaEmbeddingClassifier, flags: dict, config: ClassifierConfig, label_names: list[str],
+                    epoch: int, best_dev_acc: float) -> dict:
+    """What both checkpoints hold (checkpoint.py): all the weights, or with LoRA only the adapters and the head;
+    `flags` is the run's command line (vars of its arguments)."""
     if config.option == "lora":
         weights = {"lora": lora_state_dict(model, "classifier_head."), "base_digest": base_digest(model)}
     else:
         weights = {"model": model.state_dict()}
     return {"model_args": asdict(model.llama.config), **weights, "model_config": asdict(config),
-            "label_names": label_names, "args": vars(args), "epoch": epoch, "best_dev_acc": best_dev_acc}
+            "label_names": label_names, "args": flags, "epoch": epoch, "best_dev_acc": best_dev_acc}
 
 
-def save_model(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
-               config: ClassifierConfig, label_names: list[str], epoch: int, best_dev_acc: float) -> None:
-    """Write the best-dev checkpoint to args.filepath; finetune's keeps the optimizer state too (the course's)."""
-    saved = checkpoint_data(model, args, config, label_names, epoch, best_dev_acc)
-    if config.option == "finetune":
-        saved["optim"] = optimizer.state_dict()
-    save_classifier_checkpoint(args.filepath, saved)
-    print(f"save the model to {args.filepath}")
+def save_model(path: str, saved: dict, optimizer: torch.optim.Optimizer) -> None:
+    """Write the best-dev checkpoint `saved` (checkpoint_data) to path; finetune's keeps the optimizer state too
+    (the course's)."""
+    if saved["model_config"]["option"] == "finetune":
+        saved = {**saved, "optim": optimizer.state_dict()}
+    save_classifier_checkpoint(path, saved)
+    print(f"save the model to {path}")
 
 
-def save_last(model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer, args: argparse.Namespace,
-              config: ClassifierConfig, label_names: list[str], progress: dict, rng: list[dict]) -> None:
-    """Write the last checkpoint to args.last_filepath: `progress` (epoch, best_dev_acc, run, metrics), the
-    optimizer state and every process's random generators `rng`."""
-    saved = checkpoint_data(model, args, config, label_names, progress["epoch"], progress["best_dev_acc"])
-    save_classifier_checkpoint(args.last_filepath, {**saved, "optim": optimizer.state_dict(), "rng": rng,
-                                                    "run": progress["run"], "metrics": progress["metrics"],
-                                                    "train_sha256": file_digest(args.train)}, last=True)
+def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: dict, rng: list[dict],
+              train_sha256: str) -> None:
+    """Write the last checkpoint to path: `saved` (checkpoint_data), the run's `progress` (epoch, best_dev_acc, run,
+    metrics), the optimizer state, every process's random generators `rng` and the training data's sha256."""
+    save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
+                                      "metrics": progress["metrics"], "train_sha256": train_sha256}, last=True)
 
 
 def base_digest(model: LlamaEmbeddingClassifier) -> str:
@@ -205,61 +202,68 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
                                   f"{' '.join(str(e).split())}") from None
         return
     base = saved["model_config"]["pretrained_model_path"]
-    trained_on, now = (sizes(args) for args in (saved["model_args"], asdict(model.llama.config)))
+    trained_on, now = (sizes(model_args) for model_args in (saved["model_args"], asdict(model.llama.config)))
     if trained_on != now:
         raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {trained_on}, "
                               f"but {base} now has {now}")
     digest = base_digest(model)
     if saved["base_digest"] != digest:
-        raise CheckpointError(f"{path}: its LoRA adapters were trained on other base weights than those {base} now "
-                              f"holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put back the "
-                              "base model they were trained on")
+        raise CheckpointError(f"{path}: its LoRA adapters were trained on other base weights than those {base} "
+                              f"now holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put "
+                              "back the base model they were trained on")
     try:
         load_lora_state_dict(model, saved["lora"], "classifier_head.")
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def resume(args: argparse.Namespace, model: LlamaEmbeddingClassifier, optimizer: torch.optim.Optimizer,
-           device: torch.device) -> dict:
-    """Where the run starts: {"epoch": the last epoch done, "best_dev_acc", "run", "metrics": records so far}.
+def new_run() -> dict:
+    """The progress of a run that starts at epoch 0: {"epoch": the last epoch done, "best_dev_acc", "run": its id in
+    metrics.jsonl, the time it started, "metrics": its records so far}."""
+    return {"epoch": -1, "best_dev_acc": -1.0, "run": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": []}
 
-    With --resume and a last checkpoint, after its epoch, `model`, `optimizer` and this process's random generators
-    restored from it. The run that wrote it must have had the same flags, bar RESUME_MAY_CHANGE: with others, it
-    would not end with the weights that it ends with uninterrupted. Otherwise before epoch 0, a new run.
+
+def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClassifier,
+           optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
+    """The progress (new_run) saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
+    random generators restored from it; a new run when there is none yet.
+
+    The run that wrote it must have had the same `flags` (the command line), bar RESUME_MAY_CHANGE, and trained on
+    data of the same sha256: otherwise it would not end with the weights that it ends with uninterrupted.
     """
-    fresh = {"epoch": -1, "best_dev_acc": -1.0, "run": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": []}
-    if not args.resume:
-        return fresh
-    if not Path(args.last_filepath).exists():
-        print(f"--resume: there is no {args.last_filepath} yet, so the run starts at epoch 0")
-        return fresh
-    saved = read_classifier_checkpoint(args.last_filepath, last=True)
-    changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in vars(args).items()
+    if not Path(path).exists():
+        print(f"--resume: there is no {path} yet, so the run starts at epoch 0")
+        return new_run()
+    saved = read_classifier_checkpoint(path, last=True)
+    changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in flags.items()
                if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
     if changed:
-        raise CheckpointError(f"--resume: {args.last_filepath} was written by a run with other flags "
+        raise CheckpointError(f"--resume: {path} was written by a run with other flags "
                               f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
-    if saved["train_sha256"] != file_digest(args.train):
-        raise CheckpointError(f"--resume: {args.last_filepath} was written by a run on another {args.train} (its "
+    if saved["train_sha256"] != train_sha256:
+        raise CheckpointError(f"--resume: {path} was written by a run on another {flags['train']} (its "
                               "sha256 differs): put back that file, or leave out --resume to start over")
-    load_weights(model, saved, args.last_filepath)
+    load_weights(model, saved, path)
     rank, world_size = rank_and_world_size()
     if not saved["rng"]:
-        raise CheckpointError(f"{args.last_filepath}: 'rng' holds no random generators' state")
+        raise CheckpointError(f"{path}: 'rng' holds no random generators' state")
     if len(saved["rng"]) != world_size:
-        print(f"note: {args.last_filepath} was written by {len(saved['rng'])} processes, resumed by {world_size}: "
+        print(f"note: {path} was written by {len(saved['rng'])} processes, resumed by {world_size}: "
               "the dropout masks will differ from those of an uninterrupted run")
     try:
         optimizer.load_state_dict(saved["optim"])
         set_rng_state(saved["rng"][rank % len(saved["rng"])], device)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"{args.last_filepath}: its optimizer or random generators' state cannot be restored "
+        raise CheckpointError(f"{path}: its optimizer or random generators' state cannot be restored "
                               f"({type(e).__name__}: {' '.join(str(e).split())})") from None
-    if rank == 0:
-        dropped = metrics.drop_after(metrics.FILE, saved["run"], saved["epoch"])
+    print(f"resume from {path} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
+    return {key: saved[key] for key in new_run()}
+
+
+def drop_metrics_after(progress: dict) -> None:
+    """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0)."""
+    if rank_and_world_size()[0] == 0:
+        dropped = metrics.drop_after(metrics.FILE, progress["run"], progress["epoch"])
         if dropped:
             print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
-                  f"checkpoint (epoch {saved['epoch']}), before it was interrupted")
-    print(f"resume from {args.last_filepath} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
-    return {key: saved[key] for key in fresh}
+                  f"checkpoint (epoch {progress['epoch']}), before it was interrupted")

@@ -184,7 +184,7 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
                 p.normal_(0.0, 0.1)  # trained adapters: B is no longer zero
     expected = all_logits(model.llama)
     assert (expected - all_logits(base)).abs().max() > 1e-3  # the adapters change the model
-    torch.save(checkpoint_data(model, Namespace(), config, ["a", "b", "c"], 0, 0.5), tmp_path / "lora.pt")
+    torch.save(checkpoint_data(model, {}, config, ["a", "b", "c"], 0, 0.5), tmp_path / "lora.pt")
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
     assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
     assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), causal=True)) - expected).abs().max() < 1e-5
@@ -228,7 +228,7 @@ def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
     base = random_model(LLAMA2C_CONFIG)
     save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
     config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora")
-    torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, ["a", "b", "c"], 0, 0.5),
+    torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, ["a", "b", "c"], 0, 0.5),
                tmp_path / "lora.pt")
     before = (tmp_path / "base.pt").read_bytes()
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "base.pt")]) == 1

@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from argparse import Namespace
 from pathlib import Path
 from typing import Callable
 
@@ -71,7 +70,7 @@ def corrupt_bytes(path: Path, model_path: str, _: Path) -> None:
 
 def lora_checkpoint(path: Path, model_path: str, _: Path) -> None:
     config = ClassifierConfig(model_path, 5, option="lora")
-    torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, list("abcde"), 0, 0.5), path)
+    torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, list("abcde"), 0, 0.5), path)
 
 
 def wrong_size_bin(path: Path, model_path: str, _: Path) -> None:

@@ -3,7 +3,6 @@ model, and merged into it for inference gives the predictions of the adapted mod
 import copy
 import shutil
 import sys
-from argparse import Namespace
 from dataclasses import asdict
 from pathlib import Path
 
@@ -120,7 +119,7 @@ def test_adapters_on_another_base_of_the_same_sizes_are_refused(tmp_path: Path, 
     base = tmp_path / "stories42M.pt"
     shutil.copyfile(model_path, base)
     config = ClassifierConfig(str(base), 2, option="lora")
-    saved = checkpoint_data(LlamaEmbeddingClassifier(config), Namespace(), config, ["bad", "good"], 0, 0.5)
+    saved = checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, ["bad", "good"], 0, 0.5)
     load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")  # the same base: fine
     model_args, state_dict = read_checkpoint(base)
     state_dict["norm.weight"] = state_dict["norm.weight"] * 1.01

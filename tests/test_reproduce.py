@@ -165,6 +165,12 @@ def test_causal_runs_every_command_causal(tmp_path: Path, asset: GetAsset, asset
 
 
 # ---- in-process ----
+def plan(args) -> list[reproduce.Run]:
+    """reproduce.plan of these parsed flags, as main calls it."""
+    return reproduce.plan(args.seed_list, args.out, args.data_dir, args.epochs, args.batch_size, args.run_flags)
+
+
+
 def test_outputs_that_do_not_check(tmp_path: Path):
     good = "3 ||| a sentence\n0 ||| another Is this movie bad or good? This movie is \n"
     assert reproduce.read_predictions(write(tmp_path / "ok.txt", good), 5, 2) == [3, 0]
@@ -193,7 +199,7 @@ def test_overrides_go_where_they_mean_something(tmp_path: Path):
     args = reproduce.get_reproduce_args(["--seeds", "3", "--epochs", "1", "--batch_size", "4", "--data-dir",
                                          str(tmp_path), "--", "--max_sentence_len", "32"])
     assert args.seed_list == [1337, 1338, 1339] and args.out == "reproduce-default"
-    runs = reproduce.plan(args)
+    runs = plan(args)
     assert [(run.command.name, run.seed) for run in runs] == [
         ("generate", 1337), ("prompt-sst", 1337), ("prompt-cfimdb", 1337), ("finetune-sst", 1337),
         ("finetune-cfimdb", 1337), ("finetune-sst", 1338), ("finetune-cfimdb", 1338), ("finetune-sst", 1339),
@@ -204,7 +210,7 @@ def test_overrides_go_where_they_mean_something(tmp_path: Path):
     assert finetune[finetune.index("--train") + 1] == str(tmp_path / "sst-train.txt")
     assert finetune[-2:] == ("--max_sentence_len", "32") and runs[3].folder == Path("reproduce-default/runs/"
                                                                                        "finetune-sst/seed-1337")
-    course = reproduce.plan(reproduce.get_reproduce_args(["--causal", "--use_gpu"]))[4]
+    course = plan(reproduce.get_reproduce_args(["--causal", "--use_gpu"]))[4]
     assert course.argv[:len(course.command.flags)] == tuple(
         flag.replace("data/", str(Path("data").resolve()) + "/") for flag in course.command.flags)
     assert course.argv[-2:] == ("--causal", "--use_gpu") and course.folder.parts[0] == "reproduce-causal"
@@ -222,11 +228,11 @@ def test_bad_flags_are_refused(capsys, argv: list[str], message: str):
 
 
 def test_a_folder_of_a_run_with_other_flags_is_not_reused(tmp_path: Path):
-    run = reproduce.plan(reproduce.get_reproduce_args(["--out", str(tmp_path)]))[3]
+    run = plan(reproduce.get_reproduce_args(["--out", str(tmp_path)]))[3]
     run.folder.mkdir(parents=True)
     reproduce.write_state(run, {"finished": True, "seconds": 1.0, "resumed": False})
     assert reproduce.read_state(run)["finished"]
-    other = reproduce.plan(reproduce.get_reproduce_args(["--out", str(tmp_path), "--epochs", "2"]))[3]
+    other = plan(reproduce.get_reproduce_args(["--out", str(tmp_path), "--epochs", "2"]))[3]
     with pytest.raises(reproduce.ReproduceError, match=r"run\.json: this folder holds a run with other flags "
                                                        r"\(--option finetune --epochs 5 "):
         reproduce.read_state(other)

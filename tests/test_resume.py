@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import run_llama
+from run_llama import InputError
 from test_run_llama import SCRIPT, GetAsset, copy_head
 from trainer import CheckpointError, rng_state, set_rng_state
 
@@ -130,10 +131,10 @@ def crash_before_the_last_checkpoint_of(epoch: int, monkeypatch, flags: list[str
     its last checkpoint was written."""
     save_last = run_llama.save_last
 
-    def crash_at_epoch(*args):
-        if args[5]["epoch"] == epoch:  # progress
+    def crash_at_epoch(path: str, saved: dict, *rest):
+        if saved["epoch"] == epoch:
             raise Crash
-        save_last(*args)
+        save_last(path, saved, *rest)
 
     monkeypatch.setattr(run_llama, "save_last", crash_at_epoch)
     with pytest.raises(Crash):
@@ -163,33 +164,48 @@ def test_resume_drops_the_metrics_recorded_after_the_last_checkpoint(tmp_path: P
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_resume_on_another_training_file_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
-                                                    model_path: str, tokenizer_model: str):
+@pytest.fixture
+def interrupted(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str, tokenizer_model: str) -> list[str]:
+    """A fine-tune in tmp_path (the current folder) interrupted before the last checkpoint of its epoch 1: its flags."""
     monkeypatch.chdir(tmp_path)
     sst(asset, tmp_path, 8)
     flags = finetune_flags(model_path, tokenizer_model)
     crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+    return flags
+
+
+def files_and_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def test_resume_on_another_training_file_is_refused(tmp_path: Path, interrupted: list[str]):
+    flags = interrupted
     train = tmp_path / "data" / "sst-train.txt"
     train.write_text(train.read_text().replace("4 |||", "0 |||"))  # same path, same flags, other labels
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    before = files_and_bytes(tmp_path)
     with pytest.raises(CheckpointError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run on another "
                                               r"data/sst-train\.txt \(its sha256 differs\)"):
         run_llama.main(flags + ["--resume"])
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    assert files_and_bytes(tmp_path) == before
 
 
-def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(tmp_path: Path, monkeypatch, asset: GetAsset,
-                                                                    model_path: str, tokenizer_model: str):
-    monkeypatch.chdir(tmp_path)
-    sst(asset, tmp_path, 8)
-    flags = finetune_flags(model_path, tokenizer_model)
-    crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
+def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(interrupted: list[str]):
+    flags = interrupted
     saved = torch.load("finetune-2-0.001-last.pt", weights_only=True)
     del saved["train_sha256"]
     torch.save(saved, "finetune-2-0.001-last.pt")
     with pytest.raises(CheckpointError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
                                               r"not record the sha256 of the training data: train it again"):
         run_llama.main(flags + ["--resume"])
+
+
+def test_resume_without_its_best_checkpoint_is_refused_before_training(tmp_path: Path, interrupted: list[str]):
+    (tmp_path / "finetune-2-0.001.pt").unlink()
+    before = files_and_bytes(tmp_path)
+    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt goes on after epoch 0, but the best "
+                                         r"checkpoint finetune-2-0\.001\.pt of its run is missing"):
+        run_llama.main(interrupted + ["--resume"])
+    assert files_and_bytes(tmp_path) == before
 
 
 @pytest.mark.parametrize("content, error", [

@@ -547,36 +547,6 @@ def test_non_finite_training_stops_the_run_and_saves_nothing_of_that_epoch(tmp_p
     assert not list(tmp_path.glob("*output*")) and not list(tmp_path.glob("*.png"))
 
 
-class Stop(Exception):
-    """Ends a run where a test says."""
-
-
-def test_resume_without_its_best_checkpoint_is_refused_before_training(tmp_path: Path, monkeypatch,
-                                                                       asset: GetAsset, model_path: str,
-                                                                       tokenizer_model: str):
-    monkeypatch.chdir(tmp_path)
-    sst_head(asset, tmp_path)
-    flags = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "1e-3",
-             "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
-    save_last = run_llama.save_last
-
-    def save_last_then_stop(*args):
-        save_last(*args)
-        raise Stop
-
-    monkeypatch.setattr(run_llama, "save_last", save_last_then_stop)
-    with pytest.raises(Stop):
-        run_llama.main(flags)
-    monkeypatch.setattr(run_llama, "save_last", save_last)
-    (tmp_path / "finetune-2-0.001.pt").unlink()
-    last = (tmp_path / "finetune-2-0.001-last.pt").read_bytes()
-    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt goes on after epoch 0, but the best "
-                                         r"checkpoint finetune-2-0\.001\.pt of its run is missing"):
-        run_llama.main(flags + ["--resume"])
-    assert (tmp_path / "finetune-2-0.001-last.pt").read_bytes() == last
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
-
-
 def test_a_best_checkpoint_gone_before_testing_is_one_clear_error(tmp_path: Path, monkeypatch, asset: GetAsset,
                                                                    model_path: str, tokenizer_model: str):
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,5 @@
-"""Distributed fine-tuning: two processes on torchrun (gloo, on the CPU) take the steps one process takes."""
+"""trainer.py: distributed fine-tuning, two processes on torchrun (gloo, on the CPU) taking the steps one process
+takes, and the split of each batch between processes."""
 import json
 import os
 import subprocess
