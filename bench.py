@@ -2,16 +2,21 @@
 
     python bench.py                                   # every workload, about 12 minutes on 2 cores
     python bench.py --workloads generate --rounds 5   # some of them, with more samples
+    python bench.py --workloads generate finetune --baseline ../old   # against another checkout of minllama
 
 Every model holds the same random weights of stories42M's shapes (LlamaConfig's defaults); transformers gets them
 through convert.to_hf. Each workload × implementation runs in a fresh subprocess, so that its peak RSS
 (getrusage's ru_maxrss, its high-water mark reset once the models are built) is its own, and the implementations
-take turns, round after round, so that both see the same machine. The table gives medians; a sample during which
-other processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with
-glibc's malloc settings MALLOC (see there) unless --default-malloc.
+take turns, round after round and in a new random order each round, so that all see the same machine. The table
+gives medians; a sample during which other processes used the CPU is left out of them ("clean samples" counts the
+rest). The subprocesses run with glibc's malloc settings MALLOC (see there) unless --default-malloc.
 
 minllama runs in both semantics: "causal" (--causal: Llama 2, what transformers computes, so the comparison
 with transformers is made there) and "course" (the default: the course's reference, attention without a mask).
+With --baseline DIR, the causal generate, finetune and zeroshot workloads also run from DIR, another checkout of
+minllama (say a `git worktree` of an older commit) whose bench.py has the same --child interface, taking turns with
+the rest: the table adds a row "this / baseline" for each, with the lowest and highest of the rounds' ratios, which
+shows whether a change made minllama slower and how far one round's processes differ from the next's.
 
 Workloads (batch sizes are the course's):
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
@@ -35,6 +40,7 @@ import gc
 import json
 import os
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -283,9 +289,12 @@ def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int)
 
 
 # ---- the parent: rounds of children, then the table ----
-def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int, env: dict[str, str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", workload, impl, "--checkpoint", checkpoint, "--repeats",
-           str(repeats), "--threads", str(threads)]
+def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int, env: dict[str, str],
+              baseline: Path | None) -> dict:
+    """One child's result; impl "baseline" is the causal implementation run by the baseline checkout's bench.py."""
+    script = baseline / "bench.py" if impl == "baseline" else Path(__file__)
+    cmd = [sys.executable, str(script), "--child", workload, "causal" if impl == "baseline" else impl,
+           "--checkpoint", checkpoint, "--repeats", str(repeats), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1", **env})
     if proc.returncode:
         sys.exit(f"{workload}/{impl} failed:\n{proc.stderr}")
@@ -327,7 +336,14 @@ def machine() -> str:
             f"transformers {hf_version}")
 
 
-def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
+def revision(checkout: Path) -> str:
+    """The checkout's git commit (abbreviated), or its path where git cannot tell."""
+    proc = subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else str(checkout)
+
+
+def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]:
     """The report: medians, ratios and their targets, peak RSS, how many samples were uncontested."""
     rows = [("measure", "minllama", "transformers", "ratio", "target", "peak RSS MB", "clean samples")]
 
@@ -345,6 +361,16 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
         rows.append((name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}×", verdict(ours / theirs, target),
                      rss(workload, impl, "transformers"), f"{n_ours}, {n_theirs}"))
 
+    def against_baseline(name: str, workload: str, key: str) -> None:
+        if "baseline" not in results[workload]:
+            return
+        (ours, _), (theirs, clean) = stat(workload, "causal", key), stat(workload, "baseline", key)
+        rounds = [median(a[key])[0] / median(b[key])[0]
+                  for a, b in zip(results[workload]["causal"], results[workload]["baseline"])]
+        rows.append((f"  causal, baseline {baseline}, {name}", f"{theirs:.1f}", "", f"{ours / theirs:.2f}×",
+                     f"this / baseline (rounds {min(rounds):.2f}–{max(rounds):.2f})", rss(workload, "baseline"),
+                     clean))
+
     def course(name: str, workload: str, key: str) -> None:
         (ours, n_ours), (causal, _) = stat(workload, "course", key), stat(workload, "causal", key)
         rows.append((name, f"{ours:.1f}", "", f"{ours / causal:.2f}×", "course / causal", rss(workload, "course"),
@@ -353,6 +379,8 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
     if "generate" in results:
         for n in GEN_TOKENS:
             versus(f"generate {n} tokens, causal, tokens/s", "generate", f"generate {n}", 1.5)
+        for n in GEN_TOKENS:
+            against_baseline(f"{n} tokens", "generate", f"generate {n}")
         for n in GEN_TOKENS:
             (cached, _), (plain, clean) = (stat("generate", impl, f"generate {n}")
                                            for impl in ("causal", "causal-nocache"))
@@ -367,9 +395,11 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
                          clean))
     if "finetune" in results:
         versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, causal, examples/s", "finetune", "finetune", 1.0)
+        against_baseline("examples/s", "finetune", "finetune")
         course("  course semantics, examples/s", "finetune", "finetune")
     if "zeroshot" in results:
         versus(f"zero-shot {ZEROSHOT_BATCH}×{SEQLEN}, causal, examples/s", "zeroshot", "zeroshot", 1.0)
+        against_baseline("examples/s", "zeroshot", "zeroshot")
         course("  course semantics, examples/s", "zeroshot", "zeroshot")
     if "epoch" in results:
         (shuffled, n_shuffled), (grouped, n_grouped) = (stat("epoch", impl, "epoch") for impl in ("random", "grouped"))
@@ -388,6 +418,9 @@ def table(results: dict[str, dict[str, list[dict]]]) -> list[str]:
         for n in GEN_TOKENS:
             ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
             lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
+            if "baseline" in results["generate"]:
+                same = ours == results["generate"]["baseline"][0][f"tokens {n}"]
+                lines.append(f"greedy {n} new tokens identical in this causal minllama and the baseline's: {same}")
     if "zeroshot" in results:
         ours, theirs = (torch.tensor(results["zeroshot"][impl][0]["scores"]) for impl in ("causal", "transformers"))
         lines.append(f"zero-shot label scores, causal minllama vs transformers, largest difference: "
@@ -403,6 +436,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
     parser.add_argument("--default-malloc", action="store_true",
                         help=f"run the workloads without setting {', '.join(MALLOC)} (see MALLOC)")
+    parser.add_argument("--baseline", type=Path, metavar="DIR",
+                        help="another minllama checkout whose causal generate/finetune/zeroshot run beside ours")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -410,6 +445,8 @@ def main() -> None:
         child(*args.child, args.checkpoint, args.repeats, args.threads)
         return
 
+    if args.baseline and not (args.baseline / "bench.py").is_file():
+        sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
     env = {} if args.default_malloc else MALLOC
     print(f"machine: {machine()}; torch threads: {args.threads}")
     print(f"environment: {' '.join(f'{k}={v}' for k, v in env.items()) or 'glibc malloc defaults'}")
@@ -420,16 +457,17 @@ def main() -> None:
         checkpoint = Path(tmp) / "random42M.pt"
         write_checkpoint(checkpoint)
         for workload in args.workloads:
-            results[workload] = {impl: [] for impl in WORKLOADS[workload]}
+            impls = WORKLOADS[workload] + (("baseline",) if args.baseline and "causal" in WORKLOADS[workload] else ())
+            results[workload] = {impl: [] for impl in impls}
             rounds = args.rounds or ROUNDS[workload]
             for r in range(rounds):
-                for impl in WORKLOADS[workload]:
+                for impl in random.sample(impls, len(impls)):
                     repeats = 1 if workload == "epoch" else args.repeats
-                    run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env)
+                    run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env, args.baseline)
                     results[workload][impl].append(run)
                     print(f"  {workload} round {r + 1}/{rounds} {impl}: done at "
                           f"{time.perf_counter() - start:.0f}s", file=sys.stderr)
-    print("\n".join(table(results)))
+    print("\n".join(table(results, revision(args.baseline) if args.baseline else "")))
     print(f"total {time.perf_counter() - start:.0f}s")
 
 
