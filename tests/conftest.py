@@ -8,6 +8,7 @@ other seeds to show that no test passes by the luck of one draw.
 """
 import os
 import random
+import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -50,11 +51,13 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """One line explaining the skips for missing public files; the seed, when a test failed."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", [])
-               if isinstance(r.longrepr, tuple) and UNAVAILABLE in r.longrepr[2]]
+    reasons = [r.longrepr[2] for r in terminalreporter.stats.get("skipped", []) if isinstance(r.longrepr, tuple)]
+    # the names come from the reports, not from _unavailable: under pytest-xdist the workers hold that
+    names = {m.group(1) for m in (re.search(f"{UNAVAILABLE}: ([^:]+):", reason) for reason in reasons) if m}
+    skipped = [reason for reason in reasons if UNAVAILABLE in reason]
     if skipped:
         terminalreporter.write_line(
-            f"{len(skipped)} skipped: public files could not be fetched ({', '.join(sorted(_unavailable))}); "
+            f"{len(skipped)} skipped: public files could not be fetched ({', '.join(sorted(names))}); "
             f"run online, or set {assets.MIRROR_ENV} to a folder that holds them (README, Offline)")
     if exitstatus == pytest.ExitCode.TESTS_FAILED:
         terminalreporter.write_line(f"the tests ran with {SEED_ENV}={seed_from_env()}")
@@ -94,7 +97,7 @@ def asset(asset_cache: Path) -> Callable[[str], Path]:
                     return assets.ensure(asset_cache / name)
             except assets.AssetError as e:
                 _unavailable[name] = " ".join(line.strip() for line in str(e).splitlines()[:2])
-        pytest.skip(f"{UNAVAILABLE}: {_unavailable[name]}")
+        pytest.skip(f"{UNAVAILABLE}: {name}: {_unavailable[name]}")
 
     return get
 

@@ -3,6 +3,7 @@ files as conftest's asset fixture fetches them (from the mirror, or online)."""
 import functools
 import hashlib
 import http.server
+import os
 import socket
 import subprocess
 import sys
@@ -194,3 +195,17 @@ def test_cli_failures_exit_nonzero(tmp_path):
     assert result.returncode == 1 and "stories42M.pt" in result.stderr and "by hand" in result.stderr
     result = cli("no-such-asset", cwd=tmp_path, env=env)
     assert result.returncode == 2 and "no-such-asset" in result.stderr
+
+
+def test_skips_for_missing_files_are_explained_in_one_line(tmp_path):
+    """conftest's summary names the files that could not be had, read from the skip reports (which pytest-xdist
+    sends back from its workers too) and says how to get them."""
+    (tmp_path / "empty").mkdir()
+    env = {**os.environ, assets.MIRROR_ENV: str(tmp_path / "empty")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "tests/test_stories42M.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout
+    summary = [line for line in result.stdout.splitlines() if "could not be fetched" in line]
+    assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, or set "
+                       f"{assets.MIRROR_ENV} to a folder that holds them (README, Offline)"], result.stdout
