@@ -214,8 +214,9 @@ def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str
 def _course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(model_args, Llama state_dict, classifier head) of what a torch.save checkpoint `path` holds."""
     if isinstance(ckpt, dict) and "lora" in ckpt:
-        raise LoraCheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and head; "
-                              f"`python convert.py {path} --to llama2c OUT.bin` writes its base model with them merged")
+        raise LoraCheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and "
+                                  f"head; `python convert.py {path} --to llama2c OUT.bin` writes its base model with "
+                                  "them merged")
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
         raise CheckpointError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
                               "'model'")
