@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-import atomic
+import files
 
 MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
 _COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
@@ -77,10 +77,16 @@ def find(path: str | os.PathLike) -> Asset | None:
 
 
 def ensure(path: str | os.PathLike) -> Path:
-    """Return `path`, fetching it first if it is missing and is a known asset. Raise FileNotFoundError otherwise."""
+    """Return `path`, fetching it first if it is missing and is a known asset. Raise FileNotFoundError otherwise,
+    and for a URL or a link to a missing file, which is the user's to mend, not to be replaced."""
+    if "://" in os.fspath(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: a URL is not a path: download the file and give its path")
     path = Path(path)
     if path.exists():
         return path
+    if path.is_symlink():
+        raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
+                                "link")
     asset = find(path)
     if asset is None:
         raise FileNotFoundError(f"{path} does not exist, and it is not a known asset ({', '.join(ASSETS)})")
@@ -114,15 +120,15 @@ def _open(source: str | Path) -> tuple[BinaryIO, int | None]:
 
 
 def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
-    """Copy `source` to a temporary file beside `dest`, check its length and sha256, then rename it to `dest`."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic.remove_stale(dest.parent)
-    tmp = atomic.temporary(dest, "part")
-    try:
+    """Copy `source` to a temporary file beside `dest`, check its length and sha256, then rename it to `dest`. The
+    folders of `dest` that are missing are made for it, and removed again when it does not arrive."""
+    made = files.make_folders(dest.parent)
+
+    def copy(out: BinaryIO) -> None:
         stream, length = _open(source)
         digest, received = hashlib.sha256(), 0
-        with stream, open(tmp, "wb") as out, tqdm(total=length or asset.size, unit="B", unit_scale=True,
-                                                   unit_divisor=1024, desc=asset.name) as bar:
+        with stream, tqdm(total=length or asset.size, unit="B", unit_scale=True, unit_divisor=1024,
+                          desc=asset.name) as bar:
             while chunk := stream.read(1 << 20):
                 out.write(chunk)
                 digest.update(chunk)
@@ -132,9 +138,11 @@ def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
             raise ValueError(f"incomplete download: got {received} of {length} bytes")
         if asset.sha256 is not None and digest.hexdigest() != asset.sha256:
             raise ValueError(f"sha256 mismatch: expected {asset.sha256}, got {digest.hexdigest()}")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+    try:
+        files.write_atomically(dest, copy, suffix="part")
+    except BaseException:
+        files.remove_folders(made)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

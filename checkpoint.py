@@ -45,7 +45,7 @@ Reading trusts nothing in the file. A torch.save zip is read only after the CRC-
 matches (`read_torch_file`), and with torch.load(weights_only=True), which unpickles tensors and plain data only. A
 file that cannot be used raises CheckpointError, whose message names the file and says what it is: missing parts,
 corrupt (damaged or truncated), legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of
-file, or tensors that do not fit, or hold NaN or infinity. Writing goes through atomic.write_atomically: under a
+file, or tensors that do not fit, or hold NaN or infinity. Writing goes through files.write_atomically: under a
 temporary name, then renamed, so that a process killed at any moment leaves the previous file whole.
 """
 import hashlib
@@ -63,7 +63,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from atomic import write_atomically
+from files import write_atomically
 from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 

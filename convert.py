@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import assets
-import atomic
+import files
 from checkpoint import (CheckpointError, LoraCheckpointError, read_checkpoint_with_classifier,
                         read_classifier_checkpoint, write_llama2c_bin)
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier
@@ -137,8 +137,9 @@ def to_hf(model: Llama) -> "transformers.LlamaForCausalLM":
 def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[str, torch.Tensor]) -> None:
     """Write config.json and model.safetensors, which LlamaForCausalLM.from_pretrained(out_dir) loads.
 
-    Both are written into a temporary folder beside out_dir and then renamed into place, so out_dir never holds a
-    half-written file. Files already in out_dir other than these two are left alone.
+    Into a new out_dir, both are written into a temporary folder beside it, then renamed to out_dir; into an existing
+    one, each is written as files.write_atomically writes a file. So out_dir never holds a half-written file. Files
+    already in out_dir other than these two are left alone.
     """
     tied = is_tied(state_dict)
     llama_config = hf_config(config, tied)
@@ -147,33 +148,36 @@ def save_hf(out_dir: str | os.PathLike, config: LlamaConfig, state_dict: dict[st
     if tied:
         del tensors["lm_head.weight"]  # stored once; from_pretrained ties it to the embedding again
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in tensors.items()}
-    out_dir = Path(out_dir)
-    atomic.remove_stale(out_dir.absolute().parent)
-    tmp = atomic.temporary(out_dir)
+    contents = dict(zip(HF_FILES, (llama_config.to_json_string().encode(),
+                                   safetensors_torch.save(tensors, metadata={"format": "pt"}))))
+    out_dir = files.destination(out_dir)
+    if out_dir.is_dir():
+        for name, data in contents.items():
+            files.write_atomically(out_dir / name, lambda f: f.write(data))
+        return
+    files.remove_stale(out_dir.absolute().parent)
+    tmp = files.temporary(out_dir)
     try:
-        tmp.mkdir()
-        llama_config.save_pretrained(tmp)  # config.json
-        safetensors_torch.save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        if out_dir.is_dir():
-            for name in HF_FILES:
-                os.replace(tmp / name, out_dir / name)
-        else:
+        with files.writing(out_dir):
+            tmp.mkdir()
+            for name, data in contents.items():
+                (tmp / name).write_bytes(data)
             os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def check_output(out: Path, to: str, inputs: list[Path]) -> None:
-    """Refuse, before any work, an output whose folder is missing, that is a folder where a file is written (or the
-    other way round), or that would replace one of the inputs (after following links)."""
-    folder = out.absolute().parent
-    if not folder.is_dir():
-        raise ValueError(f"cannot write {out}: its folder {folder} does not exist")
-    if to == "hf" and out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder (--to hf writes a folder)")
-    if to == "llama2c" and out.is_dir():
-        raise ValueError(f"{out} is a folder (--to llama2c writes a file)")
-    for target in [out / name for name in HF_FILES] if to == "hf" else [out]:
+def check_output(out: str, to: str, inputs: list[Path]) -> None:
+    """Refuse, before any work, an output that files.output_problem refuses (--to hf: a folder, and the two files
+    in it), or that would replace one of the inputs (after following links)."""
+    targets = [Path(out) / name for name in HF_FILES] if to == "hf" else [Path(out)]
+    inside = [(target, False) for target in targets if to == "hf" and Path(out).is_dir()]
+    for path, folder in [(out, to == "hf"), *inside]:
+        problem = files.output_problem(path, folder)
+        if problem:
+            raise ValueError(f"cannot write {path}: {problem}"
+                             + (" (--to hf writes a folder)" if folder and problem.startswith("it is") else ""))
+    for target in targets:
         for path in inputs:
             if target.resolve() == path.resolve():
                 raise ValueError(f"{target} is the input {path}: the export would replace it; write it elsewhere")
@@ -206,12 +210,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="hf: a folder with config.json and model.safetensors; llama2c: a version-1 .bin file")
     parser.add_argument("out", metavar="OUT", help="the folder (hf) or file (llama2c) to write")
     args = parser.parse_args(argv)
-    out = Path(args.out)
     try:
         path = assets.ensure(args.checkpoint)
-        check_output(out, args.to, [path])
+        check_output(args.out, args.to, [path])
         model_args, state_dict, classifier, inputs = read_for_export(path)
-        check_output(out, args.to, inputs)
+        check_output(args.out, args.to, inputs)
         if args.to == "hf":
             hidden_dim = state_dict["layers.0.feed_forward.w1.weight"].shape[0]  # llama2.c's train.py omits it
             save_hf(args.out, LlamaConfig.from_model_args({**model_args, "hidden_dim": hidden_dim}, str(path)),
@@ -230,4 +233,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    files.cli(main)

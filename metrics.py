@@ -8,42 +8,43 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from atomic import write_atomically
+import files
+from files import write_atomically
 
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
-    """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line."""
-    path = Path(path)
-    before = path.read_text() if path.exists() else ""
-    if before and not before.endswith("\n"):
-        before += "\n"
-    write_atomically(path, lambda f: f.write((before + json.dumps(record) + "\n").encode()))
+    """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line.
+    Its other lines are kept as bytes, whatever they hold."""
+    before = files.read(path)[0] if Path(path).exists() else b""
+    if before and not before.endswith(b"\n"):
+        before += b"\n"
+    write_atomically(path, lambda f: f.write(before + json.dumps(record).encode() + b"\n"))
 
 
-def drop_after(path: str | os.PathLike, run: str, epoch: int) -> int:
-    """Remove the records of `run` past `epoch` from `path` (replaced whole, as by `append`); return how many.
+def drop_after(path: str | os.PathLike, run: dict, epoch: int) -> int:
+    """Remove the records of `run` past `epoch` from `path` (replaced whole, as by `append`); return how many. A
+    record is the run's when it has each of the keys and values of `run` (its id, option, epochs and lr).
 
     A run killed after appending an epoch's line but before saving its last checkpoint, then resumed from the epoch
     before, would otherwise record that epoch twice. Lines of other runs, and lines that are not JSON, stay."""
-    path = Path(path)
-    if not path.exists():
+    if not Path(path).exists():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
+    lines = files.read(path)[0].splitlines(keepends=True)
     kept = [line for line in lines if not _past(line, run, epoch)]
     if len(kept) < len(lines):
-        write_atomically(path, lambda f: f.write("".join(kept).encode()))
+        write_atomically(path, lambda f: f.write(b"".join(kept)))
     return len(lines) - len(kept)
 
 
-def _past(line: str, run: str, epoch: int) -> bool:
+def _past(line: bytes, run: dict, epoch: int) -> bool:
     try:
         record = json.loads(line)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8
         return False
-    return isinstance(record, dict) and record.get("run") == run and isinstance(record.get("epoch"), int) \
-        and record["epoch"] > epoch
+    return isinstance(record, dict) and all(record.get(key) == value for key, value in run.items()) \
+        and isinstance(record.get("epoch"), int) and record["epoch"] > epoch
 
 
 def plot(

@@ -37,7 +37,8 @@ from pathlib import Path
 import torch
 
 import assets
-from atomic import write_atomically
+import files
+from files import write_atomically
 from run_llama import PREFIX, parse_args
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
@@ -151,6 +152,12 @@ def plan(seeds: list[int], out: str, data_dir: str, epochs: int | None, batch_si
     return runs
 
 
+def run_args(run: Run) -> argparse.Namespace:
+    """The run's run_llama.py command line, parsed and checked, but not its files: run_llama.py checks those in the
+    run's own folder, where it writes them."""
+    return parse_args(list(run.argv), check_files=False)
+
+
 def read_state(run: Run) -> dict | None:
     """run.json of an earlier attempt, or None; one with other flags is an error (pick another --out)."""
     path = run.folder / "run.json"
@@ -174,7 +181,7 @@ def write_state(run: Run, state: dict) -> None:
 
 def checkpoints(run: Run) -> tuple[Path, Path] | None:
     """The fine-tune's best and last checkpoints, as run_llama.py names them; None for the other options."""
-    args = parse_args(list(run.argv))
+    args = run_args(run)
     return (run.folder / args.filepath, run.folder / args.last_filepath) if args.option == "finetune" else None
 
 
@@ -201,22 +208,15 @@ def execute(run: Run, resume: bool) -> float:
 
 
 # ---- reading outputs ----
-def data_lines(path: Path) -> list[str]:
-    """The lines of a text file as run_llama.py reads them: split at newlines only, a UTF-8 BOM and trailing blank
-    lines left out."""
-    try:
-        lines = path.read_bytes().decode("utf-8-sig").split("\n")
-    except UnicodeDecodeError as e:
-        raise ReproduceError(f"{path}: not UTF-8 text ({e})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
-
-
 def read_gold(path: Path) -> list[int]:
-    """The gold label of each line of a `label ||| sentence` data file, in order."""
+    """The gold label of each line of a `label ||| sentence` data file, in order, its lines read as run_llama.py
+    reads them (files.data_lines)."""
     labels = []
-    for lineno, line in enumerate(data_lines(path), 1):
+    for lineno, raw in enumerate(files.data_lines(files.read(path)[0]), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ReproduceError(f"{path}:{lineno}: not UTF-8 text ({e})") from None
         label, separator, _ = line.partition(" ||| ")
         try:
             labels.append(int(label))
@@ -260,7 +260,7 @@ def read_generated(path: Path) -> str:
 def outputs(run: Run) -> dict:
     """What the run wrote, checked: {"greedy", "sampled"} texts for generate, else {split: predictions} for dev and
     test. Raises OutputError."""
-    args = parse_args(list(run.argv))
+    args = run_args(run)
     if args.option == "generate":
         return {"greedy": read_generated(run.folder / args.generated_sentence_low_temp_out),
                 "sampled": read_generated(run.folder / args.generated_sentence_high_temp_out)}
@@ -383,9 +383,9 @@ def results(runs: list[Run], states: dict[Run, dict]) -> dict:
         if command.task is None:
             generated = {"seed": mine[0].seed, **outputs(mine[0])}
             continue
-        run_args = parse_args(list(mine[0].argv))
+        flags = run_args(mine[0])
         predictions = [outputs(run) for run in mine]
-        for split, data in (("dev", run_args.dev), ("test", run_args.test)):
+        for split, data in (("dev", flags.dev), ("test", flags.test)):
             gold = read_gold(Path(data))
             course = COURSE_FIGURES[(command.task, split)]
             row = {"task": command.task, "split": split, "data": data, "runs": len(mine),
@@ -470,6 +470,8 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"{', '.join(reserved)} after -- : reproduce.py sets those itself (see --help)")
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is not a folder: name a folder for the runs and the results")
     args.overrides = [item for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size))
                       if value is not None for item in (flag, str(value))] + args.run_llama_args
     args.run_flags = ("--pretrained-model-path", str(Path(args.pretrained_model_path).resolve()),
@@ -483,11 +485,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args.seed_list, args.out, args.data_dir, args.epochs, args.batch_size, args.run_flags)
     for run in runs:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
         try:
-            parse_args(list(run.argv))
+            run_args(run)
         except SystemExit:
             raise ReproduceError(f"run_llama.py refuses the flags of {run.command.name}: {' '.join(run.argv)}")
     needed = {args.pretrained_model_path, args.tokenizer_model}
-    needed |= {getattr(parse_args(list(run.argv)), name) for run in runs if run.command.task
+    needed |= {getattr(run_args(run), name) for run in runs if run.command.task
                for name in ("dev", "test", "label_names", "train")}
     for path in sorted(needed):  # fetched once, before any run, where they are known public files
         assets.ensure(path)
@@ -506,9 +508,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ReproduceError, FileNotFoundError, assets.AssetError) as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: run the same command again to go on where it stopped")
+    files.cli(main, (ReproduceError, FileNotFoundError, assets.AssetError),
+              "interrupted: run the same command again to go on where it stopped")

@@ -17,13 +17,11 @@ matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, valid
 refuses an output that is an input of the run or another output, or that cannot be written.
 """
 import argparse
-import codecs
 import json
 import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +36,9 @@ from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
 
 import assets
+import files
 import metrics
-from atomic import write_atomically
-from checkpoint import CheckpointError, file_digest, read_classifier_checkpoint
+from checkpoint import CheckpointError, read_classifier_checkpoint
 from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from llama import Llama, load_pretrained
 from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
@@ -75,25 +73,14 @@ def seed_everything(seed: int = 11711) -> None:
 @dataclass
 class Split:
     """A data file's sentences, gold labels and token ids, in file order (example i is on line i + 1), and how many
-    of each example's last ids are the prompt after the sentence."""
+    of each example's last ids are the prompt after the sentence, and the sha256 of the file as it was read."""
 
     path: str
     sentences: list[str]
     labels: list[int]
     token_ids: list[list[int]]
     suffix_len: int = 0
-
-
-def data_lines(path: str) -> list[bytes]:
-    """The lines of a data file, each ended by \\n, \\r\\n or \\r, without a UTF-8 byte order mark before the first
-    or blank lines after the last."""
-    with open(path, "rb") as f:
-        lines = f.read().splitlines()
-    if lines and lines[0].startswith(codecs.BOM_UTF8):
-        lines[0] = lines[0][len(codecs.BOM_UTF8):]
-    while lines and not lines[-1].strip():
-        lines.pop()
-    return lines
+    sha256: str = ""
 
 
 def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | None = None,
@@ -107,7 +94,8 @@ def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | 
     """
     suffix_ids = tokenizer.sp_model.encode(suffix) if suffix else []
     sentences, labels, token_ids = [], [], []
-    for lineno, raw in enumerate(data_lines(path), 1):
+    data, sha256 = files.read(path)  # once: a FIFO cannot be read again
+    for lineno, raw in enumerate(files.data_lines(data), 1):
         where = f"{path}:{lineno}"
         try:
             line = raw.decode("utf-8")
@@ -130,14 +118,16 @@ def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | 
     if not sentences:
         raise InputError(f"{path}: empty file: no 'label ||| sentence' lines")
     print(f"load {len(sentences)} data from {path}")
-    return Split(path, sentences, labels, token_ids, len(suffix_ids))
+    return Split(path, sentences, labels, token_ids, len(suffix_ids), sha256)
 
 
 def read_label_names(path: str) -> list[str]:
     """The JSON list of label names (UTF-8, a byte order mark allowed); label i is named label_names[i]. At least
     two, each a different non-blank string."""
     try:
-        label_names = json.loads(Path(path).read_bytes().decode("utf-8-sig"))
+        label_names = json.loads(files.read(path)[0].decode("utf-8-sig"))
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to be a list of label names") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{path}: not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:
@@ -293,7 +283,7 @@ def model_eval(model: torch.nn.Module, data: LlamaDataset, batches: list[list[in
 
 
 def write_text(path: str, text: str) -> None:
-    write_atomically(Path(path), lambda f: f.write(text.encode("utf-8")))
+    files.write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[str]) -> None:
@@ -421,16 +411,15 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
                args.pretrained_model_path)
     model = model.to(device)
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
-    train_sha256 = file_digest(args.train)  # of the training data this run read
     flags = vars(args)
-    progress = (resume(args.last_filepath, flags, train_sha256, model, optimizer, device) if args.resume
+    progress = (resume(args.last_filepath, flags, train_split.sha256, model, optimizer, device) if args.resume
                 else new_run())
     if progress["epoch"] >= 0 and not Path(args.filepath).is_file():
         raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress['epoch']}, but the best "
                          f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
                          "start over")
     if progress["epoch"] >= 0:
-        drop_metrics_after(progress)
+        drop_metrics_after(progress, args.option, args.epochs, args.lr)
     trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
@@ -448,7 +437,8 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
             dev_acc, dev_f1 = scores(dev.labels, dev_preds)
             if dev_acc > progress["best_dev_acc"]:
                 save_model(args.filepath, checkpoint_data(model, flags, config, label_names, epoch, dev_acc), optimizer)
-            record = {"run": progress["run"], "option": args.option, "epoch": epoch, "loss": stats["loss"],
+            record = {"run": progress["run"], "option": args.option, "epochs": args.epochs, "lr": args.lr,
+                      "epoch": epoch, "loss": stats["loss"],
                       "train_acc": stats["acc"], "dev_acc": dev_acc, "train_f1": stats["f1"],
                       "dev_f1": dev_f1, "seconds": stats["seconds"],
                       "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
@@ -456,7 +446,7 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
             progress = {**progress, "epoch": epoch, "best_dev_acc": max(progress["best_dev_acc"], dev_acc),
                         "metrics": progress["metrics"] + [record]}
             saved = checkpoint_data(model, flags, config, label_names, epoch, progress["best_dev_acc"])
-            save_last(args.last_filepath, saved, optimizer, progress, rng, train_sha256)
+            save_last(args.last_filepath, saved, optimizer, progress, rng, train_split.sha256)
             print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
                   f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
                   f"padding {stats['padded']:.1%}")
@@ -505,7 +495,7 @@ def derived_paths(train: str, option: str) -> dict[str, str] | None:
 
 def arg_parser() -> argparse.ArgumentParser:
     """The command line's flags, with the course's names and defaults."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="run_llama.py", description=__doc__.split("\n")[0])
     parser.add_argument("--train", type=str, default="data/cfimdb-train.txt")
     parser.add_argument("--dev", type=str, help="default: NAME-dev.txt beside --train NAME-train.txt")
     parser.add_argument("--test", type=str, help="default: NAME-test.txt beside --train NAME-train.txt")
@@ -554,15 +544,15 @@ def get_args(argv: list[str] | None = None) -> argparse.Namespace:
     return arg_parser().parse_args(argv)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line, parsed and validated: what the run works with."""
+def parse_args(argv: list[str] | None = None, check_files: bool = True) -> argparse.Namespace:
+    """The command line, parsed and validated (its files too, unless not `check_files`): what the run works with."""
     args = get_args(argv)
-    validate_args(args)
+    validate_args(args, check_files)
     return args
 
 
-def validate_args(args: argparse.Namespace) -> None:
-    """Check every flag, fill in the paths left out, and check the run's files, before any work.
+def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
+    """Check every flag, fill in the paths left out, and check the run's files (files.py), before any work.
 
     The paths: --dev, --test, --label-names, --dev_out and --test_out from --train (derived_paths), and
     args.filepath, args.last_filepath and args.plot_filepath, the best and last checkpoints and the plot of a
@@ -593,6 +583,8 @@ def validate_args(args: argparse.Namespace) -> None:
                      f"{', '.join(DERIVED[key] for key in left_out)} cannot be derived from it: pass them")
     name = f"{args.option}-{args.epochs}-{args.lr}"
     args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
+    if not check_files:
+        return
     inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
     if args.option == "generate":
         outputs = {"--generated_sentence_low_temp_out": args.generated_sentence_low_temp_out,
@@ -603,74 +595,17 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.option in ("finetune", "lora"):  # written, though --resume reads one and metrics.jsonl is appended to
         outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
                     "the metrics file": METRICS, "the plot": args.plot_filepath}
-    problem = clash(inputs, outputs)
+    problem = files.clash(inputs, outputs)
     if problem:
         parser.error(problem)
     for flag in DATA_FLAGS:
-        problem = unreadable(inputs[flag]) if flag in inputs else None
+        problem = files.unreadable(inputs[flag]) if flag in inputs else None
         if problem:
             raise InputError(f"cannot read {flag} {inputs[flag]}: {problem}")
     for role, path in outputs.items():
-        problem = unwritable(path)
+        problem = files.output_problem(path)
         if problem:
             raise InputError(f"cannot write {role} {path}: {problem}")
-
-
-def file_identity(path: str) -> object:
-    """What two paths to one file share: the device and inode of an existing file (so hard links, symbolic links and
-    other spellings match), else the absolute path with links resolved."""
-    try:
-        resolved = Path(path).resolve()
-        info = resolved.stat()
-    except (OSError, RuntimeError):  # missing, or a loop of links: compared by name
-        return os.path.abspath(path)
-    return info.st_dev, info.st_ino
-
-
-def clash(inputs: dict[str, str], outputs: dict[str, str]) -> str | None:
-    """Why these outputs cannot be written: one is an input, or two are one file; None if neither."""
-    read = {file_identity(path): f"{role} {path}" for role, path in inputs.items()}
-    written: dict[object, str] = {}
-    for role, path in outputs.items():
-        identity = file_identity(path)
-        if identity in read:
-            return f"{role} {path} would overwrite {read[identity]}: an output may not be an input of the run"
-        if identity in written:
-            return f"{written[identity]} and {role} {path} are one file: give each output its own path"
-        written[identity] = f"{role} {path}"
-    return None
-
-
-def unreadable(path: str) -> str | None:
-    """Why the file `path` cannot be read, as far as can be told before reading it, or None: a missing file may be
-    fetched (main), and is reported then."""
-    try:
-        if Path(path).is_dir():
-            return "it is a folder"
-        if Path(path).exists() and not os.access(path, os.R_OK):
-            return "permission denied"
-    except OSError as e:
-        return e.strerror
-    return None
-
-
-def unwritable(path: str) -> str | None:
-    """Why `path` cannot be written as write_atomically writes it (a temporary file in its folder, renamed onto it),
-    or None if it can: a temporary file of that kind is created there and removed."""
-    target = Path(path)
-    folder = target.absolute().parent
-    try:
-        if target.is_dir():
-            return "it is a folder"
-        if target.exists() and not target.is_file():
-            return "it is not a regular file"
-        if not folder.is_dir():
-            return f"{folder} is not a folder" if folder.exists() else f"the folder {folder} does not exist"
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{target.name}.", suffix=".tmp"):
-            pass
-    except OSError as e:
-        return e.strerror
-    return None
 
 
 def get_device(use_gpu: bool, dtype: str) -> torch.device:
@@ -705,6 +640,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with printing_on_rank_0():
             run_option(args, device)
+    except KeyboardInterrupt:
+        resumable = args.option in ("finetune", "lora") and Path(args.last_filepath).is_file()
+        sys.exit("interrupted" + (f": {args.last_filepath} holds the last finished epoch; run the same command with "
+                                  "--resume to go on from it" if resumable else ""))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -747,7 +686,4 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (InputError, CheckpointError, TokenizerError, FileNotFoundError, assets.AssetError) as e:
-        sys.exit(f"error: {e}")
+    files.cli(main, (InputError, CheckpointError, TokenizerError, FileNotFoundError, assets.AssetError))

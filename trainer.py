@@ -23,6 +23,7 @@ interrupted run appended to metrics.jsonl after its last checkpoint, so that no 
 import contextlib
 import os
 import random
+import secrets
 import time
 import typing
 from collections.abc import Iterator
@@ -219,8 +220,10 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
 
 def new_run() -> dict:
     """The progress of a run that starts at epoch 0: {"epoch": the last epoch done, "best_dev_acc", "run": its id in
-    metrics.jsonl, the time it started, "metrics": its records so far}."""
-    return {"epoch": -1, "best_dev_acc": -1.0, "run": time.strftime("%Y-%m-%dT%H:%M:%S"), "metrics": []}
+    metrics.jsonl, the time it started and a random part, unique even among runs started in one second,
+    "metrics": its records so far}."""
+    return {"epoch": -1, "best_dev_acc": -1.0, "run": f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{secrets.token_hex(4)}",
+            "metrics": []}
 
 
 def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClassifier,
@@ -260,10 +263,12 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
     return {key: saved[key] for key in new_run()}
 
 
-def drop_metrics_after(progress: dict) -> None:
-    """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0)."""
+def drop_metrics_after(progress: dict, option: str, epochs: int, lr: float) -> None:
+    """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0): those
+    of its run id, --option, --epochs and --lr."""
     if rank_and_world_size()[0] == 0:
-        dropped = metrics.drop_after(metrics.FILE, progress["run"], progress["epoch"])
+        run = {"run": progress["run"], "option": option, "epochs": epochs, "lr": lr}
+        dropped = metrics.drop_after(metrics.FILE, run, progress["epoch"])
         if dropped:
             print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
                   f"checkpoint (epoch {progress['epoch']}), before it was interrupted")

@@ -1,6 +1,9 @@
 """Tests for convert.py: exports that transformers and load_pretrained read back with the same logits."""
 import json
 import os
+import re
+import resource
+import stat
 import struct
 import subprocess
 import sys
@@ -87,20 +90,18 @@ def test_hf_export_replaces_its_files_only(tmp_path):
     assert (out / "README.md").read_text() == "mine"
 
 
-def test_hf_export_failure_leaves_nothing(tmp_path, monkeypatch, capsys):
+def test_hf_export_failure_leaves_nothing(tmp_path, capsys):
+    """A full disk (here the file size limit, ulimit -f) is one line saying "no space"; nothing is left."""
     save_checkpoint(tmp_path / "model.pt", asdict(CONFIG), random_model(CONFIG).state_dict())
-
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
-    assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "hf")]) == 1
-    assert "No space left on device" in capsys.readouterr().err
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10_000, 10_000))
+    result = subprocess.run([sys.executable, str(REPO / "convert.py"), "model.pt", "--to", "hf", "hf"], cwd=tmp_path,
+                            capture_output=True, text=True, preexec_fn=limit)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("error: cannot write hf: no space")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
     (tmp_path / "a-file").write_text("")
-    monkeypatch.undo()
     assert convert.main([str(tmp_path / "model.pt"), "--to", "hf", str(tmp_path / "a-file")]) == 1
-    assert "a-file exists and is not a folder" in capsys.readouterr().err
+    assert "a-file: it is a file (--to hf writes a folder)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -245,7 +246,7 @@ def test_output_in_a_missing_folder_is_refused_before_any_work(tmp_path, capsys,
     save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
     out = tmp_path / "missing" / "out"
     assert convert.main([str(tmp_path / "model.pt"), "--to", to, str(out)]) == 1
-    assert capsys.readouterr().err == f"error: cannot write {out}: its folder {out.parent} does not exist\n"
+    assert capsys.readouterr().err == f"error: cannot write {out}: the folder {out.parent} does not exist\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
 
 
@@ -259,3 +260,68 @@ def test_corrupt_or_unsafe_checkpoint_is_one_clear_error(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith(f"error: {tmp_path / name}: {what}") and err.count("\n") == 1
     assert not (tmp_path / "out.bin").exists()
+
+
+def node(folder: Path) -> dict[str, tuple[str, str]]:
+    """Each entry under `folder` (links not followed): its kind and, for a file or link, its bytes or target."""
+    def content(p: Path) -> str:
+        if p.is_symlink():
+            return os.readlink(p)
+        return p.read_bytes().hex() if stat.S_ISREG(p.lstat().st_mode) else ""
+    return {str(p.relative_to(folder)): (stat.filemode(p.lstat().st_mode)[0], content(p)) for p in folder.rglob("*")}
+
+
+def immutable(path: Path) -> None:
+    """A file that no one may replace (chattr +i; the test removes the flag)."""
+    path.write_text("mine")
+    subprocess.run(["chattr", "+i", str(path)], check=True, capture_output=True)
+
+
+OUTPUT_CASES = {  # name -> (--to, OUT, how to make what is there, a regular expression of the error)
+    "FIFO": ("llama2c", "p", lambda f: os.mkfifo(f / "p"), r"cannot write p: it is a FIFO, which is neither"),
+    "character device": ("llama2c", "null", lambda f: os.mknod(f / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3)),
+                         r"cannot write null: it is a character device"),
+    "FIFO named config.json in the hf folder": ("hf", "hf", lambda f: (f / "hf").mkdir() or os.mkfifo(
+        f / "hf" / "config.json"), r"cannot write hf/config\.json: it is a FIFO"),
+    "link to nothing": ("llama2c", "link.bin", lambda f: (f / "link.bin").symlink_to("gone/x.bin"),
+                        r"cannot write link\.bin: it is a link to .*gone/x\.bin, which does not exist"),
+    "link to a FIFO": ("llama2c", "link.bin", lambda f: os.mkfifo(f / "p") or (f / "link.bin").symlink_to("p"),
+                       r"cannot write link\.bin: it is a FIFO"),
+    "a file name ending in /": ("llama2c", "newdir/", lambda f: None,
+                                r"cannot write newdir/: it ends in '/', which names a folder"),
+    "hf folder that is a file": ("hf", "out/", lambda f: (f / "out").write_text("mine"),
+                                 r"cannot write out/: it is a file \(--to hf writes a folder\)"),
+    "immutable": ("llama2c", "kept.bin", lambda f: immutable(f / "kept.bin"),
+                  r"cannot write kept\.bin: cannot replace it"),
+}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES.values(), ids=OUTPUT_CASES.keys())
+def test_an_output_that_is_not_a_regular_file_is_refused_and_left_as_it_was(tmp_path, case):
+    to, out, make, message = case
+    save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
+    try:
+        make(tmp_path)
+    except (PermissionError, subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot make it here: {e}")
+    before = node(tmp_path)
+    try:
+        result = subprocess.run([sys.executable, str(REPO / "convert.py"), "model.pt", "--to", to, out], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(tmp_path / "kept.bin")], capture_output=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert re.fullmatch(f"error: {message}.*\n", result.stderr), result.stderr
+    assert node(tmp_path) == before
+
+
+def test_an_output_link_is_written_through_and_stays_a_link(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
+    (tmp_path / "target.bin").write_text("old")
+    (tmp_path / "link.bin").symlink_to("target.bin")
+    name = "n" * 244 + ".bin"  # a legal name whose temporary must still be legal
+    for out in ("link.bin", name):
+        assert convert.main([str(tmp_path / "model.pt"), "--to", "llama2c", str(tmp_path / out)]) == 0
+    assert (tmp_path / "link.bin").is_symlink() and os.readlink(tmp_path / "link.bin") == "target.bin"
+    assert (tmp_path / "target.bin").read_bytes() == (tmp_path / name).read_bytes() != b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "target.bin", "link.bin", name])

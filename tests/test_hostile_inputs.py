@@ -9,25 +9,26 @@ import hashlib
 import json
 import os
 import re
+import resource
+import shlex
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from test_run_llama import SCRIPT, GetAsset, copy_head
 
 RUNNER = Path(__file__).resolve().parent / "fork_runner.py"
+REPO = RUNNER.parent.parent
 BASE = ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "4",
         "--pretrained-model-path", "model.pt", "--tokenizer-model", "tokenizer.model"]
 LONG_SENTENCE = "3 ||| " + "very " * 1100 + "long .\n"  # more tokens than the model's max_seq_len of 1024
-
-
-def write(name: str, content: bytes) -> Callable[[Path], None]:
-    return lambda folder: (folder / name).write_bytes(content)
 
 
 @dataclass
@@ -36,6 +37,66 @@ class Case:
     code: int  # 2: argparse's exit for a bad flag; 1: a bad file
     message: str  # a regular expression found in the error line
     prepare: Callable[[Path], object] = lambda folder: None
+
+
+def write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_bytes(content)
+
+
+def fifo(name: str) -> Callable[[Path], None]:
+    return lambda folder: os.mkfifo(folder / name)
+
+
+def device(name: str) -> Callable[[Path], None]:
+    """A character device, as /dev/null is, made in the test's folder (needs the right to mknod: root)."""
+    return lambda folder: os.mknod(folder / name, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+
+
+def link(name: str, to: str, make: Callable[[Path], None] = lambda folder: None) -> Callable[[Path], None]:
+    """A symbolic link `name` to `to`, made after `make`."""
+    return lambda folder: (make(folder), (folder / name).symlink_to(to))
+
+
+def immutable(name: str) -> Callable[[Path], None]:
+    """A file that no one may replace (chattr +i; the test removes the flag)."""
+    def make(folder: Path) -> None:
+        (folder / name).write_text("mine")
+        subprocess.run(["chattr", "+i", str(folder / name)], check=True, capture_output=True)
+    return make
+
+
+# every output flag of every option, given what may not be replaced: the error names the flag and the file
+OUTPUT_FLAGS = {"--dev_out": [], "--test_out": [], "--generated_sentence_low_temp_out": ["--option", "generate"],
+                "--generated_sentence_high_temp_out": ["--option", "generate"]}
+NOT_REPLACED = {  # name -> (what is there, a regular expression of the reason)
+    "a FIFO": (fifo("out"), r"it is a FIFO, which is neither written through nor replaced"),
+    "a character device": (device("out"), r"it is a character device, which is neither written through nor replaced"),
+    "a link to nothing": (link("out", "gone/out.txt"), r"it is a link to .*/gone/out\.txt, which does not exist"),
+    "a link to a FIFO": (link("out", "p", fifo("p")), r"it is a FIFO"),
+    "a link to a character device": (link("out", "null", device("null")), r"it is a character device"),
+    "an immutable file": (immutable("out"), r"cannot replace it: it is immutable"),
+}
+OUTPUT_CASES = {
+    f"{flag} is {what}": Case([*option, flag, "out"], 1, f"cannot write {flag} out: {reason}", prepare)
+    for flag, option in OUTPUT_FLAGS.items() for what, (prepare, reason) in NOT_REPLACED.items()
+} | {
+    f"{flag} ends in /": Case([*option, flag, "results/"], 1,
+                              f"cannot write {flag} results/: it ends in '/', which names a folder")
+    for flag, option in OUTPUT_FLAGS.items()
+} | {
+    f"prompt's {flag} is {what}": Case(["--option", "prompt", flag, "out"], 1, f"cannot write {flag} out: {reason}",
+                                       prepare)
+    for flag in ("--dev_out", "--test_out") for what, (prepare, reason) in list(NOT_REPLACED.items())[:2]
+} | {
+    f"the {role} is {what}": Case(["--option", option], 1, f"cannot write the {role} {name}: {reason}",
+                                  prepare(name))
+    for option, role, name in (("finetune", "metrics file", "metrics.jsonl"),
+                               ("lora", "best checkpoint", "lora-1-2e-05.pt"),
+                               ("finetune", "last checkpoint", "finetune-1-2e-05-last.pt"),
+                               ("lora", "plot", "lora-1-2e-05.png"))
+    for what, prepare, reason in (("a FIFO", fifo, "it is a FIFO"), ("a character device", device,
+                                                                     "it is a character device"))
+}
 
 
 CASES = {
@@ -108,8 +169,6 @@ CASES = {
     # an output that cannot be written
     "dev_out is a folder": Case(["--dev_out", "data"], 1, r"cannot write --dev_out data: it is a folder"),
     "dev_out is empty": Case(["--dev_out", ""], 1, r"cannot write --dev_out : it is a folder"),
-    "dev_out is a pipe": Case(["--dev_out", "pipe"], 1, r"cannot write --dev_out pipe: it is not a regular file",
-                              lambda folder: os.mkfifo(folder / "pipe")),
     "dev_out in a missing folder": Case(["--dev_out", "missing/o.txt"], 1, r"the folder .*/missing does not exist"),
     "dev_out under a file": Case(["--dev_out", "data/sst-dev.txt/o.txt"], 1,
                                  r"cannot write --dev_out .*: .*data/sst-dev\.txt is not a folder"),
@@ -158,6 +217,14 @@ CASES = {
     "train with a placeholder label": Case([], 1, r"data/sst-train\.txt:1: label -1 is not one of 0 … 4 \(",
                                            write("data/sst-train.txt", b"-1 ||| hidden\n")),
     "test empty": Case([], 1, r"data/sst-test\.txt: empty file", write("data/sst-test.txt", b"")),
+    "label names nested 100,000 deep": Case([], 1, r"sst-label-mapping\.json: JSON nested too deeply",
+                                            write("data/sst-label-mapping.json", b"[" * 100_000 + b"]" * 100_000)),
+    # a file the user owns is not replaced by a fetched one, nor a URL taken for a path
+    "dev a link to nothing": Case([], 1, r"data/sst-dev\.txt is a link to /nonexistent/gone\.txt, which does not "
+                                         r"exist", link("data/sst-dev.txt", "/nonexistent/gone.txt",
+                                                        lambda folder: (folder / "data/sst-dev.txt").unlink())),
+    "model a URL": Case(["--pretrained-model-path", "https://huggingface.co/karpathy/tinyllamas/resolve/main/"
+                                                    "stories42M.pt"], 1, r"a URL is not a path"),
     # found once the model is loaded, before any work on it
     "sentence too long": Case(["--option", "prompt"], 1,
                               r"data/sst-dev\.txt:1: \d+ tokens, more than the model's max_seq_len=1024; pass "
@@ -181,8 +248,8 @@ def run_script(asset_cache: Path) -> Iterator[Callable[[Path, list[str]], dict]]
     runner = subprocess.Popen([sys.executable, str(RUNNER), str(SCRIPT), "run_llama"], env=env, text=True,
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def run(cwd: Path, argv: list[str]) -> dict:
-        runner.stdin.write(json.dumps({"cwd": str(cwd), "argv": argv, "timeout": 300}) + "\n")
+    def run(cwd: Path, argv: list[str], timeout: int = 300) -> dict:
+        runner.stdin.write(json.dumps({"cwd": str(cwd), "argv": argv, "timeout": timeout}) + "\n")
         runner.stdin.flush()
         return json.loads(runner.stdout.readline())
 
@@ -195,11 +262,16 @@ def snapshot(folder: Path) -> dict[str, tuple[bool, str]]:
     """Each entry under `folder`: whether it is a link, and the sha256 of the bytes of a file (through links: the
     model and tokenizer are links to the shared files), or the kind of anything else."""
     def content(p: Path) -> str:
+        if not p.exists():  # a link to nothing
+            return f"link to {os.readlink(p)}"
         if p.is_file():
             return hashlib.sha256(p.read_bytes()).hexdigest()
         return "folder" if p.is_dir() else stat.filemode(p.stat().st_mode)
 
     return {str(p.relative_to(folder)): (p.is_symlink(), content(p)) for p in folder.rglob("*")}
+
+
+CASES |= OUTPUT_CASES
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
@@ -209,9 +281,17 @@ def test_hostile_input_is_one_line_and_changes_no_file(tmp_path: Path, asset: Ge
         copy_head(asset, tmp_path, name, 4)
     (tmp_path / "model.pt").symlink_to(model_path)
     (tmp_path / "tokenizer.model").symlink_to(tokenizer_model)
-    case.prepare(tmp_path)
+    try:
+        case.prepare(tmp_path)
+    except (PermissionError, subprocess.CalledProcessError, FileNotFoundError) as e:
+        pytest.skip(f"cannot make it here: {e}")
     before = snapshot(tmp_path)
-    result = run_script(tmp_path, BASE + case.flags)
+    try:
+        result = run_script(tmp_path, BASE + case.flags)
+    finally:
+        for p in tmp_path.iterdir():
+            if p.is_file() and not p.is_symlink():
+                subprocess.run(["chattr", "-i", str(p)], capture_output=True)
     assert result["returncode"] == case.code, result["stderr"]
     assert "Traceback" not in result["stderr"]
     lines = result["stderr"].splitlines()
@@ -221,3 +301,82 @@ def test_hostile_input_is_one_line_and_changes_no_file(tmp_path: Path, asset: Ge
     if case.code == 2:
         assert result["stderr"].startswith("usage: run_llama.py ")
     assert snapshot(tmp_path) == before
+
+
+def work_folder(folder: Path, asset: GetAsset, model_path: str, tokenizer_model: str) -> None:
+    """The first lines of the SST files, and links to the tiny model and the tokenizer, in `folder`."""
+    for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset, folder, name, 4)
+    (folder / "model.pt").symlink_to(model_path)
+    (folder / "tokenizer.model").symlink_to(tokenizer_model)
+
+
+def test_train_from_a_fifo_is_read_once_and_hashed_as_read(tmp_path: Path, asset: GetAsset, model_path: str,
+                                                          tokenizer_model: str, run_script):
+    work_folder(tmp_path, asset, model_path, tokenizer_model)
+    data = (tmp_path / "data/sst-train.txt").read_bytes()
+    os.mkfifo(tmp_path / "train.fifo")
+    writer = threading.Thread(target=lambda: (tmp_path / "train.fifo").write_bytes(data), daemon=True)
+    writer.start()
+    result = run_script(tmp_path, BASE + ["--train", "train.fifo", "--dev", "data/sst-dev.txt", "--test",
+                                          "data/sst-test.txt", "--label-names", "data/sst-label-mapping.json",
+                                          "--dev_out", "dev.txt", "--test_out", "test.txt"], timeout=120)
+    assert result["returncode"] == 0, result["stderr"]
+    saved = torch.load(tmp_path / "finetune-1-2e-05-last.pt", weights_only=True)
+    assert saved["train_sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def run_python(folder: Path, argv: list, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], cwd=folder, capture_output=True, timeout=300,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+def test_a_file_size_limit_during_training_is_one_line(tmp_path: Path, asset: GetAsset, model_path: str,
+                                                       tokenizer_model: str):
+    """(ulimit -f 1000; python run_llama.py --option finetune ...): the checkpoint cannot be written."""
+    work_folder(tmp_path, asset, model_path, tokenizer_model)
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+    result = run_python(tmp_path, [SCRIPT, *BASE], preexec_fn=limit)
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    assert result.stderr.decode().splitlines()[-1] == ("error: cannot write finetune-1-2e-05.pt: no space: the file "
+                                                       "size limit (ulimit -f) was reached; nothing of it was written")
+    assert not (tmp_path / "finetune-1-2e-05.pt").exists()
+
+
+def test_ctrl_c_is_one_line_with_the_resume_hint(tmp_path: Path, asset: GetAsset, model_path: str,
+                                                 tokenizer_model: str):
+    """Interrupted in its second epoch, after the first one's -last.pt was written."""
+    work_folder(tmp_path, asset, model_path, tokenizer_model)
+    program = ("import runpy, sys, trainer; gather = trainer.gather; calls = []\n"
+               "def interrupted(obj):\n"
+               "    calls.append(obj)\n"
+               "    if len(calls) == 2:\n"
+               "        raise KeyboardInterrupt\n"
+               "    return gather(obj)\n"
+               "trainer.gather = interrupted\n"
+               "sys.argv = sys.argv[1:]\n"
+               "runpy.run_path(sys.argv[0], run_name='__main__')")
+    result = run_python(tmp_path, ["-c", program, SCRIPT, *BASE, "--epochs", "2"], env={"PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and b"Traceback" not in result.stderr, result.stderr
+    assert result.stderr.decode().splitlines()[-1] == (
+        "interrupted: finetune-2-2e-05-last.pt holds the last finished epoch; run the same command with --resume to "
+        "go on from it")
+
+
+def test_a_closed_pipe_and_a_name_that_is_not_utf_8(tmp_path: Path, asset: GetAsset, model_path: str,
+                                                     tokenizer_model: str):
+    """`... | head -1` ends quietly; under a strict UTF-8 stdout a name that is not UTF-8 is printed escaped; an
+    output link is written through, and a name of 244 bytes is written."""
+    work_folder(tmp_path, asset, model_path, tokenizer_model)
+    command = f"{shlex.join([sys.executable, str(SCRIPT), *BASE])} --option generate | head -1"
+    result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, timeout=300)
+    assert result.returncode == 0 and b"Error" not in result.stderr, result.stderr
+    (tmp_path / "mine.txt").write_text("old")
+    (tmp_path / "link.txt").symlink_to("mine.txt")
+    name = b"caf\xe9" + b"e" * 236 + b".txt"
+    result = run_python(tmp_path, [SCRIPT, *BASE, "--option", "prompt", "--dev_out", "link.txt", "--test_out", name],
+                        env={"PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr
+    assert b"to caf\\udce9e" in result.stdout
+    assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "mine.txt").read_text().endswith(" This movie is \n")
+    assert os.path.getsize(os.path.join(os.fsencode(tmp_path), name)) > 0

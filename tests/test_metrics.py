@@ -1,10 +1,12 @@
 """metrics.jsonl is appended line by line; the picture is drawn with matplotlib and skipped, with a note, without it."""
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
 import metrics
+import trainer
 
 RECORDS = [{"epoch": e, "loss": 1.0 / e, "train_acc": 0.3 * e, "dev_acc": 0.25 * e} for e in (1, 2, 3)]
 
@@ -40,8 +42,26 @@ def test_drop_after_removes_only_this_runs_later_records(tmp_path):
     lines = ['{"run": "a", "epoch": 0}', '{"run": "b", "epoch": 2}', '{"run": "a", "epoch": 1}', "not JSON",
              '{"run": "a", "epoch": 2}']
     path.write_text("\n".join(lines) + "\n")
-    assert metrics.drop_after(path, "a", 0) == 2
+    assert metrics.drop_after(path, {"run": "a"}, 0) == 2
     assert path.read_text().splitlines() == lines[:2] + ["not JSON"]
-    assert metrics.drop_after(path, "a", 0) == 0
-    assert metrics.drop_after(tmp_path / "none.jsonl", "a", 0) == 0 and not (tmp_path / "none.jsonl").exists()
+    assert metrics.drop_after(path, {"run": "a"}, 0) == 0
+    assert metrics.drop_after(tmp_path / "none.jsonl", {"run": "a"}, 0) == 0 and not (tmp_path / "none.jsonl").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
+def test_a_resume_drops_only_its_own_records_of_runs_started_in_one_second(tmp_path, monkeypatch):
+    """A finetune and a lora run started in the same second: resuming the finetune keeps the lora run's lines, and
+    a line that is not UTF-8 is kept, not a crash."""
+    monkeypatch.setattr(trainer.time, "strftime", lambda fmt: "2024-01-01T00:00:00")
+    finetune, lora = trainer.new_run(), trainer.new_run()
+    assert finetune["run"] != lora["run"]
+    monkeypatch.chdir(tmp_path)
+    Path(metrics.FILE).write_bytes(b"caf\xe9\n")
+    for option, progress in (("finetune", finetune), ("lora", lora)):
+        for epoch in range(2):
+            metrics.append(metrics.FILE, {"run": progress["run"], "option": option, "epochs": 2, "lr": 1e-3,
+                                          "epoch": epoch})
+    trainer.drop_metrics_after({**finetune, "epoch": 0}, "finetune", 2, 1e-3)
+    kept = Path(metrics.FILE).read_bytes().splitlines()
+    assert kept[0] == b"caf\xe9"
+    assert [(r["option"], r["epoch"]) for r in map(json.loads, kept[1:])] == [("finetune", 0), ("lora", 0), ("lora", 1)]

@@ -236,3 +236,41 @@ def test_a_folder_of_a_run_with_other_flags_is_not_reused(tmp_path: Path):
     with pytest.raises(reproduce.ReproduceError, match=r"run\.json: this folder holds a run with other flags "
                                                        r"\(--option finetune --epochs 5 "):
         reproduce.read_state(other)
+
+
+def test_gold_lines_are_run_llama_s_lines_cr_only_included(tmp_path: Path):
+    assert reproduce.read_gold(write(tmp_path / "d.txt", "4 ||| x\r0 ||| y\r")) == [4, 0]
+
+
+def test_out_naming_a_file_is_one_line(tmp_path: Path, capsys):
+    (tmp_path / "results").write_text("mine")
+    with pytest.raises(SystemExit):
+        reproduce.get_reproduce_args(["--out", str(tmp_path / "results")])
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"--out {tmp_path / 'results'} is not a folder: name a "
+                                                             "folder for the runs and the results")
+
+
+class Planned(Exception):
+    """Raised in place of the runs: main got that far."""
+
+
+def test_the_working_folder_s_files_are_not_the_runs(tmp_path: Path, monkeypatch, asset: GetAsset, model_path: str,
+                                                      tokenizer_model: str):
+    """A folder named metrics.jsonl in a read-only working folder is no output of the runs, which run in their own
+    folders under --out: run_llama.py checks the files there."""
+    for name, lines in HEADS.items():
+        copy_head(asset, tmp_path, name, lines)
+    work = tmp_path / "work"
+    (work / "metrics.jsonl").mkdir(parents=True)
+    work.chmod(0o555)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(reproduce, "run_all", lambda runs, keep: (_ for _ in ()).throw(Planned))
+    with pytest.raises(Planned):
+        reproduce.main(["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
+                        "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+
+
+def test_a_flag_run_llama_refuses_is_shown_under_run_llama_s_usage(capsys):
+    with pytest.raises(reproduce.ReproduceError, match="run_llama.py refuses the flags of generate"):
+        reproduce.main(["--", "--lr", "nan"])
+    assert capsys.readouterr().err.startswith("usage: run_llama.py ")

@@ -1,0 +1,306 @@
+"""The user's files: how every command of minllama reads its inputs and writes its outputs.
+
+Inputs are read once, and hashed as they are read (`read`), so that a FIFO or `<(cat data.txt)` works as a file does.
+
+Outputs are checked before any work (`output_problem`): a path names a regular file or nothing yet; a device, FIFO
+or socket is refused, never replaced; a symbolic link stays a link, the file it points to being written (a link to
+nothing is refused); a path ending in '/' names a folder; and a file that cannot be replaced (immutable, or another
+user's in a sticky folder like /tmp) is refused before the work, not after it.
+
+A file is written under a temporary name beside it, `.minllama-PID-N.tmp` (assets.py's downloads: `.part`), and then
+renamed onto it, which replaces the old file in one step: a process killed at any moment leaves either the old file
+or the new one, so a failed write keeps the last good checkpoint. A process killed with SIGKILL cannot remove its
+temporary; the next one that writes into the same folder does (`remove_stale`): only names of that pattern, which
+nothing else makes, and only those whose process no longer exists.
+
+Every failure is a `FileError`, one line that names the file; `cli` runs a command's main so that it ends with
+that line, never a traceback, also on Ctrl-C or a closed pipe (`| head -1`).
+"""
+import codecs
+import contextlib
+import errno
+import fcntl
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import stat
+import struct
+import sys
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
+
+PATTERN = re.compile(r"\.minllama-(?P<pid>[0-9]{1,10})-[0-9]+\.(?:tmp|part)")
+_serial = itertools.count()  # tells apart the temporaries of one process
+FS_IOC_GETFLAGS = 0x80086601  # ioctl reading a Linux file's attributes (chattr)
+UNCHANGEABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: neither replaced nor written by anyone, root included
+
+
+class FileError(OSError):
+    """A file that cannot be read or written, in one line that names it."""
+
+
+# ---- inputs ----
+def read(path: str | os.PathLike) -> tuple[bytes, str]:
+    """The bytes of the file `path` and their sha256, read once (a FIFO can be read only once)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FileError(f"cannot read {path}: {e.strerror}") from None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def data_lines(data: bytes) -> list[bytes]:
+    """The lines of a data file, each ended by \\n, \\r\\n or \\r, without a UTF-8 byte order mark before the first
+    or blank lines after the last."""
+    lines = data.splitlines()
+    if lines and lines[0].startswith(codecs.BOM_UTF8):
+        lines[0] = lines[0][len(codecs.BOM_UTF8):]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def unreadable(path: str) -> str | None:
+    """Why the file `path` cannot be read, as far as can be told before reading it, or None: a missing file may be
+    fetched (assets.py), and is reported then."""
+    try:
+        if Path(path).is_dir():
+            return "it is a folder"
+        if Path(path).exists() and not os.access(path, os.R_OK):
+            return "permission denied"
+    except OSError as e:
+        return e.strerror
+    return None
+
+
+# ---- outputs ----
+def kind(mode: int) -> str:
+    """What a file of this st_mode is, in words."""
+    for test, name in ((stat.S_ISREG, "a file"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "neither a file nor a folder"
+
+
+def destination(path: str | os.PathLike) -> Path:
+    """Where writing `path` lands: the file a symbolic link points to (links followed to the end), else `path`."""
+    return Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+
+
+def output_problem(path: str | os.PathLike, folder: bool = False) -> str | None:
+    """Why `path` cannot be written as write_atomically writes it (or, with `folder`, be made or filled as a folder),
+    or None if it can. Nothing is changed: a temporary is created beside it and removed."""
+    name = os.fspath(path)
+    if not folder and name.endswith("/"):
+        return "it ends in '/', which names a folder: name a file"
+    try:
+        target = destination(name)
+        if os.path.islink(name) and not target.exists():
+            return f"it is a link to {target}, which does not exist"
+        if target.exists():
+            info = target.stat()
+            if stat.S_ISDIR(info.st_mode) != folder or not (folder or stat.S_ISREG(info.st_mode)):
+                return f"it is {kind(info.st_mode)}" + ("" if folder or stat.S_ISDIR(info.st_mode) else
+                                                        ", which is neither written through nor replaced")
+            if folder:
+                return None
+            problem = unreplaceable(target, info)
+            if problem:
+                return problem
+        parent = target.absolute().parent
+        if not parent.is_dir():
+            return f"{parent} is not a folder" if parent.exists() else f"the folder {parent} does not exist"
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=f".minllama-{os.getpid()}-", suffix=".tmp"):
+            pass
+    except OSError as e:
+        return e.strerror
+    return None
+
+
+def unreplaceable(path: Path, info: os.stat_result) -> str | None:
+    """Why the regular file `path` cannot be replaced by a rename, or None: immutable or append-only (chattr), or
+    another user's in a sticky folder that is not ours either."""
+    folder = path.absolute().parent.stat()
+    me = os.geteuid()
+    if me != 0 and folder.st_mode & stat.S_ISVTX and me not in (info.st_uid, folder.st_uid):
+        return "cannot replace it: another user's file in a sticky folder"
+    try:
+        with open(path, "rb") as f:
+            flags = struct.unpack("l", fcntl.ioctl(f, FS_IOC_GETFLAGS, struct.pack("l", 0)))[0]
+    except OSError:
+        return None  # unreadable, or a file system without attributes: the rename will tell
+    return "cannot replace it: it is immutable or append-only (lsattr shows it)" if flags & UNCHANGEABLE else None
+
+
+def failure(path: str | os.PathLike, e: OSError) -> FileError:
+    """The one line saying why writing `path` failed."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        why = "no space left on its device"
+    elif e.errno == errno.EFBIG:
+        why = "no space: the file size limit (ulimit -f) was reached"
+    elif e.errno in (errno.EPERM, errno.EACCES, errno.EROFS, errno.EBUSY):
+        why = f"cannot replace it ({e.strerror})"
+    else:
+        why = e.strerror or str(e)
+    return FileError(f"cannot write {path}: {why}; nothing of it was written")
+
+
+class _Recorded:
+    """A file whose write errors are kept, for writers (torch.save) that turn them into other exceptions."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
+def temporary(path: Path, suffix: str = "tmp") -> Path:
+    """A new temporary name of this process in the folder of `path`: `.minllama-PID-N.tmp`, short whatever the name
+    of `path`, so that a file of the longest legal name can still be written."""
+    return path.with_name(f".minllama-{os.getpid()}-{next(_serial)}.{suffix}")
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None], suffix: str = "tmp") -> None:
+    """Call write(f) on a temporary file beside `path` (beside its target, for a link), then rename it onto that,
+    so that it is never half-written (fsync makes that hold after a power cut too). Stale temporaries in that
+    folder are removed first. A device, FIFO or socket is refused, never replaced; a failed write is a FileError."""
+    target = destination(path)
+    if target.exists() and not target.is_file():
+        raise FileError(f"cannot write {path}: it is {kind(target.stat().st_mode)}, which is not replaced")
+    remove_stale(target.parent)
+    tmp = temporary(target, suffix)
+    with writing(path):
+        f = open(tmp, "xb")  # x: never over an existing file, which is then not this call's to remove
+    try:
+        with f:
+            recorded = _Recorded(f)
+            try:
+                write(recorded)
+            except Exception:
+                if recorded.error is None:
+                    raise  # the writer's own failure, not the file's
+                raise failure(path, recorded.error) from None
+            with writing(path):
+                f.flush()
+                os.fsync(f.fileno())
+        with writing(path):
+            os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turn an OSError into the FileError that names `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise failure(path, e) from None
+
+
+def running(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user counts; an impossible id counts too, to keep its file)."""
+    try:
+        os.kill(pid, 0)  # signal 0: checks that the process exists, sends nothing
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Delete the temporaries of this program in `folder` whose process no longer exists; return them. Whatever
+    cannot be listed or deleted is left as it is: cleaning up never stops the work that follows."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = PATTERN.fullmatch(entry.name)
+        if match is None or running(int(match["pid"])):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):  # convert.py writes a Hugging Face export as a folder
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Create `folder` and its missing parents; return those created, the deepest first, for `remove_folders`."""
+    missing = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def remove_folders(folders: list[Path]) -> None:
+    """Remove the folders make_folders created that are still empty: no folder is left for a file that never came."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+# ---- checks of a command's files ----
+def identity(path: str) -> object:
+    """What two paths to one file share: the device and inode of an existing file (so hard links, symbolic links and
+    other spellings match), else the absolute path with links resolved."""
+    try:
+        info = Path(path).resolve().stat()
+    except (OSError, RuntimeError):  # missing, or a loop of links: compared by name
+        return os.path.abspath(path)
+    return info.st_dev, info.st_ino
+
+
+def clash(inputs: dict[str, str], outputs: dict[str, str]) -> str | None:
+    """Why these outputs (role → path) cannot be written: one is an input, or two are one file; None if neither."""
+    read_ = {identity(path): f"{role} {path}" for role, path in inputs.items()}
+    written: dict[object, str] = {}
+    for role, path in outputs.items():
+        key = identity(path)
+        if key in read_:
+            return f"{role} {path} would overwrite {read_[key]}: an output may not be an input of the run"
+        if key in written:
+            return f"{written[key]} and {role} {path} are one file: give each output its own path"
+        written[key] = f"{role} {path}"
+    return None
+
+
+# ---- the command line ----
+def cli(main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (),
+        interrupted: str = "interrupted") -> None:
+    """Run a command's main and exit with its status: `errors` (and FileError) as one line `error: ...`, Ctrl-C as
+    one line, and a reader that stopped reading (`| head -1`) quietly. Names that are not UTF-8 are printed escaped
+    where stdout is strict UTF-8."""
+    sys.stdout.reconfigure(errors="backslashreplace")
+    try:
+        code = main()
+    except (FileError, *errors) as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(interrupted)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
+        sys.exit(1)
+    sys.exit(code)
