@@ -470,8 +470,8 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
         parser.error(f"{', '.join(reserved)} after -- : reproduce.py sets those itself (see --help)")
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        parser.error(f"--out {args.out} is not a folder: name a folder for the runs and the results")
+    if os.path.lexists(args.out) and (problem := files.output_problem(args.out, folder=True)):
+        parser.error(f"--out {args.out}: {problem}: name a folder for the runs and the results")
     args.overrides = [item for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size))
                       if value is not None for item in (flag, str(value))] + args.run_llama_args
     args.run_flags = ("--pretrained-model-path", str(Path(args.pretrained_model_path).resolve()),

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import assets
+import files
 from checkpoint import read_torch_file
 from llama import load_pretrained
 
@@ -70,4 +71,4 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    files.cli(main)

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import signal
+import stat
 import statistics
 import subprocess
 import sys
@@ -242,12 +243,21 @@ def test_gold_lines_are_run_llama_s_lines_cr_only_included(tmp_path: Path):
     assert reproduce.read_gold(write(tmp_path / "d.txt", "4 ||| x\r0 ||| y\r")) == [4, 0]
 
 
-def test_out_naming_a_file_is_one_line(tmp_path: Path, capsys):
-    (tmp_path / "results").write_text("mine")
+@pytest.mark.parametrize("make, problem", [
+    (lambda path: path.write_text("mine"), "it is a file"),
+    (lambda path: os.mkfifo(path), "it is a FIFO"),
+    (lambda path: os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3)), "it is a character device"),
+    (lambda path: path.symlink_to("gone"), "it is a link to .*gone, which does not exist"),
+], ids=["file", "FIFO", "character device", "link to nothing"])
+def test_out_that_is_not_a_folder_is_one_line(tmp_path: Path, capsys, make, problem: str):
+    make(tmp_path / "results")
+    before = (tmp_path / "results").lstat()
     with pytest.raises(SystemExit):
         reproduce.get_reproduce_args(["--out", str(tmp_path / "results")])
-    assert capsys.readouterr().err.splitlines()[-1].endswith(f"--out {tmp_path / 'results'} is not a folder: name a "
-                                                             "folder for the runs and the results")
+    out = re.escape(str(tmp_path / "results"))
+    assert re.fullmatch(f".*: error: --out {out}: {problem}: name a folder for the runs and the results",
+                        capsys.readouterr().err.splitlines()[-1])
+    assert (tmp_path / "results").lstat() == before
 
 
 class Planned(Exception):
