@@ -41,17 +41,15 @@ and the last checkpoint also (SAVED_LAST)
 A LoRA checkpoint is not a Llama checkpoint: read_checkpoint refuses it (LoraCheckpointError), and convert.py
 exports its base model with the adapters merged in.
 
-Reading trusts nothing in the file, and checks each fact once. The file is opened and read once
-(`read_file`); a torch.save zip is unpickled from those bytes only after the CRC-32 of every entry of its archive
-matches, and with torch.load(weights_only=True), which unpickles tensors and plain data only; every floating-point
-tensor read must be finite (`check_finite`). model_args are checked by LlamaConfig.from_model_args alone (types,
-ranges, sizes this machine can hold); the tensors' names and shapes against those model_args by the table TENSORS
-(`_course_state_dict`), which also drives the .bin layout. A file that cannot be used raises CheckpointError, whose
-message names the file and says what it is: missing parts, corrupt (damaged or truncated), legacy (torch.save's old
-non-zip format), unsafe (pickled code), another kind of file, or tensors that do not fit, or hold NaN or infinity.
-Writing goes through atomic.write_atomically: under a temporary name, then renamed, so that a process killed at any
-moment leaves the previous file whole. A writer given model_args without hidden_dim (llama2.c's train.py keeps
-multiple_of only) reads it from w1, and writes it.
+Reading trusts nothing in the file, and checks each fact once. The file is read once (`read_file`); a torch.save
+zip is unpickled from those bytes once the CRC-32 of every entry of its archive matches, by torch.load(weights_only=
+True), which unpickles tensors and plain data only. Every tensor must be finite (`check_finite`); model_args are
+checked by LlamaConfig.from_model_args (hidden_dim, where they lack it as llama2.c's train.py does, from w1's rows);
+the tensors' names and shapes by the table TENSORS (`_course_state_dict`). A file that cannot be used raises
+CheckpointError, whose message names the file and says what it is: missing parts, corrupt (damaged or truncated),
+legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of file, or tensors that do not fit, or
+hold NaN or infinity. Writing goes through atomic.write_atomically: under a temporary name, then renamed, so that a
+process killed at any moment leaves the previous file whole.
 """
 import hashlib
 import io
@@ -122,9 +120,8 @@ class LoraCheckpointError(CheckpointError):
 
 
 class LlamaCheckpoint(NamedTuple):
-    """What a Llama checkpoint holds: its model_args as stored (llama2.c's names renamed), the config they describe,
-    the Llama's state dict under course names (output and embedding both present), and a fine-tuned classifier's
-    head (CLASSIFIER_HEAD; {} for any other file)."""
+    """A Llama checkpoint: model_args as stored (llama2.c's names renamed), their config, the Llama's state dict
+    under course names (with both output and embedding), and a fine-tuned classifier's head ({} for other files)."""
 
     model_args: dict
     config: LlamaConfig
@@ -148,11 +145,11 @@ def read_llama(path: str | os.PathLike, **overrides) -> LlamaCheckpoint:
     """Read a Llama checkpoint of any format, its config taking `overrides` (e.g. causal=True)."""
     data = read_file(path)
     if data.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
-        return _course_checkpoint(_unpickle(data, path), path, overrides)
+        return _course_checkpoint(read_torch_file(path, data), path, overrides)
     return _read_bin(data, path, overrides)
 
 
-def read_file(path: str | os.PathLike) -> bytearray:
+def read_file(path: str | os.PathLike) -> bytes:
     """The bytes of the checkpoint file `path`, read once; a missing, empty or unreadable file is refused."""
     path = Path(path)
     if not path.exists():
@@ -161,7 +158,7 @@ def read_file(path: str | os.PathLike) -> bytearray:
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     try:
         with open(path, "rb") as f:
-            data = bytearray(f.read())  # writable, so that .bin tensors can share its memory
+            data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read: {e.strerror}") from None
     if not data:
@@ -169,14 +166,11 @@ def read_file(path: str | os.PathLike) -> bytearray:
     return data
 
 
-def read_torch_file(path: str | os.PathLike) -> object:
-    """What the torch.save file `path` holds, on the CPU, once the archive's checksums match, its pickle holds only
-    tensors and plain data (weights_only), and its floating-point tensors are finite."""
-    return _unpickle(read_file(path), path)
-
-
-def _unpickle(data: bytearray, path: str | os.PathLike) -> object:
-    """What the bytes `data` of the torch.save file `path` hold (see read_torch_file)."""
+def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> object:
+    """What the torch.save file `path` (whose bytes are `data`, if read already) holds, on the CPU, once the
+    archive's checksums match, its pickle holds only tensors and plain data (weights_only), and its floating-point
+    tensors are finite."""
+    data = read_file(path) if data is None else data
     if data.startswith(LEGACY_MAGIC):
         raise CheckpointError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
                               "no checksums and is not read: load it with torch.load and save it again")
@@ -184,7 +178,7 @@ def _unpickle(data: bytearray, path: str | os.PathLike) -> object:
         raise CheckpointError(f"{path}: not a torch.save file (it does not start as a zip archive)")
     try:  # a damaged archive can make zipfile raise nearly anything
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            bad_entry = archive.testzip()  # every entry's CRC-32, over the bytes in memory
+            bad_entry = archive.testzip()  # every entry's CRC-32, over the bytes in memory (BytesIO copies none)
     except Exception as e:
         raise CheckpointError(f"{path}: corrupt: a damaged or truncated zip archive ({_first_line(e)})") from None
     if bad_entry is not None:
@@ -332,17 +326,21 @@ def _fitting(model_args: object, state_dict: dict, source: str, overrides: dict)
         names[name] = tensor
     if "output.weight" not in names and "tok_embeddings.weight" in names:
         names["output.weight"] = names["tok_embeddings.weight"]  # tied classifier
+    w1, args = names.get(TENSORS["w1"][0].format(0)), model_args
     if isinstance(model_args, dict):
-        model_args = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
-    w1 = names.get(TENSORS["w1"][0].format(0))
-    args = model_args
-    if isinstance(args, dict) and args.get("hidden_dim") is None and w1 is not None:
-        args = {**args, "hidden_dim": w1.shape[0]}
+        model_args = args = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
+        if args.get("hidden_dim") is None and w1 is not None:
+            args = {**args, "hidden_dim": w1.shape[0]}
+    config = _config(args, source, overrides)
+    return model_args, config, _course_state_dict(names, config, source)
+
+
+def _config(model_args: object, source: str, overrides: dict) -> LlamaConfig:
+    """LlamaConfig.from_model_args, refusing with a CheckpointError."""
     try:
-        config = LlamaConfig.from_model_args(args, source, **overrides)
+        return LlamaConfig.from_model_args(model_args, source, **overrides)
     except ValueError as e:
         raise CheckpointError(str(e)) from None
-    return model_args, config, _course_state_dict(names, config, source)
 
 
 def _course_state_dict(state_dict: dict, config: LlamaConfig, source: str) -> dict[str, torch.Tensor]:
@@ -359,8 +357,7 @@ def _course_state_dict(state_dict: dict, config: LlamaConfig, source: str) -> di
         tensor = state_dict.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
-            raise CheckpointError(f"{source}: tensor {name!r} {found}; expected shape {shape} (hidden_dim="
-                                  f"{config.hidden_dim}, from model_args hidden_dim, or dim and multiple_of)")
+            raise CheckpointError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
     return state_dict
 
 
@@ -392,8 +389,8 @@ def _shapes(sizes: dict[str, int], kinds: tuple[str, ...]) -> dict[str, tuple[in
     return shapes
 
 
-def _read_bin(data: bytearray, path: str | os.PathLike, overrides: dict) -> LlamaCheckpoint:
-    """The checkpoint in the llama2.c `.bin` whose bytes are `data`; its tensors share them."""
+def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaCheckpoint:
+    """The checkpoint in the llama2.c `.bin` whose bytes are `data`."""
     if len(data) >= 8 and struct.unpack_from("<I", data) == (V1_MAGIC,):
         (version,) = struct.unpack_from("<i", data, 4)
         if version != 1:
@@ -414,10 +411,7 @@ def _read_bin(data: bytearray, path: str | os.PathLike, overrides: dict) -> Llam
         model_args["vocab_size"] = abs(model_args["vocab_size"])
         source = (f"{path}: not a checkpoint (not a torch.save zip, no llama2.c 'ak42' magic, and the first 28 "
                   "bytes are not a llama2.c legacy header)")
-    try:
-        config = LlamaConfig.from_model_args(model_args, source, **overrides)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from None
+    config = _config(model_args, source, overrides)
     sizes = dimension_sizes(config)
     kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
     expected = header_bytes + 4 * _n_floats(sizes, kinds)
@@ -427,7 +421,7 @@ def _read_bin(data: bytearray, path: str | os.PathLike, overrides: dict) -> Llam
     state_dict, offset = {}, header_bytes
     for name, shape in _shapes(sizes, kinds).items():
         n = math.prod(shape)
-        state_dict[name] = torch.from_numpy(np.frombuffer(data, "<f4", n, offset).reshape(shape))
+        state_dict[name] = torch.from_numpy(np.frombuffer(data, "<f4", n, offset).reshape(shape).copy())
         offset += 4 * n
     for name in ROTARY_TABLES:
         state_dict.pop(name, None)

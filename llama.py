@@ -142,6 +142,7 @@ class LlamaLayer(nn.Module):
 
     def __init__(self, layer_id: int, config: LlamaConfig):
         super().__init__()
+        # n_heads, dim, head_dim and layer_id are not read here: kept only because the course's LlamaLayer has them
         self.n_heads = config.n_heads
         self.dim = config.dim
         self.head_dim = config.head_dim

@@ -463,19 +463,23 @@ def test_a_tokenizer_smaller_than_the_model_is_refused_before_any_work(tmp_path:
     assert files(tmp_path) == before
 
 
-def test_weights_whose_logits_overflow_are_one_line_naming_the_model(tmp_path: Path, monkeypatch, model_path: str,
-                                                                     tokenizer_model: str):
-    """Issue 19, defect 9: norm gains of 1e38 used to end in "probability tensor contains inf/nan"."""
+def test_weights_whose_logits_overflow_are_one_line_naming_the_model(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                                     model_path: str, tokenizer_model: str):
+    """Issue 19, defect 9: norm gains of 1e38 ended generate in "probability tensor contains inf/nan", and scored
+    prompts with NaN."""
     monkeypatch.chdir(tmp_path)
+    for name in ("sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset, tmp_path, name, 3)
     saved = torch.load(model_path, weights_only=True)
     for name, tensor in saved["model"].items():
         if name.endswith("norm.weight"):
             tensor.fill_(1e38)
     torch.save(saved, tmp_path / "loud.pt")
     before = files(tmp_path)
-    with pytest.raises(InputError, match=r"^loud\.pt: the model computes logits that hold NaN or infinity"):
-        run_llama.main(["--option", "generate", "--pretrained-model-path", "loud.pt", "--tokenizer-model",
-                        tokenizer_model])
+    for option in ("generate", "prompt"):
+        with pytest.raises(InputError, match=r"^loud\.pt: the model computes logits that hold NaN or infinity"):
+            run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--pretrained-model-path", "loud.pt",
+                            "--tokenizer-model", tokenizer_model])
     assert files(tmp_path) == before
 
 
