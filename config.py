@@ -45,9 +45,13 @@ def fits_type(value: object, hint: object) -> bool:
     return isinstance(value, kinds) or float in kinds and isinstance(value, int)
 
 
-def memory_bytes() -> int:
-    """The machine's physical memory in bytes (POSIX), which no single allocation can exceed."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def memory_bytes() -> float:
+    """The machine's physical memory in bytes, which no single allocation can exceed; infinity where the system
+    does not say (os.sysconf is POSIX's)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return math.inf
 
 
 def lora_problem(rank: int, alpha: float, dropout: float) -> str | None:

@@ -1,7 +1,10 @@
 """Tests for config.py: the course's defaults, llama2.c's hidden_dim rule, and errors that name the bad field."""
+import math
+import os
+
 import pytest
 
-from config import ClassifierConfig, LlamaConfig, lora_problem
+from config import ClassifierConfig, LlamaConfig, lora_problem, memory_bytes
 
 
 def test_defaults_are_the_courses():
@@ -73,3 +76,10 @@ def test_the_lower_layer_holds_the_classifier_config_and_the_lora_checks():
                        ((4, 1.0, 1.0), "lora_dropout")):
         assert lora_problem(*args).startswith(f"{name} must be ")
     assert lora_problem(4, 1.0, 0.0) is None
+
+
+def test_memory_is_unbounded_where_the_system_does_not_say(monkeypatch):
+    assert 0 < memory_bytes() < math.inf
+    monkeypatch.delattr(os, "sysconf")  # Windows has no os.sysconf
+    assert memory_bytes() == math.inf
+    assert LlamaConfig.from_model_args(dict(dim=64, n_heads=4, n_kv_heads=2, max_seq_len=10**12)).max_seq_len == 10**12
