@@ -39,7 +39,6 @@ import ctypes
 import gc
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -54,6 +53,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from metrics import machine
 
 WORKLOADS = {  # workload -> its implementations, in the order they take turns
     "generate": ("causal", "causal-nocache", "course", "transformers"),
@@ -193,7 +194,8 @@ def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
             h = read_position(llama(input_ids=token_ids).last_hidden_state, lengths, causal=True)
             return F.log_softmax(head(dropout(h)), dim=-1)
     else:
-        from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+        from classifier import LlamaEmbeddingClassifier
+        from config import ClassifierConfig
         from optimizer import AdamW
 
         model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS, causal=impl == "causal"))
@@ -234,7 +236,8 @@ def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
             log_probs = F.log_softmax(hf(input_ids=token_ids, logits_to_keep=1).logits[:, -1].float(), dim=-1)
             return torch.stack([log_probs[:, ids].sum(-1) for ids in label_ids], dim=-1)
     else:
-        from classifier import ClassifierConfig, LlamaZeroShotClassifier
+        from classifier import LlamaZeroShotClassifier
+        from config import ClassifierConfig
 
         config = ClassifierConfig(checkpoint, NUM_LABELS, causal=impl == "causal")
         model = LlamaZeroShotClassifier(config, tokenizer, label_names).eval()
@@ -252,7 +255,8 @@ def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
 
 
 def bench_epoch(impl: str, checkpoint: str, repeats: int) -> dict:
-    from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+    from classifier import LlamaEmbeddingClassifier
+    from config import ClassifierConfig
     from optimizer import AdamW
     from run_llama import LlamaDataset, create_data, get_args, seed_everything, train_epoch
     from tokenizer import Tokenizer
@@ -317,23 +321,6 @@ def median(samples: list[list]) -> tuple[float, str]:
     clean = [value for value, contested in samples if not contested]
     values = clean or [value for value, _ in samples]
     return (statistics.median(values) if values else float("nan")), f"{len(clean)}/{len(samples)}"
-
-
-def machine() -> str:
-    """The CPU, its number of cores, and the versions that matter."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import importlib.metadata as md
-
-    try:
-        hf_version = md.version("transformers")
-    except md.PackageNotFoundError:
-        hf_version = "not installed"
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"transformers {hf_version}")
 
 
 def revision(checkout: Path) -> str:
@@ -448,7 +435,9 @@ def main() -> None:
     if args.baseline and not (args.baseline / "bench.py").is_file():
         sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
     env = {} if args.default_malloc else MALLOC
-    print(f"machine: {machine()}; torch threads: {args.threads}")
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, "
+          f"transformers {m['transformers'] or 'not installed'}; torch threads: {args.threads}")
     print(f"environment: {' '.join(f'{k}={v}' for k, v in env.items()) or 'glibc malloc defaults'}")
     print(f"command: python bench.py {' '.join(sys.argv[1:])}".rstrip(), flush=True)
     start = time.perf_counter()

@@ -41,14 +41,18 @@ and the last checkpoint also (SAVED_LAST)
 A LoRA checkpoint is not a Llama checkpoint: read_checkpoint refuses it (LoraCheckpointError), and convert.py
 exports its base model with the adapters merged in.
 
-Reading trusts nothing in the file. A torch.save zip is read only after the CRC-32 of every entry of its archive
-matches (`read_torch_file`), and with torch.load(weights_only=True), which unpickles tensors and plain data only. A
-file that cannot be used raises CheckpointError, whose message names the file and says what it is: missing parts,
-corrupt (damaged or truncated), legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of
-file, or tensors that do not fit, or hold NaN or infinity. Writing goes through files.write_atomically: under a
-temporary name, then renamed, so that a process killed at any moment leaves the previous file whole.
+Reading trusts nothing in the file, and checks each fact once. The file is read once (`read_file`); a torch.save
+zip is unpickled from those bytes once the CRC-32 of every entry of its archive matches, by torch.load(weights_only=
+True), which unpickles tensors and plain data only. Every tensor must be finite (`check_finite`); model_args are
+checked by LlamaConfig.from_model_args (hidden_dim, where they lack it as llama2.c's train.py does, from w1's rows);
+the tensors' names and shapes by the table TENSORS (`_course_state_dict`). A file that cannot be used raises
+CheckpointError, whose message names the file and says what it is: missing parts, corrupt (damaged or truncated),
+legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of file, or tensors that do not fit, or
+hold NaN or infinity. Writing goes through files.write_atomically: under a temporary name, then renamed, so that a
+process killed at any moment leaves the previous file whole.
 """
 import hashlib
+import io
 import math
 import os
 import re
@@ -56,18 +60,18 @@ import struct
 import typing
 import zipfile
 from collections.abc import Iterator
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import torch
 
+from config import ClassifierConfig, LlamaConfig, fits_type
 from files import write_atomically
-from config import LlamaConfig, drop_ignored_course_args
 from rope import precompute_freqs
 
-# kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `_sizes`)
+# kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `dimension_sizes`)
 TENSORS = {
     "tok_embeddings": ("tok_embeddings.weight", ("vocab_size", "dim")),
     "attention_norm": ("layers.{}.attention_norm.weight", ("dim",)),
@@ -95,8 +99,6 @@ V1_MAGIC, V1_HEADER_BYTES = 0x616B3432, 256  # "ak42" read as a little-endian ui
 LLAMA2C_NAMES = {"attention.wq.": "attention.compute_query.", "attention.wk.": "attention.compute_key.",
                  "attention.wv.": "attention.compute_value.", "attention.wo.": "attention.compute_output."}
 LLAMA2C_ARGS = {"norm_eps": "layer_norm_eps"}
-KNOWN_ARGS = {f.name for f in fields(LlamaConfig)}
-ARG_TYPES = typing.get_type_hints(LlamaConfig)
 COURSE_KINDS = tuple(kind for kind in TENSORS if kind not in ROTARY_TABLES)
 CLASSIFIER_PREFIX = "llama."  # run_llama.py's LlamaEmbeddingClassifier holds its Llama as `self.llama` ...
 CLASSIFIER_HEAD = ("classifier_head.weight", "classifier_head.bias")  # ... beside a linear head of its own
@@ -117,59 +119,72 @@ class LoraCheckpointError(CheckpointError):
     """A LoRA checkpoint of run_llama.py, read where a whole Llama is expected: it holds only adapters and a head."""
 
 
+class LlamaCheckpoint(NamedTuple):
+    """A Llama checkpoint: model_args as stored (llama2.c's names renamed), their config, the Llama's state dict
+    under course names (with both output and embedding), and a fine-tuned classifier's head ({} for other files)."""
+
+    model_args: dict
+    config: LlamaConfig
+    state_dict: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor]
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Load (model_args, state_dict) from a Llama checkpoint of any format; the state dict has both embedding and
-    output. Of a fine-tuned classifier this is its Llama part; `read_checkpoint_with_classifier` also returns the
-    head."""
-    model_args, state_dict, _ = read_checkpoint_with_classifier(path)
-    return model_args, state_dict
+    """(model_args, state_dict) of a Llama checkpoint of any format; of a fine-tuned classifier, its Llama part."""
+    ckpt = read_llama(path)
+    return ckpt.model_args, ckpt.state_dict
 
 
 def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """Load (model_args, Llama state_dict, classifier head); the head is {} unless the file is a fine-tuned
-    classifier of run_llama.py, whose head tensors are CLASSIFIER_HEAD."""
+    """(model_args, Llama state_dict, classifier head) of a Llama checkpoint of any format."""
+    ckpt = read_llama(path)
+    return ckpt.model_args, ckpt.state_dict, ckpt.head
+
+
+def read_llama(path: str | os.PathLike, **overrides) -> LlamaCheckpoint:
+    """Read a Llama checkpoint of any format, its config taking `overrides` (e.g. causal=True)."""
+    data = read_file(path)
+    if data.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
+        return _course_checkpoint(read_torch_file(path, data), path, overrides)
+    return _read_bin(data, path, overrides)
+
+
+def read_file(path: str | os.PathLike) -> bytes:
+    """The bytes of the checkpoint file `path`, read once; a missing, empty or unreadable file is refused."""
     path = Path(path)
-    first_bytes = _first_bytes(path, V1_HEADER_BYTES)
-    if first_bytes.startswith((ZIP_MAGIC, LEGACY_MAGIC)):
-        return _course_checkpoint(read_torch_file(path), path)
-    return *_read_bin(path, first_bytes), {}
-
-
-def _first_bytes(path: Path, n: int) -> bytes:
-    """The first n bytes of the checkpoint file `path`; a missing, empty or unreadable file is refused."""
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     try:
         with open(path, "rb") as f:
-            first_bytes = f.read(n)
+            data = f.read()
     except OSError as e:
         raise CheckpointError(f"{path}: cannot be read: {e.strerror}") from None
-    if not first_bytes:
+    if not data:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
-    return first_bytes
+    return data
 
 
-def read_torch_file(path: str | os.PathLike) -> object:
-    """What the torch.save file `path` holds, on the CPU, once the archive's checksums match, its pickle holds only
-    tensors and plain data (weights_only), and its floating-point tensors are finite."""
-    path = Path(path)
-    first_bytes = _first_bytes(path, len(LEGACY_MAGIC))
-    if first_bytes.startswith(LEGACY_MAGIC):
+def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> object:
+    """What the torch.save file `path` (whose bytes are `data`, if read already) holds, on the CPU, once the
+    archive's checksums match, its pickle holds only tensors and plain data (weights_only), and its floating-point
+    tensors are finite."""
+    data = read_file(path) if data is None else data
+    if data.startswith(LEGACY_MAGIC):
         raise CheckpointError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
                               "no checksums and is not read: load it with torch.load and save it again")
-    if not first_bytes.startswith(ZIP_MAGIC):
+    if not data.startswith(ZIP_MAGIC):
         raise CheckpointError(f"{path}: not a torch.save file (it does not start as a zip archive)")
     try:  # a damaged archive can make zipfile raise nearly anything
-        with zipfile.ZipFile(path) as archive:
-            bad_entry = archive.testzip()  # reads every entry, checking its CRC-32
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad_entry = archive.testzip()  # every entry's CRC-32, over the bytes in memory (BytesIO copies none)
     except Exception as e:
         raise CheckpointError(f"{path}: corrupt: a damaged or truncated zip archive ({_first_line(e)})") from None
     if bad_entry is not None:
         raise CheckpointError(f"{path}: corrupt: the bytes of {bad_entry!r} do not match their CRC-32 checksum")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # the checksums match, so the file is as torch.save (or someone else) wrote it
         message = str(e)
         if "Weights only load failed" in message:
@@ -211,8 +226,8 @@ def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str
                                   f"{tensor.numel()}: the weights are damaged")
 
 
-def _course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(model_args, Llama state_dict, classifier head) of what a torch.save checkpoint `path` holds."""
+def _course_checkpoint(ckpt: object, path: str | os.PathLike, overrides: dict) -> LlamaCheckpoint:
+    """The Llama checkpoint (and classifier head) that a torch.save file `path` holds."""
     if isinstance(ckpt, dict) and "lora" in ckpt:
         raise LoraCheckpointError(f"{path}: a LoRA classifier of run_llama.py, which holds only its adapters and "
                                   f"head; `python convert.py {path} --to llama2c OUT.bin` writes its base model with "
@@ -220,10 +235,14 @@ def _course_checkpoint(ckpt: object, path: str | os.PathLike) -> tuple[dict, dic
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
         raise CheckpointError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
                               "'model'")
-    model_args = _course_args(ckpt["model_args"], str(path))
     check_state_dict(ckpt["model"], f"{path}: 'model'")
-    state_dict, classifier = _split_classifier(ckpt["model"], model_args, str(path))
-    return model_args, _course_state_dict(state_dict, model_args, str(path)), classifier
+    state_dict, head = _split_classifier(ckpt["model"], str(path))
+    model_args, config, state_dict = _fitting(ckpt["model_args"], state_dict, str(path), overrides)
+    weight, bias = (tuple(head[name].shape) if head else None for name in CLASSIFIER_HEAD)
+    if head and (len(weight) != 2 or weight[1] != config.dim or bias != weight[:1]):
+        raise CheckpointError(f"{path}: classifier head of shapes {weight} and {bias}; expected (n_labels, "
+                              f"dim={config.dim}) and (n_labels,)")
+    return LlamaCheckpoint(model_args, config, state_dict, head)
 
 
 def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> dict:
@@ -244,7 +263,6 @@ def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -
     """`saved` (read from `path`, or about to be written there), once checked to be a classifier checkpoint of
     run_llama.py: SAVED (and SAVED_LAST if `last`) with their types, "model" or "lora" (with "base_digest") of
     floating-point tensors, and model_config the fields of a ClassifierConfig."""
-    from classifier import ClassifierConfig  # here: classifier.py imports llama.py, which imports this module
     kind = "a last checkpoint" if last else "a checkpoint"
     if not isinstance(saved, dict):
         raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
@@ -279,11 +297,9 @@ def check_state_dict(state_dict: object, source: str) -> None:
             raise CheckpointError(f"{source}: tensor {name!r} holds {tensor.dtype}, not floating-point weights")
 
 
-def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Split a fine-tuned classifier's tensors into the Llama's (prefix removed) and the head's, checking the head.
-
-    Any other state dict is returned as it is, with an empty head.
-    """
+def _split_classifier(state_dict: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A fine-tuned classifier's tensors split into the Llama's (prefix removed) and the head's; any other state
+    dict is returned as it is, with an empty head."""
     names = {key.removeprefix("_orig_mod."): tensor for key, tensor in state_dict.items()}
     if not any(name.startswith(CLASSIFIER_PREFIX) for name in names):
         return state_dict, {}
@@ -295,84 +311,66 @@ def _split_classifier(state_dict: dict, model_args: dict, source: str) -> tuple[
     missing = [name for name in CLASSIFIER_HEAD if name not in head]
     if missing:
         raise CheckpointError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
-    weight, bias = (head[name] for name in CLASSIFIER_HEAD)
-    if weight.dim() != 2 or weight.shape[1] != model_args.get("dim") or tuple(bias.shape) != weight.shape[:1]:
-        raise CheckpointError(f"{source}: classifier head of shapes {tuple(weight.shape)} and {tuple(bias.shape)}; "
-                              f"expected (n_labels, dim={model_args.get('dim')}) and (n_labels,)")
     return {name.removeprefix(CLASSIFIER_PREFIX): tensor for name, tensor in names.items()}, head
 
 
-def _course_args(model_args: dict, source: str) -> dict:
-    """model_args with llama2.c's names renamed to LlamaConfig's, the course's unused keys dropped (with a notice);
-    an unknown key, or a value of another type than LlamaConfig's field (a float for an int, NaN or infinity), is an
-    error."""
-    if not isinstance(model_args, dict) or not all(isinstance(key, str) for key in model_args):
-        raise CheckpointError(f"{source}: model_args is a {type(model_args).__name__}, not a dict of named sizes")
-    renamed = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
-    renamed = drop_ignored_course_args(renamed, source)
-    unknown = sorted(renamed.keys() - KNOWN_ARGS)
-    if unknown:
-        raise CheckpointError(f"{source}: unknown model_args key(s) {unknown}; known: {sorted(KNOWN_ARGS)}")
-    for key, value in renamed.items():
-        if not fits_type(value, ARG_TYPES[key]):
-            expected = getattr(ARG_TYPES[key], "__name__", str(ARG_TYPES[key]))
-            raise CheckpointError(f"{source}: model_args {key}={value!r} is not a finite {expected}")
-    return renamed
-
-
-def fits_type(value: object, hint: object) -> bool:
-    """Whether `value` is of the type `hint`: int, float (an int too, but not NaN or infinity), bool, str, a union
-    of them with None, or tuple[one of them, ...]."""
-    if typing.get_origin(hint) is tuple:
-        return isinstance(value, tuple) and all(fits_type(item, typing.get_args(hint)[0]) for item in value)
-    kinds = typing.get_args(hint) or (hint,)
-    if isinstance(value, bool):
-        return bool in kinds
-    if isinstance(value, float) and not math.isfinite(value):
-        return False
-    return isinstance(value, kinds) or float in kinds and isinstance(value, int)
-
-
-def _course_state_dict(state_dict: dict, model_args: dict, source: str) -> dict[str, torch.Tensor]:
-    """Rename llama2.c / torch.compile names to course names, tie a missing classifier, check names and shapes."""
-    renamed = {}
+def _fitting(model_args: object, state_dict: dict, source: str, overrides: dict) -> tuple[dict, LlamaConfig, dict]:
+    """(model_args with llama2.c's names renamed, the config they describe, the state dict under course names),
+    once LlamaConfig.from_model_args accepts them and the tensors fit. Where model_args lack hidden_dim (llama2.c's
+    train.py keeps multiple_of only), the config reads it from w1's rows."""
+    names = {}
     for key, tensor in state_dict.items():
         name = key.removeprefix("_orig_mod.")
         for llama2c, course in LLAMA2C_NAMES.items():
             name = name.replace(llama2c, course)
-        renamed[name] = tensor
-    if "output.weight" not in renamed and "tok_embeddings.weight" in renamed:
-        renamed["output.weight"] = renamed["tok_embeddings.weight"]  # tied classifier
-    sizes = _sizes(model_args, renamed, source)
-    if sizes["n_layers"] > len(renamed):  # every layer has 9 tensors: most of them would be missing
-        raise CheckpointError(f"{source}: model_args say n_layers={sizes['n_layers']}, but the file holds only "
-                              f"{len(renamed)} tensors")
-    expected = _shapes(sizes, COURSE_KINDS)
-    unexpected = sorted(renamed.keys() - expected.keys())
+        names[name] = tensor
+    if "output.weight" not in names and "tok_embeddings.weight" in names:
+        names["output.weight"] = names["tok_embeddings.weight"]  # tied classifier
+    w1, args = names.get(TENSORS["w1"][0].format(0)), model_args
+    if isinstance(model_args, dict):
+        model_args = args = {LLAMA2C_ARGS.get(key, key): value for key, value in model_args.items()}
+        if args.get("hidden_dim") is None and w1 is not None:
+            args = {**args, "hidden_dim": w1.shape[0]}
+    config = _config(args, source, overrides)
+    return model_args, config, _course_state_dict(names, config, source)
+
+
+def _config(model_args: object, source: str, overrides: dict) -> LlamaConfig:
+    """LlamaConfig.from_model_args, refusing with a CheckpointError."""
+    try:
+        return LlamaConfig.from_model_args(model_args, source, **overrides)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def _course_state_dict(state_dict: dict, config: LlamaConfig, source: str) -> dict[str, torch.Tensor]:
+    """The one check of a state dict's names and shapes (course names) against the sizes of `config`."""
+    if config.n_layers > len(state_dict):  # every layer has 9 tensors: most of them would be missing
+        raise CheckpointError(f"{source}: model_args say n_layers={config.n_layers}, but the file holds only "
+                              f"{len(state_dict)} tensors")
+    expected = _shapes(dimension_sizes(config), COURSE_KINDS)
+    unexpected = sorted(state_dict.keys() - expected.keys())
     if unexpected:
         raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this "
                               "model")
     for name, shape in expected.items():
-        tensor = renamed.get(name)
+        tensor = state_dict.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
             raise CheckpointError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
-    return renamed
+    return state_dict
 
 
-def _sizes(model_args: dict, state_dict: dict, source: str) -> dict[str, int]:
-    """The sizes the shapes in TENSORS are written in; hidden_dim comes from w1 when model_args lacks it."""
-    args = {k: v for k, v in model_args.items() if v is not None}
-    w1 = state_dict.get("layers.0.feed_forward.w1.weight")
-    if "hidden_dim" not in args and w1 is not None:
-        args["hidden_dim"] = w1.shape[0]
-    try:
-        config = LlamaConfig(**args)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{source}: bad model sizes: {e}") from None
+def is_tied(state_dict: dict[str, torch.Tensor]) -> bool:
+    """Whether the output projection equals the token embedding (tied: the formats then store it once)."""
+    return torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
+
+
+def dimension_sizes(config: LlamaConfig) -> dict[str, int]:
+    """The sizes the shapes in TENSORS are written in: the config's, and the widths derived from them."""
     head_dim = config.head_dim
-    return {**asdict(config), "head_dim": head_dim, "q_dim": config.n_heads * head_dim,
-            "kv_dim": config.n_kv_heads * head_dim, "half_head_dim": head_dim // 2}
+    return {**{f.name: getattr(config, f.name) for f in fields(config)}, "head_dim": head_dim,
+            "q_dim": config.n_heads * head_dim, "kv_dim": config.n_kv_heads * head_dim, "half_head_dim": head_dim // 2}
 
 
 def _n_floats(sizes: dict[str, int], kinds: tuple[str, ...]) -> int:
@@ -391,46 +389,46 @@ def _shapes(sizes: dict[str, int], kinds: tuple[str, ...]) -> dict[str, tuple[in
     return shapes
 
 
-def _read_bin(path: Path, head: bytes) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(model_args, state_dict) of a llama2.c `.bin`; `head` is the file's first bytes, up to 256."""
-    if len(head) >= 8 and struct.unpack_from("<I", head) == (V1_MAGIC,):
-        (version,) = struct.unpack_from("<i", head, 4)
+def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaCheckpoint:
+    """The checkpoint in the llama2.c `.bin` whose bytes are `data`."""
+    if len(data) >= 8 and struct.unpack_from("<I", data) == (V1_MAGIC,):
+        (version,) = struct.unpack_from("<i", data, 4)
         if version != 1:
             raise CheckpointError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
                                   "float32, are supported; version 2 is int8-quantized)")
-        if len(head) < V1_HEADER_BYTES:
-            raise CheckpointError(f"{path}: truncated llama2.c version-1 header ({len(head)} of 256 bytes)")
-        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head, 8)))
-        if head[36] not in (0, 1):
-            raise CheckpointError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {head[36]}")
-        header_bytes, shared = V1_HEADER_BYTES, bool(head[36])
-        sizes = _sizes(model_args, {}, f"{path}: bad llama2.c version-1 header")
+        if len(data) < V1_HEADER_BYTES:
+            raise CheckpointError(f"{path}: truncated llama2.c version-1 header ({len(data)} of 256 bytes)")
+        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", data, 8)))
+        if data[36] not in (0, 1):
+            raise CheckpointError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {data[36]}")
+        header_bytes, shared = V1_HEADER_BYTES, bool(data[36])
+        source = f"{path}: bad llama2.c version-1 header"
     else:
-        if len(head) < 28:
+        if len(data) < 28:
             raise CheckpointError(f"{path}: not a checkpoint (too short for any known format)")
-        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", head)))
+        model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", data)))
         version, header_bytes, shared = 0, 28, model_args["vocab_size"] > 0
         model_args["vocab_size"] = abs(model_args["vocab_size"])
-        not_legacy = (f"{path}: not a checkpoint (not a torch.save zip, no llama2.c 'ak42' magic, "
-                      "and the first 28 bytes are not a llama2.c legacy header)")
-        sizes = _sizes(model_args, {}, not_legacy)
+        source = (f"{path}: not a checkpoint (not a torch.save zip, no llama2.c 'ak42' magic, and the first 28 "
+                  "bytes are not a llama2.c legacy header)")
+    config = _config(model_args, source, overrides)
+    sizes = dimension_sizes(config)
     kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
     expected = header_bytes + 4 * _n_floats(sizes, kinds)
-    actual = path.stat().st_size
-    if actual != expected:
+    if len(data) != expected:
         raise CheckpointError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
-                              f"expected {expected} bytes, found {actual}")
-    state_dict = {}
-    with open(path, "rb") as f:
-        f.seek(header_bytes)
-        for name, shape in _shapes(sizes, kinds).items():
-            state_dict[name] = torch.from_numpy(np.fromfile(f, dtype="<f4", count=math.prod(shape)).reshape(shape))
+                              f"expected {expected} bytes, found {len(data)}")
+    state_dict, offset = {}, header_bytes
+    for name, shape in _shapes(sizes, kinds).items():
+        n = math.prod(shape)
+        state_dict[name] = torch.from_numpy(np.frombuffer(data, "<f4", n, offset).reshape(shape).copy())
+        offset += 4 * n
     for name in ROTARY_TABLES:
         state_dict.pop(name, None)
     check_finite(state_dict.items(), path)
     if shared:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
-    return model_args, state_dict
+    return LlamaCheckpoint(model_args, config, state_dict, {})
 
 
 def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dict, version: int = 1) -> None:
@@ -438,13 +436,12 @@ def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dic
     if version not in BIN_ORDER:
         raise ValueError(f"{path}: can write llama2.c .bin versions {sorted(BIN_ORDER)}, not {version}")
     source = f"writing {path}"
-    model_args = _course_args(model_args, source)
-    if model_args.get("layer_norm_eps", 1e-5) != 1e-5:
-        raise ValueError(f"{source}: a llama2.c .bin cannot store layer_norm_eps={model_args['layer_norm_eps']} "
+    _, config, state_dict = _fitting(model_args, state_dict, source, {})
+    if config.layer_norm_eps != 1e-5:
+        raise ValueError(f"{source}: a llama2.c .bin cannot store layer_norm_eps={config.layer_norm_eps} "
                          "(llama2.c always uses 1e-5)")
-    state_dict = _course_state_dict(state_dict, model_args, source)
-    sizes = _sizes(model_args, state_dict, source)
-    shared = torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
+    sizes = dimension_sizes(config)
+    shared = is_tied(state_dict)
     header = [sizes[k] for k in BIN_HEADER]
     if version == 0:
         if not shared:  # a negative vocab_size says that the classifier follows
@@ -465,8 +462,8 @@ def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dic
 
 def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict) -> None:
     """Save the course's torch.save layout {"model_args": ..., "model": state_dict}, with course names."""
-    model_args = _course_args(model_args, f"writing {path}")
-    state_dict = _course_state_dict(state_dict, model_args, f"writing {path}")
+    model_args, config, state_dict = _fitting(model_args, state_dict, f"writing {path}", {})
+    model_args = {f.name: getattr(config, f.name) for f in fields(config) if f.name in {*model_args, "hidden_dim"}}
     write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
 
 

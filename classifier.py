@@ -5,40 +5,14 @@ Without a mask (the course's reference) every position has seen the whole row, p
 last column, as the course does. A causal model has seen the sentence's end only from its last real token, so
 there they read each row at that token (given the rows' lengths); a pad column would score something else.
 """
-from dataclasses import dataclass, fields
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llama import load_pretrained
-from lora import DEFAULT_TARGETS, add_lora
+from config import ClassifierConfig
+from llama import finite, load_pretrained
+from lora import add_lora
 from tokenizer import Tokenizer
-
-
-@dataclass
-class ClassifierConfig:
-    """What run_llama.py tells a classifier: the pretrained checkpoint, the number of labels, and, for the
-    fine-tuned head, the dropout before it and what trains besides the head: all of Llama ("finetune"), nothing
-    ("pretrain"), or LoRA adapters of rank lora_rank on Llama's attention projections lora_targets ("lora")."""
-
-    pretrained_model_path: str
-    num_labels: int
-    hidden_dropout_prob: float = 0.3
-    option: str = "finetune"
-    lora_rank: int = 4
-    lora_alpha: float = 1.0
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
-    causal: bool = False
-
-    @classmethod
-    def of(cls, config: object) -> "ClassifierConfig":
-        """A ClassifierConfig from any object with these attributes, such as the course's SimpleNamespace; missing
-        ones take their defaults, and attributes of other names are not read."""
-        if isinstance(config, cls):
-            return config
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 def read_position(h: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -75,7 +49,8 @@ class LlamaZeroShotClassifier(nn.Module):
         """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen); lengths (batch,), the
         rows' numbers of real tokens, matter only to a causal model (see read_position)."""
         h = read_position(self.llama.hidden_states(input_ids), lengths, self.llama.config.causal)
-        log_probs = F.log_softmax(self.llama.output(h).float(), dim=-1)  # the vocabulary at one position per row
+        logits = finite(self.llama.output(h))  # the vocabulary at one position per row
+        log_probs = F.log_softmax(logits.float(), dim=-1)
         token_log_probs = log_probs[:, self.label_tokens]
         scores = token_log_probs.new_zeros(len(h), self.num_labels)
         return scores.index_add_(1, self.label_of_token, token_log_probs)  # Σ over each label's tokens

@@ -1,7 +1,15 @@
-"""Hyperparameters of the Llama 2 architecture, as stored in a checkpoint's `model_args`, and its semantics."""
+"""The configurations every other module reads: the Llama 2 architecture's hyperparameters, as stored in a
+checkpoint's `model_args`, and its semantics (LlamaConfig); what run_llama.py tells a classifier (ClassifierConfig);
+and the attention projections LoRA may adapt. This module imports no other module of the project.
+"""
+import math
+import os
 import sys
+import typing
 from dataclasses import dataclass, fields
 
+ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compute_output")
+DEFAULT_TARGETS = ("compute_query", "compute_value")  # LoRA's targets by default: the paper's choice (§7.1, Table 5)
 # model_args that the course's LlamaConfig accepts and that change nothing here: key -> the only value allowed
 IGNORED_COURSE_ARGS = {"use_cache": None, "position_embedding_type": "rotary"}
 
@@ -22,6 +30,40 @@ def drop_ignored_course_args(model_args: dict, source: str) -> dict:
     if ignored:
         print(f"note: {source}: model_args {ignored} are not used by this implementation; ignored", file=sys.stderr)
     return {key: value for key, value in model_args.items() if key not in IGNORED_COURSE_ARGS}
+
+
+def fits_type(value: object, hint: object) -> bool:
+    """Whether `value` is of the type `hint`: int, float (an int too, but not NaN or infinity), bool, str, a union
+    of them with None, or tuple[one of them, ...]."""
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, tuple) and all(fits_type(item, typing.get_args(hint)[0]) for item in value)
+    kinds = typing.get_args(hint) or (hint,)
+    if isinstance(value, bool):
+        return bool in kinds
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    return isinstance(value, kinds) or float in kinds and isinstance(value, int)
+
+
+def memory_bytes() -> float:
+    """The machine's physical memory in bytes, which no single allocation can exceed; infinity where the system
+    does not say (os.sysconf is POSIX's)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return math.inf
+
+
+def lora_problem(rank: int, alpha: float, dropout: float) -> str | None:
+    """What is out of range in LoRA's hyperparameters (Hu et al. 2021, eq. 3, h = W0·x + (α/r)·B·A·dropout(x)),
+    naming the one at fault: the rank r must be at least 1, α positive and finite, the dropout in [0, 1)."""
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        return f"lora_rank must be at least 1, got {rank!r}"
+    if not 0.0 < alpha < math.inf:
+        return f"lora_alpha must be a positive number, got {alpha!r}"
+    if not 0.0 <= dropout < 1.0:
+        return f"lora_dropout must be in [0, 1), got {dropout!r}"
+    return None
 
 
 @dataclass
@@ -73,15 +115,55 @@ class LlamaConfig:
         return self.dim // self.n_heads
 
     @classmethod
-    def from_model_args(cls, model_args: dict, source: str = "model_args", **overrides) -> "LlamaConfig":
-        """Build a config from a checkpoint's `model_args` and `overrides` (e.g. causal=True).
-
-        Keys of the course's LlamaConfig that change nothing here (IGNORED_COURSE_ARGS) are dropped with a one-line
-        notice; any other unknown key, or such a key with a value this model does not implement, is an error.
+    def from_model_args(cls, model_args: object, source: str = "model_args", **overrides) -> "LlamaConfig":
+        """The one check of a checkpoint's `model_args`, and the config they describe, with `overrides` (e.g.
+        causal=True): a dict of this class's fields, each of its field's type (an int is no bool, a float is
+        finite), in range (__post_init__), and with rotary tables that fit in this machine's memory, so that an
+        absurd size is refused before anything is allocated. Keys of the course's LlamaConfig that change nothing
+        here (IGNORED_COURSE_ARGS) are dropped with a one-line notice. Every refusal is a ValueError naming `source`.
         """
-        args = {**drop_ignored_course_args(model_args, source), **overrides}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(args) - known)
+        if not isinstance(model_args, dict) or not all(isinstance(key, str) for key in model_args):
+            raise ValueError(f"{source}: model_args is a {type(model_args).__name__}, not a dict of named sizes")
+        args = drop_ignored_course_args(model_args, source)
+        types = typing.get_type_hints(cls)
+        unknown = sorted(args.keys() - types.keys())
         if unknown:
-            raise ValueError(f"{source}: unknown model_args {unknown}; expected a subset of {sorted(known)}")
-        return cls(**args)
+            raise ValueError(f"{source}: unknown model_args {unknown}; expected a subset of {sorted(types)}")
+        for key, value in args.items():
+            if not fits_type(value, types[key]):
+                expected = getattr(types[key], "__name__", str(types[key]))
+                raise ValueError(f"{source}: model_args {key}={value!r} is not a finite {expected}")
+        try:
+            config = cls(**{**args, **overrides})
+        except ValueError as e:
+            raise ValueError(f"{source}: bad model sizes: {e}") from None
+        rotary_bytes = 4 * config.max_seq_len * config.head_dim  # cos and sin, (max_seq_len, head_dim / 2) float32
+        if rotary_bytes > memory_bytes():
+            raise ValueError(f"{source}: model_args max_seq_len={config.max_seq_len}: the rotary tables of that many "
+                             f"positions would take {rotary_bytes / 2**30:.3g} GiB, more than this machine's memory")
+        return config
+
+
+@dataclass
+class ClassifierConfig:
+    """What run_llama.py tells a classifier: the pretrained checkpoint, the number of labels, and, for the
+    fine-tuned head, the dropout before it and what trains besides the head: all of Llama ("finetune"), nothing
+    ("pretrain"), or LoRA adapters of rank lora_rank on Llama's attention projections lora_targets ("lora")."""
+
+    pretrained_model_path: str
+    num_labels: int
+    hidden_dropout_prob: float = 0.3
+    option: str = "finetune"
+    lora_rank: int = 4
+    lora_alpha: float = 1.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    causal: bool = False
+
+    @classmethod
+    def of(cls, config: object) -> "ClassifierConfig":
+        """A ClassifierConfig from any object with these attributes, such as the course's SimpleNamespace; missing
+        ones take their defaults, and attributes of other names are not read."""
+        if isinstance(config, cls):
+            return config
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})

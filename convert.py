@@ -18,6 +18,7 @@ import importlib
 import os
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +26,10 @@ import torch
 
 import assets
 import files
-from checkpoint import (CheckpointError, LoraCheckpointError, read_checkpoint_with_classifier,
-                        read_classifier_checkpoint, write_llama2c_bin)
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from config import LlamaConfig
+from checkpoint import (CheckpointError, LoraCheckpointError, is_tied, read_classifier_checkpoint, read_llama,
+                        write_llama2c_bin)
+from classifier import LlamaEmbeddingClassifier
+from config import ClassifierConfig, LlamaConfig
 from llama import Llama
 from lora import merge_lora
 from trainer import load_weights
@@ -120,11 +121,6 @@ def hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig) -> d
     return hf
 
 
-def is_tied(state_dict: dict[str, torch.Tensor]) -> bool:
-    """Whether the output projection equals the token embedding (then exports store it once)."""
-    return torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"])
-
-
 def to_hf(model: Llama) -> "transformers.LlamaForCausalLM":
     """A transformers LlamaForCausalLM holding the weights of `model`, in eval mode, on the same device."""
     transformers = import_hf("transformers")
@@ -183,10 +179,11 @@ def check_output(out: str, to: str, inputs: list[Path]) -> None:
                 raise ValueError(f"{target} is the input {path}: the export would replace it; write it elsewhere")
 
 
-def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Path]]:
-    """(model_args, Llama state dict, classifier head, the files read) of any checkpoint; see the module docstring."""
+def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Path]]:
+    """(config, Llama state dict, classifier head, the files read) of any checkpoint; see the module docstring."""
     try:
-        return *read_checkpoint_with_classifier(path), [path]
+        _, config, state_dict, head = read_llama(path)
+        return config, state_dict, head, [path]
     except LoraCheckpointError:
         pass  # a LoRA classifier: read again as such (it is small), its adapters merged below into its base model
     saved = read_classifier_checkpoint(path)
@@ -198,7 +195,7 @@ def read_for_export(path: Path) -> tuple[dict, dict[str, torch.Tensor], dict[str
     merge_lora(model)
     head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}
     base = Path(saved["model_config"]["pretrained_model_path"])
-    return saved["model_args"], model.llama.state_dict(), head, [path, base]
+    return model.llama.config, model.llama.state_dict(), head, [path, base]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,14 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = assets.ensure(args.checkpoint)
         check_output(args.out, args.to, [path])
-        model_args, state_dict, classifier, inputs = read_for_export(path)
+        config, state_dict, classifier, inputs = read_for_export(path)
         check_output(args.out, args.to, inputs)
         if args.to == "hf":
-            hidden_dim = state_dict["layers.0.feed_forward.w1.weight"].shape[0]  # llama2.c's train.py omits it
-            save_hf(args.out, LlamaConfig.from_model_args({**model_args, "hidden_dim": hidden_dim}, str(path)),
-                    state_dict)
+            save_hf(args.out, config, state_dict)
         else:
-            write_llama2c_bin(args.out, model_args, state_dict, version=1)
+            write_llama2c_bin(args.out, asdict(config), state_dict, version=1)
     except (OSError, ValueError, ImportError, assets.AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
-from checkpoint import read_checkpoint
+from checkpoint import is_tied, read_llama
 from config import LlamaConfig, swiglu_hidden_dim
 from rope import apply_rotary_emb, precompute_freqs
 
@@ -142,6 +142,7 @@ class LlamaLayer(nn.Module):
 
     def __init__(self, layer_id: int, config: LlamaConfig):
         super().__init__()
+        # n_heads, dim, head_dim and layer_id are not read here: kept only because the course's LlamaLayer has them
         self.n_heads = config.n_heads
         self.dim = config.dim
         self.head_dim = config.head_dim
@@ -242,7 +243,7 @@ class Llama(LlamaPreTrainedModel):
                 else:
                     self.clear_cache()
                     h = self.hidden_states(idx[:, -max_seq_len:])
-                logits = self.output(h[:, -1, :])
+                logits = finite(self.output(h[:, -1, :]))
                 idx_next = sample(logits, temperature, top_k)
                 idx = torch.cat((idx, idx_next), dim=1)
         finally:
@@ -258,6 +259,18 @@ class Llama(LlamaPreTrainedModel):
         """Drop the KV caches, so that forward passes see only their own tokens again."""
         for layer in self.layers:
             layer.attention.cache = None
+
+
+class NonFiniteError(ValueError):
+    """Logits holding NaN or infinity: the model's weights overflow its floating-point type."""
+
+
+def finite(logits: torch.Tensor) -> torch.Tensor:
+    """`logits`, once checked to be finite: sampling, arg-maxing or scoring NaN or infinity is meaningless."""
+    if not torch.isfinite(logits).all():
+        raise NonFiniteError(f"the model computes logits that hold NaN or infinity ({logits.dtype} overflows): its "
+                             "weights are out of any usable range")
+    return logits
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
@@ -280,12 +293,9 @@ def load_pretrained(checkpoint: str, causal: bool = False, device: str | torch.d
     llama2.c legacy and version-1 `.bin` exports, and the Llama part of run_llama.py's fine-tuned classifiers
     (see checkpoint.py). A missing file is a FileNotFoundError: fetching one is the caller's job (assets.ensure).
     """
-    model_args, state_dict = read_checkpoint(checkpoint)
-    model = Llama(LlamaConfig.from_model_args(model_args, source=str(checkpoint), causal=causal))
-    if not torch.equal(state_dict["output.weight"], state_dict["tok_embeddings.weight"]):
+    ckpt = read_llama(checkpoint, causal=causal)  # model_args checked, and the tensors' names and shapes
+    model = Llama(ckpt.config)
+    if not is_tied(ckpt.state_dict):
         model.output.weight = nn.Parameter(torch.empty_like(model.output.weight))  # the file has its own classifier
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{checkpoint}: the checkpoint does not fit the model: {e}") from None
+    model.load_state_dict(ckpt.state_dict, strict=True)
     return model.to(device or "cpu").eval()

@@ -26,10 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from config import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, lora_problem
 from llama import Attention
-
-ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compute_output")
-DEFAULT_TARGETS = ("compute_query", "compute_value")  # the paper's choice (§7.1, Table 5)
 
 
 class LoRALinear(nn.Linear):
@@ -40,15 +38,11 @@ class LoRALinear(nn.Linear):
     """
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
-        if not isinstance(rank, int) or not 0 < rank <= min(base.in_features, base.out_features):
-            raise ValueError(
-                f"LoRA rank must be an integer in [1, min(in_features, out_features)] = "
-                f"[1, {min(base.in_features, base.out_features)}], got {rank!r}"
-            )
-        if not 0 < alpha < math.inf:
-            raise ValueError(f"LoRA alpha must be a positive finite number, got {alpha!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+        if problem := lora_problem(rank, alpha, dropout):
+            raise ValueError(problem)
+        if rank > min(base.in_features, base.out_features):
+            raise ValueError(f"LoRA rank must be an integer in [1, min(in_features, out_features)] = "
+                             f"[1, {min(base.in_features, base.out_features)}], got {rank!r}")
         # on the meta device nn.Linear allocates nothing; its weight and bias are then replaced by the base's
         super().__init__(base.in_features, base.out_features, bias=base.bias is not None, device="meta")
         self.weight = base.weight
@@ -106,6 +100,11 @@ def add_lora(
     return model
 
 
+def is_adapter(name: str) -> bool:
+    """Whether the state-dict entry `name` is a LoRA adapter's A or B, rather than a weight of the base model."""
+    return name.endswith((".lora_A", ".lora_B"))
+
+
 def lora_state_dict(model: nn.Module, *extra_prefixes: str) -> dict[str, torch.Tensor]:
     """The adapter tensors (`...lora_A`, `...lora_B`) of `model`, and every entry whose name starts with one of
     `extra_prefixes` (e.g. "classifier_head."): what a LoRA checkpoint stores beside the base checkpoint.
@@ -114,7 +113,7 @@ def lora_state_dict(model: nn.Module, *extra_prefixes: str) -> dict[str, torch.T
     for prefix in extra_prefixes:
         if not any(name.startswith(prefix) for name in state):
             raise ValueError(f"lora_state_dict: no entry of {type(model).__name__}'s state dict starts with {prefix!r}")
-    adapters = {name: t for name, t in state.items() if name.endswith((".lora_A", ".lora_B"))}
+    adapters = {name: t for name, t in state.items() if is_adapter(name)}
     if not adapters:
         raise ValueError(f"lora_state_dict: {type(model).__name__} has no LoRA adapters (call add_lora first)")
     return {name: t for name, t in state.items() if name in adapters or name.startswith(extra_prefixes)}

@@ -1,15 +1,35 @@
 """What a training run measured: one JSON line per epoch in `metrics.jsonl`, and, when matplotlib is installed, a
-picture of the loss and accuracy curves beside the dev-set confusion matrix.
+picture of the loss and accuracy curves beside the dev-set confusion matrix; and the machine that measured it.
 """
+import importlib.metadata
 import json
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import confusion_matrix
 
 import files
 from files import write_atomically
+
+
+def machine(use_gpu: bool = False) -> dict:
+    """Where figures were measured: the platform, the CPU's model name, its cores, the GPU when one is used, and
+    the versions that matter (transformers: None where it is not installed)."""
+    cpu = platform.processor() or platform.machine()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    try:
+        transformers = importlib.metadata.version("transformers")
+    except importlib.metadata.PackageNotFoundError:
+        transformers = None
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "gpu": torch.cuda.get_device_name() if use_gpu and torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers}
 
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 

@@ -26,7 +26,6 @@ to OUT/results.md, with the same numbers in OUT/results.json.
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -34,11 +33,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 import assets
 import files
 from files import write_atomically
+from metrics import machine
 from run_llama import PREFIX, parse_args
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
@@ -354,18 +352,6 @@ def run_all(runs: list[Run], keep_checkpoints: bool) -> dict[Run, dict]:
 
 
 # ---- the table ----
-def machine(use_gpu: bool) -> dict:
-    """The CPU, its cores, the GPU when one is used, and the versions that matter."""
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").exists():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if use_gpu and torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
 def mean_std(values: list[float]) -> tuple[float, float | None]:
     return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None
 

@@ -39,9 +39,10 @@ import assets
 import files
 import metrics
 from checkpoint import CheckpointError, read_classifier_checkpoint
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
-from llama import Llama, load_pretrained
-from lora import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, merge_lora
+from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from config import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, ClassifierConfig, lora_problem
+from llama import Llama, NonFiniteError, load_pretrained
+from lora import merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
 from trainer import (all_reduce_sum, barrier, checkpoint_data, distributed, drop_metrics_after, gather,
@@ -243,11 +244,12 @@ def autocast(dtype: str, device: torch.device) -> torch.autocast:
 
 
 def check_fits(llama: Llama, tokenizer: Tokenizer, splits: list[Split], tokenizer_model: str, model_path: str) -> None:
-    """Refuse a tokenizer with more pieces than the model has embeddings, and sentences longer than its context.
+    """Refuse a tokenizer of another vocabulary size than the model's, and sentences longer than its context.
     `tokenizer_model` and `model_path` are the files they were read from, which the refusal names."""
     vocab_size, max_seq_len = llama.config.vocab_size, llama.config.max_seq_len
-    if tokenizer.n_words > vocab_size:
-        raise InputError(f"the tokenizer {tokenizer_model} has {tokenizer.n_words} pieces, more than the "
+    if tokenizer.n_words != vocab_size:
+        raise InputError(f"the tokenizer {tokenizer_model} has {tokenizer.n_words} pieces, "
+                         f"{'more' if tokenizer.n_words > vocab_size else 'fewer'} than the "
                          f"{vocab_size} embeddings of the model {model_path}: they do not belong "
                          "together (pass the model's own tokenizer with --tokenizer-model)")
     for split in splits:
@@ -561,18 +563,17 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
     folder given as a data file, or an output that cannot be written, is an InputError.
     """
     parser = arg_parser()
-    for name in ("epochs", "batch_size", "max_sentence_len", "lora_rank"):
+    for name in ("epochs", "batch_size", "max_sentence_len"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.seed <= MAX_SEED:
         parser.error(f"--seed must be in 0 … {MAX_SEED}, got {args.seed}")
     if not 0.0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
-    for name in ("hidden_dropout_prob", "lora_dropout"):
-        if not 0.0 <= getattr(args, name) < 1.0:
-            parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
-    if not 0.0 < args.lora_alpha < math.inf:
-        parser.error(f"--lora_alpha must be a positive number, got {args.lora_alpha}")
+    if not 0.0 <= args.hidden_dropout_prob < 1.0:
+        parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
+    if problem := lora_problem(args.lora_rank, args.lora_alpha, args.lora_dropout):
+        parser.error(f"--{problem}")
     left_out = [key for key in DERIVED if getattr(args, key) is None]
     derived = derived_paths(args.train, args.option)
     if derived:
@@ -644,6 +645,8 @@ def main(argv: list[str] | None = None) -> None:
         resumable = args.option in ("finetune", "lora") and Path(args.last_filepath).is_file()
         sys.exit("interrupted" + (f": {args.last_filepath} holds the last finished epoch; run the same command with "
                                   "--resume to go on from it" if resumable else ""))
+    except NonFiniteError as e:
+        raise InputError(f"{args.pretrained_model_path}: {e}") from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -39,8 +39,9 @@ from torch.nn.parallel import DistributedDataParallel
 import metrics
 from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classifier_checkpoint,
                         weights_digest)
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from lora import load_lora_state_dict, lora_state_dict
+from classifier import LlamaEmbeddingClassifier
+from config import ClassifierConfig
+from lora import is_adapter, load_lora_state_dict, lora_state_dict
 
 if typing.TYPE_CHECKING:
     from run_llama import LlamaDataset
@@ -184,7 +185,7 @@ def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress
 def base_digest(model: LlamaEmbeddingClassifier) -> str:
     """checkpoint.weights_digest of the base model under the LoRA adapters."""
     state_dict = model.llama.state_dict()
-    return weights_digest({name: t for name, t in state_dict.items() if not name.endswith((".lora_A", ".lora_B"))})
+    return weights_digest({name: t for name, t in state_dict.items() if not is_adapter(name)})
 
 
 def sizes(model_args: dict) -> dict:

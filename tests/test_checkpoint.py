@@ -1,8 +1,10 @@
 """Tests for checkpoint.py: every format round-trips, the .bin layouts match llama2.c's, bad files are refused."""
+import builtins
 import hashlib
 import struct
 import zipfile
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch
 from checkpoint import (CheckpointError, LoraCheckpointError, read_checkpoint,
                         read_checkpoint_with_classifier, read_classifier_checkpoint, save_checkpoint,
                         save_classifier_checkpoint, weights_digest, write_llama2c_bin)
-from classifier import ClassifierConfig
+from config import ClassifierConfig
 from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
@@ -395,3 +397,16 @@ def test_weights_digest_is_that_of_the_weights_not_of_the_file(tmp_path):
     assert len(digests) == 1
     sd["norm.weight"][0] += 1e-3
     assert weights_digest(sd) not in digests
+
+
+def test_a_checkpoint_is_opened_and_read_once(tmp_path, monkeypatch):
+    """One read gives the sniffed format, the CRC-32 checks and the unpickled tensors (it took three opens)."""
+    save_checkpoint(tmp_path / "c.pt", ARGS, random_state_dict(shared=True))
+    write_llama2c_bin(tmp_path / "m.bin", ARGS, random_state_dict(shared=True))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda file, *args, **kwargs: opened.append(file) or real_open(file, *args,
+                                                                                                          **kwargs))
+    for name in ("c.pt", "m.bin"):
+        read_checkpoint(tmp_path / name)
+    assert [Path(file).name for file in opened] == ["c.pt", "m.bin"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from config import ClassifierConfig
 from tokenizer import Tokenizer
 
 LABELS = ["awful", "mediocre", "lukewarm", "good"]  # two of them several tokens long

@@ -1,7 +1,10 @@
 """Tests for config.py: the course's defaults, llama2.c's hidden_dim rule, and errors that name the bad field."""
+import math
+import os
+
 import pytest
 
-from config import LlamaConfig
+from config import ClassifierConfig, LlamaConfig, lora_problem, memory_bytes
 
 
 def test_defaults_are_the_courses():
@@ -52,3 +55,31 @@ def test_from_model_args_rejects_unknown_keys():
     assert (config.dim, config.n_heads, config.n_kv_heads, config.vocab_size) == (64, 4, 2, 10)
     with pytest.raises(ValueError, match=r"ckpt\.pt.*\['rope_theta'\]"):
         LlamaConfig.from_model_args(dict(dim=64, rope_theta=1e4), source="ckpt.pt")
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(max_seq_len=10**12), r"ckpt\.pt: model_args max_seq_len=1000000000000: the rotary tables .* GiB, more than"),
+    (dict(n_layers=-1), r"ckpt\.pt: bad model sizes: LlamaConfig\.n_layers must be positive"),
+    (dict(dim=64.0), r"ckpt\.pt: model_args dim=64\.0 is not a finite int"),
+    (dict(causal=1), r"ckpt\.pt: model_args causal=1 is not a finite bool"),
+])
+def test_from_model_args_refuses_before_anything_is_allocated(change, error):
+    """An absurd size is one line naming the file (issue 19, defect 9), not an allocation error later."""
+    with pytest.raises(ValueError, match=error) as refusal:
+        LlamaConfig.from_model_args({**dict(dim=64, n_heads=4, n_kv_heads=2, vocab_size=10), **change}, "ckpt.pt")
+    assert "\n" not in str(refusal.value)
+
+
+def test_the_lower_layer_holds_the_classifier_config_and_the_lora_checks():
+    assert ClassifierConfig("m.pt", 2).lora_targets == ("compute_query", "compute_value")
+    for args, name in (((0, 1.0, 0.0), "lora_rank"), ((4, float("nan"), 0.0), "lora_alpha"),
+                       ((4, 1.0, 1.0), "lora_dropout")):
+        assert lora_problem(*args).startswith(f"{name} must be ")
+    assert lora_problem(4, 1.0, 0.0) is None
+
+
+def test_memory_is_unbounded_where_the_system_does_not_say(monkeypatch):
+    assert 0 < memory_bytes() < math.inf
+    monkeypatch.delattr(os, "sysconf")  # Windows has no os.sysconf
+    assert memory_bytes() == math.inf
+    assert LlamaConfig.from_model_args(dict(dim=64, n_heads=4, n_kv_heads=2, max_seq_len=10**12)).max_seq_len == 10**12

@@ -18,8 +18,8 @@ from transformers import LlamaForCausalLM
 
 import convert
 from checkpoint import save_checkpoint
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from config import LlamaConfig
+from classifier import LlamaEmbeddingClassifier
+from config import ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
 from test_llama import random_model
 from trainer import checkpoint_data

@@ -22,7 +22,8 @@ import torch
 
 import run_llama
 from checkpoint import write_llama2c_bin
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier
+from classifier import LlamaEmbeddingClassifier
+from config import ClassifierConfig
 from test_run_llama import GetAsset, copy_head
 from trainer import checkpoint_data
 
@@ -104,6 +105,8 @@ BAD_MODELS = {
     "bad-args.pt": (changed(lambda s: s["model_args"].update(n_layers=-1)), "n_layers must be positive"),
     "float-args.pt": (changed(lambda s: s["model_args"].update(dim=32.5)), "dim=32.5 is not a finite int"),
     "unknown-args.pt": (changed(lambda s: s["model_args"].update(rope_scaling=2.0)), "unknown model_args"),
+    "huge-context.pt": (changed(lambda s: s["model_args"].update(max_seq_len=10**12)),
+                        "max_seq_len=1000000000000: the rotary tables"),
     "list.pt": (lambda p, m, _: torch.save([torch.zeros(2)], p), "not a checkpoint"),
     "short.bin": (wrong_size_bin, "wrong size"),
     "lora.pt": (lora_checkpoint, "LoRA"),

@@ -17,7 +17,7 @@ import sanity_check
 from checkpoint import save_checkpoint
 from config import LlamaConfig
 from convert import to_hf
-from llama import Attention, FeedForward, KVCache, Llama, LlamaLayer, RMSNorm, load_pretrained
+from llama import Attention, FeedForward, KVCache, Llama, LlamaLayer, NonFiniteError, RMSNorm, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LlamaConfig(vocab_size=97, dim=64, n_layers=3, n_heads=8, n_kv_heads=2, max_seq_len=32, causal=True)
@@ -338,6 +338,34 @@ def test_load_pretrained_defaults_to_the_cpu_and_the_courses_semantics(tmp_path,
     torch.save({"model_args": model_args, "model": random_model(COURSE).state_dict()}, tmp_path / "model.pt")
     with pytest.raises(ValueError, match="position_embedding_type='absolute'"):
         load_pretrained(str(tmp_path / "model.pt"))
+
+
+def test_load_pretrained_reads_hidden_dim_from_w1_where_model_args_lack_it(tmp_path):
+    """llama2.c's train.py stores multiple_of, not hidden_dim; the weights' w1 decides, whatever multiple_of says
+    (issue 19, defect 9: multiple_of = 7 was a size-mismatch traceback)."""
+    model = random_model(COURSE)
+    model_args = {**asdict(COURSE), "multiple_of": 7}
+    del model_args["hidden_dim"], model_args["causal"]
+    torch.save({"model_args": model_args, "model": model.state_dict()}, tmp_path / "model.pt")
+    loaded = load_pretrained(str(tmp_path / "model.pt"))
+    assert loaded.config.hidden_dim == COURSE.hidden_dim != LlamaConfig(**model_args).hidden_dim
+    tokens = torch.randint(0, CONFIG.vocab_size, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens)[0], model(tokens)[0])
+
+
+@pytest.mark.parametrize("config", [COURSE, CONFIG], ids=["course", "causal"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_logits_that_overflow_are_refused_not_sampled(config, temperature):
+    """Finite weights can still overflow float32 (norm gains of 1e38): generating says so in one line instead of
+    "probability tensor contains inf/nan", or of a silent argmax over NaN (issue 19, defect 9)."""
+    model = random_model(config)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if name.endswith("norm.weight"):
+                weight.fill_(1e38)
+    with pytest.raises(NonFiniteError, match=r"^the model computes logits that hold NaN or infinity"):
+        model.generate(torch.tensor([[1, 5, 7]]), 3, temperature=temperature)
 
 
 def test_load_pretrained_missing_file(tmp_path):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from config import LlamaConfig
+from config import ATTENTION_PROJECTIONS, LlamaConfig
 from llama import Llama
-from lora import ATTENTION_PROJECTIONS, LoRALinear, add_lora, load_lora_state_dict, lora_state_dict, merge_lora
+from lora import LoRALinear, add_lora, load_lora_state_dict, lora_state_dict, merge_lora
 from optimizer import AdamW
 
 CONFIG = dict(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=50, max_seq_len=16)

@@ -11,10 +11,10 @@ import torch
 
 import run_llama
 from checkpoint import read_checkpoint, save_checkpoint, weights_digest
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier
-from config import LlamaConfig
+from classifier import LlamaEmbeddingClassifier
+from config import ATTENTION_PROJECTIONS, ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
-from lora import ATTENTION_PROJECTIONS, LoRALinear, load_lora_state_dict, merge_lora
+from lora import LoRALinear, load_lora_state_dict, merge_lora
 from run_llama import InputError
 from test_run_llama import GetAsset, copy_head, course_batches, files, read_predictions
 from tokenizer import Tokenizer

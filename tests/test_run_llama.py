@@ -1,6 +1,7 @@
 """run_llama.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data files."""
 import codecs
 import inspect
+import io
 import json
 import os
 import random
@@ -16,10 +17,11 @@ from typing import Callable, Iterator
 import numpy as np
 import pytest
 import torch
+from sentencepiece import SentencePieceTrainer
 
 import run_llama
-from classifier import ClassifierConfig, LlamaEmbeddingClassifier, LlamaZeroShotClassifier
-from config import LlamaConfig
+from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
+from config import ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
 from run_llama import InputError
 from trainer import CheckpointError
@@ -432,6 +434,52 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch,
         with pytest.raises(InputError, match=r"tokenizer.* has 32000 pieces, more than the 512 embeddings"):
             run_llama.main(["--option", option, "--train", "data/sst-train.txt",
                             "--pretrained-model-path", stories260k, "--tokenizer-model", tokenizer_model])
+    assert files(tmp_path) == before
+
+
+@pytest.fixture(scope="module")
+def small_tokenizer(tmp_path_factory, asset: GetAsset) -> str:
+    """A 400-piece byte-fallback sentencepiece model trained on SST's sentences: a tokenizer of another model."""
+    proto = io.BytesIO()
+    SentencePieceTrainer.train(sentence_iterator=iter(sentences(asset("data/sst-train.txt").read_text().splitlines())),
+                               model_writer=proto, vocab_size=400, model_type="bpe", byte_fallback=True, minloglevel=2)
+    path = tmp_path_factory.mktemp("small") / "small.model"
+    path.write_bytes(proto.getvalue())
+    return str(path)
+
+
+def test_a_tokenizer_smaller_than_the_model_is_refused_before_any_work(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                                       model_path: str, small_tokenizer: str):
+    """Issue 19, defect 8: generate used to fail with "piece id is out of range" after generating."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset, tmp_path, name, 3)
+    before = files(tmp_path)
+    for option in ("generate", "prompt", "finetune", "lora"):
+        with pytest.raises(InputError, match=r"small\.model has 400 pieces, fewer than the 32000 embeddings of the "
+                                             r"model .*: they do not belong together"):
+            run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1",
+                            "--pretrained-model-path", model_path, "--tokenizer-model", small_tokenizer])
+    assert files(tmp_path) == before
+
+
+def test_weights_whose_logits_overflow_are_one_line_naming_the_model(tmp_path: Path, monkeypatch, asset: GetAsset,
+                                                                     model_path: str, tokenizer_model: str):
+    """Issue 19, defect 9: norm gains of 1e38 ended generate in "probability tensor contains inf/nan", and scored
+    prompts with NaN."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        copy_head(asset, tmp_path, name, 3)
+    saved = torch.load(model_path, weights_only=True)
+    for name, tensor in saved["model"].items():
+        if name.endswith("norm.weight"):
+            tensor.fill_(1e38)
+    torch.save(saved, tmp_path / "loud.pt")
+    before = files(tmp_path)
+    for option in ("generate", "prompt"):
+        with pytest.raises(InputError, match=r"^loud\.pt: the model computes logits that hold NaN or infinity"):
+            run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--pretrained-model-path", "loud.pt",
+                            "--tokenizer-model", tokenizer_model])
     assert files(tmp_path) == before
 
 

@@ -1,0 +1,50 @@
+"""The project's import graph, read from the source: config.py at the bottom, no circle, and every project import at
+the top of its module, where a reader sees the layers."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MODULES = {path.stem: path for path in REPO.glob("*.py")}
+LATE = {"bench"}  # bench.py imports the modules it measures in its children, which may run another checkout
+PENDING = {("trainer", "run_llama")}  # trainer.py's TYPE_CHECKING import of run_llama, which trainer's rework removes
+
+
+def project_imports(module: str) -> list[tuple[str, bool]]:
+    """(imported project module, whether the import sits at the top level of the module) for each import."""
+    tree = ast.parse(MODULES[module].read_text())
+    top = {id(node) for node in tree.body}
+    found = []
+    for node in ast.walk(tree):
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                 else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+        found += [(name.split(".")[0], id(node) in top) for name in names if name.split(".")[0] in MODULES]
+    return found
+
+
+def test_config_imports_no_project_module():
+    assert project_imports("config") == []
+
+
+def test_project_imports_sit_at_the_top_of_their_module():
+    hidden = [(module, imported) for module in MODULES if module not in LATE
+              for imported, at_top in project_imports(module) if not at_top and (module, imported) not in PENDING]
+    assert hidden == []
+
+
+def test_the_import_graph_has_no_circle():
+    graph = {module: {imported for imported, _ in project_imports(module) if (module, imported) not in PENDING}
+             for module in MODULES if module not in LATE}
+    done, path = set(), []
+
+    def visit(module: str) -> None:
+        assert module not in path, f"import circle: {' -> '.join(path[path.index(module):] + [module])}"
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
