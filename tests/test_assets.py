@@ -4,6 +4,7 @@ import functools
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -207,5 +208,22 @@ def test_skips_for_missing_files_are_explained_in_one_line(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stdout
     summary = [line for line in result.stdout.splitlines() if "could not be fetched" in line]
-    assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, or set "
-                       f"{assets.MIRROR_ENV} to a folder that holds them (README, Offline)"], result.stdout
+    assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, "
+                       f"put them in the repository root {REPO}, or set {assets.MIRROR_ENV} to a folder that holds "
+                       "them (README, Offline)"], result.stdout
+
+
+def test_the_tests_find_public_files_in_the_repository_root(tmp_path: Path, asset):
+    """A checkout whose root holds tokenizer.model (put there by hand, or by `make fetch`) runs the tests that need
+    it offline, without a mirror: they are not skipped."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv*", ".pytest_cache", "__pycache__",
+                                                                   "data", "*.model", "*.data", "*.npy", "*.bin",
+                                                                   "*.pt"))
+    shutil.copy(asset("tokenizer.model"), checkout)
+    env = {name: value for name, value in os.environ.items() if name != assets.MIRROR_ENV}
+    env |= {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # offline
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_tokenizer.py",
+                             "-k", "llama_vocabulary or round_trip"], cwd=checkout, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "2 passed" in result.stdout and "skipped" not in result.stdout, result.stdout
