@@ -2,7 +2,7 @@
 # install the requirements; a stamp file per requirements file makes that happen only once, or after it changes.
 #
 # torch: TORCH (default torch==2.13.0, the version CI tests), from TORCH_INDEX. On Linux without nvidia-smi,
-# TORCH_INDEX is PyTorch's CPU wheel index (the CPU build, about 200 MB instead of several GB of CUDA wheels); when
+# TORCH_INDEX is PyTorch's CPU wheel index (the CPU build, a 190 MB wheel instead of several GB of CUDA ones); when
 # that index cannot be reached, one line says so and torch comes from pip's default index. On macOS, Windows and
 # Linux with nvidia-smi, TORCH_INDEX is empty: pip's default build. pip keeps a torch that is already installed, so
 # to change builds start over:  make clean-venv && make test TORCH_INDEX=   (empty: the default, CUDA on Linux)
