@@ -41,6 +41,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           "9e556afd44213b6bd1be2b850ebbbd98f5481437a8021afaf58ee7fb1818d347", 499723),
     Asset("sanity_check.data", (_COURSE + "sanity_check.data",),
           "34f7c763a3bb025940029bd970594e985bf69b7ed6e693a8f5cccbef0cee55b0", 289851),
+    # the references of the course's rope_test.py and optimizer_test.py, which ours compare against too
+    Asset("rotary_embedding_actual.data", (_COURSE + "rotary_embedding_actual.data",),
+          "57b5f9defc9489955829a935d972b85a5fa69f482c7aabdd496e24ffc1b082ee", 1063),
+    Asset("optimizer_test.npy", (_COURSE + "optimizer_test.npy",),
+          "77b817e0dce16a9bc8d3a6bcb88035db68f7d783dc8a565737581fadd05db815", 152),
     *(Asset(f"data/{name}", (_COURSE + f"data/{name}",), sha256, size) for name, sha256, size in [
         ("sst-train.txt", "7aeac81f2a387f2ce7fab98ed8f40ef85cc9c8ad11bcbb63b122e95665cb1f35", 936994),
         ("sst-dev.txt", "11963c76cd073e68006da0390620aadf5a4b8f775e2f900e92a50b3002e39b9b", 121643),
@@ -147,11 +152,14 @@ def _copy(source: str | Path, dest: Path, asset: Asset) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Fetch the named assets (default: all but the large ones) into the current directory."""
-    parser = argparse.ArgumentParser(description="Fetch the public files minllama needs into the current directory.")
-    parser.add_argument("names", nargs="*", metavar="NAME", help="assets to fetch (default: all small ones)")
+    parser = argparse.ArgumentParser(description="Fetch the public files minllama needs into the current directory, "
+                                     f"from their URLs, or from the folder ${MIRROR_ENV} when it is set.",
+                                     allow_abbrev=False)
+    parser.add_argument("names", nargs="*", metavar="NAME", help="The assets to fetch (default: all small ones).")
     parser.add_argument("--all", action="store_true",
-                        help="also fetch the large ones (the checkpoints stories42M.pt and stories260K.bin)")
-    parser.add_argument("--list", action="store_true", help="list the known assets and exit")
+                        help="Also fetch the large ones (the checkpoints stories42M.pt and stories260K.bin).")
+    parser.add_argument("--list", action="store_true",
+                        help="List the known assets, whether each is present, and where it comes from; fetch none.")
     args = parser.parse_args(argv)
     if args.list:
         for a in ASSETS.values():

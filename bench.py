@@ -416,15 +416,21 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS))
-    parser.add_argument("--rounds", type=int, help=f"turns of every implementation, in fresh processes ({ROUNDS})")
-    parser.add_argument("--repeats", type=int, default=3, help="timed samples per process (epoch: always one)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+                        help="The workloads to run (default: all of them).")
+    rounds = ", ".join(f"{name} {n}" for name, n in ROUNDS.items())
+    parser.add_argument("--rounds", type=int,
+                        help=f"Turns of every implementation, each in fresh processes (default: {rounds}).")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="Timed samples per process; epoch always takes one (default: %(default)s).")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="The threads torch uses, torch.set_num_threads (default: all %(default)s CPUs).")
     parser.add_argument("--default-malloc", action="store_true",
-                        help=f"run the workloads without setting {', '.join(MALLOC)} (see MALLOC)")
+                        help=f"Run the workloads without setting {', '.join(MALLOC)} (see MALLOC).")
     parser.add_argument("--baseline", type=Path, metavar="DIR",
-                        help="another minllama checkout whose causal generate/finetune/zeroshot run beside ours")
+                        help="Another minllama checkout, whose causal generate, finetune and zeroshot run beside ours.")
     parser.add_argument("--child", nargs=2, metavar=("WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
     args = parser.parse_args()

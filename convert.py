@@ -7,8 +7,11 @@ CHECKPOINT is any file load_pretrained reads, or a classifier trained by run_lla
 exported (neither format has a place for the classifier head). A LoRA classifier's checkpoint holds only its adapters:
 they are loaded onto its base model and merged into the base weights (lora.merge_lora) first.
 
-transformers' Llama computes the same function as ours under other tensor names, with one difference of layout: its
-rotary embedding turns the pairs (x[i], x[i + head_dim/2]) of a head ("rotate_half"), ours the neighbours
+transformers' LlamaForCausalLM always masks attention causally: it computes the function that ours computes with
+--causal (LlamaConfig(causal=True)), so the Hugging Face export gives our logits in that semantics only; from the
+same weights, the course's default semantics (attention without a mask) gives other logits. llama2.c's run.c is
+causal too. Apart from that, transformers' Llama computes ours under other tensor names, with one difference of
+layout: its rotary embedding turns the pairs (x[i], x[i + head_dim/2]) of a head ("rotate_half"), ours the neighbours
 (x[2i], x[2i+1]), by the same angles. Reordering the rows of the query and key projections in each head, even rows
 first and odd rows after, makes its pair i hold our pair i; queries and keys are then permuted alike, which leaves
 every dot product q·k, and so the attention, unchanged.
@@ -200,12 +203,15 @@ def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], d
 
 def main(argv: list[str] | None = None) -> int:
     """The command line; returns the exit status."""
-    parser = argparse.ArgumentParser(description="Export a Llama checkpoint to Hugging Face transformers or llama2.c.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
-                        help="a file load_pretrained reads, or a classifier fine-tuned by run_llama.py")
+                        help="A file load_pretrained reads, or a classifier fine-tuned by run_llama.py.")
     parser.add_argument("--to", required=True, choices=("hf", "llama2c"),
-                        help="hf: a folder with config.json and model.safetensors; llama2c: a version-1 .bin file")
-    parser.add_argument("out", metavar="OUT", help="the folder (hf) or file (llama2c) to write")
+                        help="hf: a folder with config.json and model.safetensors, for transformers' "
+                             "LlamaForCausalLM, which computes the --causal semantics; llama2c: a version-1 .bin "
+                             "file (run.c is causal too).")
+    parser.add_argument("out", metavar="OUT", help="The folder (hf) or file (llama2c) to write.")
     args = parser.parse_args(argv)
     try:
         path = assets.ensure(args.checkpoint)

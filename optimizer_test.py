@@ -1,17 +1,24 @@
-"""Check optimizer.AdamW against an independent float64 NumPy AdamW on a small regression problem.
+"""The course's optimizer test: `python optimizer_test.py` prints "Optimizer test passed!" or exits non-zero saying
+which check failed and what differs.
 
-Run `python optimizer_test.py`; it prints `Optimizer test passed!` or exits non-zero saying what differs.
-`reference_adamw` is also used by tests/test_optimizer.py.
+As the course's test does, it trains nn.Linear(3, 2, bias=False) for 1000 AdamW steps (lr 1e-3, weight decay 1e-4)
+on a small regression problem and compares the weight with the course's reference file optimizer_test.npy, fetched
+if missing (see assets.py). It also checks optimizer.AdamW, with and without gradient clipping, against AdamW
+written here in float64 NumPy from the equations, given the same gradients. reference_adamw is also used by
+tests/test_optimizer.py.
 """
+import argparse
 import sys
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+import assets
 from optimizer import AdamW
 
 STEPS, LR, WEIGHT_DECAY = 1000, 1e-3, 1e-4
+REFERENCE = "optimizer_test.npy"
 
 
 # ---- the reference: float64 NumPy, written from the equations of Kingma & Ba 2015 and Loshchilov & Hutter 2019 ----
@@ -77,20 +84,42 @@ def train_linear(max_grad_norm: float | None) -> tuple[np.ndarray, np.ndarray, l
     return initial, model.weight.detach().double().numpy(), xs
 
 
-def main() -> None:
+def read_reference(path: str) -> np.ndarray:
+    """The course's weight after its run, saved in `path`."""
+    try:
+        weight = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a NumPy .npy array ({e})") from None
+    if weight.shape != (2, 3):
+        raise ValueError(f"{path}: expected the (2, 3) weight of nn.Linear(3, 2), found shape {weight.shape}")
+    return weight
+
+
+def main(reference: str = REFERENCE) -> None:
+    """Run the checks; exits non-zero naming the check that failed."""
+    try:
+        course = read_reference(str(assets.ensure(reference)))
+    except (OSError, ValueError, assets.AssetError) as e:
+        sys.exit(f"error: {e}")
     for max_grad_norm in (None, 0.9):
         initial, actual, xs = train_linear(max_grad_norm)
+        if max_grad_norm is None and not np.allclose(actual, course, atol=1e-5, rtol=1e-3):  # the course's check
+            sys.exit(f"Optimizer test FAILED against the course's {reference}: after {STEPS} steps AdamW gives\n"
+                     f"{actual}\nbut the course's reference is\n{course}\n"
+                     f"(max abs difference {np.abs(actual - course).max():.3g})")
         (expected,) = reference_adamw(
             [initial], regression_gradient(xs), STEPS, LR, weight_decay=WEIGHT_DECAY, max_grad_norm=max_grad_norm
         )
         if not np.allclose(actual, expected, atol=1e-5, rtol=1e-3):
             sys.exit(
-                f"Optimizer test FAILED (max_grad_norm={max_grad_norm}): after {STEPS} steps AdamW gives\n{actual}\n"
-                f"but the float64 reference gives\n{expected}\n"
+                f"Optimizer test FAILED against the float64 derivation (max_grad_norm={max_grad_norm}): after "
+                f"{STEPS} steps AdamW gives\n{actual}\nbut the float64 reference gives\n{expected}\n"
                 f"(max abs difference {np.abs(actual - expected).max():.3g})"
             )
     print("Optimizer test passed!")
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            allow_abbrev=False).parse_args()
     main()

@@ -24,6 +24,8 @@ The table gives mean (sample standard deviation, n − 1) over the seeds beside 
 to OUT/results.md, with the same numbers in OUT/results.json.
 """
 import argparse
+import contextlib
+import io
 import json
 import os
 import statistics
@@ -431,29 +433,45 @@ def markdown(numbers: dict) -> str:
 
 
 # ---- command line ----
+def reproduce_parser() -> argparse.ArgumentParser:
+    """reproduce.py's own flags."""
+    parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=COURSE_SEEDS,
+                        help="Runs of each fine-tune, one per seed (default: %(default)s, the course's count).")
+    parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
+                        help="The seeds are this one and the next ones (default: %(default)s).")
+    parser.add_argument("--causal", action="store_true", help="Pass --causal to run_llama.py.")
+    parser.add_argument("--use_gpu", action="store_true", help="Pass --use_gpu to run_llama.py.")
+    parser.add_argument("--epochs", type=int, help="Epochs instead of the fine-tunes' 5 (a trial, not the course's).")
+    parser.add_argument("--batch_size", type=int, help="A batch size instead of the commands' 10 and 80 (a trial).")
+    parser.add_argument("--pretrained-model-path", default="stories42M.pt",
+                        help="The pretrained checkpoint every run reads (default: %(default)s).")
+    parser.add_argument("--tokenizer-model", default="tokenizer.model",
+                        help="The tokenizer every run reads (default: %(default)s).")
+    parser.add_argument("--data-dir", default="data",
+                        help="The folder of the data files the commands name (default: %(default)s).")
+    parser.add_argument("--out", help="Where the runs and the results go (default: reproduce-default, or "
+                                      "reproduce-causal with --causal).")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="Keep the fine-tunes' checkpoints (about 1 GB per run for stories42M).")
+    return parser
+
+
 def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
     """reproduce.py's own flags, then after `--` flags for every run_llama.py command."""
     split = argv.index("--") if "--" in argv else len(argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=COURSE_SEEDS, help="runs of each fine-tune (default: 10)")
-    parser.add_argument("--first-seed", type=int, default=FIRST_SEED, help="the seeds are this one and the next")
-    parser.add_argument("--causal", action="store_true", help="pass --causal to run_llama.py")
-    parser.add_argument("--use_gpu", action="store_true", help="pass --use_gpu to run_llama.py")
-    parser.add_argument("--epochs", type=int, help="instead of the fine-tunes' 5 (a trial, not the course's)")
-    parser.add_argument("--batch_size", type=int, help="instead of the commands' 10 and 80 (a trial)")
-    parser.add_argument("--pretrained-model-path", default="stories42M.pt")
-    parser.add_argument("--tokenizer-model", default="tokenizer.model")
-    parser.add_argument("--data-dir", default="data", help="the folder of the data files the commands name")
-    parser.add_argument("--out", help="where the runs and the results go (default: reproduce-default, or "
-                                      "reproduce-causal with --causal)")
-    parser.add_argument("--keep-checkpoints", action="store_true",
-                        help="keep the fine-tunes' checkpoints (about 1 GB per run for stories42M)")
+    parser = reproduce_parser()
     args = parser.parse_args(argv[:split])
     args.run_llama_args = argv[split + 1:]
     if args.seeds < 1:
         parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    if reserved := sorted(RESERVED & {flag.split("=")[0] for flag in args.run_llama_args}):
-        parser.error(f"{', '.join(reserved)} after -- : reproduce.py sets those itself (see --help)")
+    given = {flag.split("=")[0] for flag in args.run_llama_args if flag.startswith("--")}
+    # an abbreviation too (--see), which a parser allowing them would take for the flag (--seed)
+    reserved = {flag: sorted(name for name in RESERVED if name.startswith(flag)) for flag in sorted(given)}
+    if refused := [flag if flag in RESERVED else f"{flag} (for {', '.join(names)})"
+                   for flag, names in reserved.items() if names]:
+        parser.error(f"{', '.join(refused)} after -- : reproduce.py sets those itself (see --help)")
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
     if os.path.lexists(args.out) and (problem := files.output_problem(args.out, folder=True)):
@@ -466,14 +484,24 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def refusal(argv: tuple[str, ...]) -> str | None:
+    """run_llama.py's error line for a command line its parser refuses, without its usage; None if it accepts it."""
+    error = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(error), contextlib.redirect_stdout(io.StringIO()):
+            parse_args(list(argv), check_files=False)
+    except SystemExit as e:
+        lines = error.getvalue().strip().splitlines()
+        return lines[-1].split(" error: ", 1)[-1] if lines else f"it exits with status {e.code}, as for --help"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     args = get_reproduce_args(sys.argv[1:] if argv is None else argv)
     runs = plan(args.seed_list, args.out, args.data_dir, args.epochs, args.batch_size, args.run_flags)
     for run in runs:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
-        try:
-            run_args(run)
-        except SystemExit:
-            raise ReproduceError(f"run_llama.py refuses the flags of {run.command.name}: {' '.join(run.argv)}")
+        if problem := refusal(run.argv):
+            reproduce_parser().error(f"run_llama.py refuses the flags of {run.command.name}: {problem}")
     needed = {args.pretrained_model_path, args.tokenizer_model}
     needed |= {getattr(run_args(run), name) for run in runs if run.command.task
                for name in ("dev", "test", "label_names", "train")}

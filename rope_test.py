@@ -1,16 +1,22 @@
 """The course's rotary embedding test: `python rope_test.py` prints "Rotary embedding test passed!".
 
-The expected values are derived here, independently of rope.py, from the complex-number form of RoPE (Su et al.
-2021, §3.4.2) in float64: the pair (x[2i], x[2i+1]) is the complex number x[2i] + j·x[2i+1], and at position p it is
-multiplied by e^{j·p·θ_i} with θ_i = 10000^(−2i/head_dim).
+As the course's test does, it compares apply_rotary_emb's (query, key) for query = 2·ones, key = 3·ones
+(batch 1, 2 positions, 2 heads, head_dim 4) with the course's reference file rotary_embedding_actual.data, fetched
+if missing (see assets.py). It also checks them against values derived here, independently of rope.py, from the
+complex-number form of RoPE (Su et al. 2021, §3.4.2) in float64: the pair (x[2i], x[2i+1]) is the complex number
+x[2i] + j·x[2i+1], and at position p it is multiplied by e^{j·p·θ_i} with θ_i = 10000^(−2i/head_dim).
 """
+import argparse
 import sys
 
 import torch
 
+import assets
+from checkpoint import read_torch_file
 from rope import apply_rotary_emb
 
 HEAD_DIM, MAX_SEQ_LEN = 4, 20
+REFERENCE = "rotary_embedding_actual.data"
 
 
 def expected_rotation(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
@@ -23,26 +29,45 @@ def expected_rotation(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
     return torch.view_as_real(rotated).flatten(-2)
 
 
-def main() -> int:
+def read_reference(path: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The course's (query, key) pair saved in `path`."""
+    saved = read_torch_file(path)
+    if not (isinstance(saved, (tuple, list)) and len(saved) == 2 and all(isinstance(t, torch.Tensor) for t in saved)):
+        raise ValueError(f"{path}: expected a (query, key) pair of tensors, found {type(saved).__name__}")
+    return saved[0], saved[1]
+
+
+def close(got: torch.Tensor, want: torch.Tensor, **tolerance: float) -> bool:
+    return got.shape == want.shape and torch.allclose(got.double(), want.double(), **tolerance)
+
+
+def main(reference: str = REFERENCE) -> int:
+    """Run the checks; returns the exit status (0 when all pass)."""
+    try:
+        course_query, course_key = read_reference(str(assets.ensure(reference)))
+    except (OSError, ValueError, assets.AssetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     query = 2 * torch.ones(1, 2, 2, HEAD_DIM)
     key = 3 * torch.ones(1, 2, 2, HEAD_DIM)
     rotated_query, rotated_key = apply_rotary_emb(query, key, HEAD_DIM, MAX_SEQ_LEN)
-    # at position 1 the first pair turns by 1 rad, the second by 0.01 rad: 2·(cos − sin, sin + cos)
-    course_values = torch.tensor([-0.6023, 2.7635, 1.9799, 2.0199], dtype=torch.float64)
-    checks = {
-        "query": torch.allclose(rotated_query.double(), expected_rotation(query), atol=1e-6),
-        "key": torch.allclose(rotated_key.double(), expected_rotation(key), atol=1e-6),
-        "query at position 1": torch.allclose(rotated_query[0, 1, 0].double(), course_values, atol=1e-4),
+    checks = {  # the course's comparison uses torch.allclose's default tolerances
+        f"query against the course's {reference}": close(rotated_query, course_query),
+        f"key against the course's {reference}": close(rotated_key, course_key),
+        "query against the float64 derivation": close(rotated_query, expected_rotation(query), atol=1e-6),
+        "key against the float64 derivation": close(rotated_key, expected_rotation(key), atol=1e-6),
         "position 0 unchanged": torch.equal(rotated_query[0, 0], query[0, 0]),
     }
     failed = [name for name, ok in checks.items() if not ok]
     if failed:
-        print(f"Rotary embedding test failed: {', '.join(failed)}\n"
-              f"query:\n{rotated_query}\nexpected:\n{expected_rotation(query)}", file=sys.stderr)
+        print(f"Rotary embedding test failed: {'; '.join(failed)}\nquery:\n{rotated_query}\n"
+              f"the course's:\n{course_query}\nthe float64 derivation:\n{expected_rotation(query)}", file=sys.stderr)
         return 1
     print("Rotary embedding test passed!")
     return 0
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            allow_abbrev=False).parse_args()
     sys.exit(main())

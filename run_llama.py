@@ -47,7 +47,7 @@ from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
 from trainer import (all_reduce_sum, barrier, checkpoint_data, distributed, drop_metrics_after, gather,
                      init_distributed, launched_by_torchrun, load_weights, my_share, new_run, printing_on_rank_0,
-                     rank_and_world_size, resume, rng_state, save_last, save_model)
+                     rank_and_world_size, resume, rng_state, save_last, save_model, LaunchError, TORCHRUN_ENV)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
@@ -497,47 +497,62 @@ def derived_paths(train: str, option: str) -> dict[str, str] | None:
 
 def arg_parser() -> argparse.ArgumentParser:
     """The command line's flags, with the course's names and defaults."""
-    parser = argparse.ArgumentParser(prog="run_llama.py", description=__doc__.split("\n")[0])
-    parser.add_argument("--train", type=str, default="data/cfimdb-train.txt")
-    parser.add_argument("--dev", type=str, help="default: NAME-dev.txt beside --train NAME-train.txt")
-    parser.add_argument("--test", type=str, help="default: NAME-test.txt beside --train NAME-train.txt")
-    parser.add_argument("--label-names", type=str, help="default: NAME-label-mapping.json beside --train")
-    parser.add_argument("--pretrained-model-path", type=str, default="stories42M.pt")
-    parser.add_argument("--tokenizer-model", type=str, default="tokenizer.model")
-    parser.add_argument("--max_sentence_len", type=int, default=None, help="truncate sentences to this many tokens")
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--epochs", type=int, default=5)
+    parser = argparse.ArgumentParser(prog="run_llama.py", description=__doc__, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=str, default="data/cfimdb-train.txt",
+                        help="The training data, one `label ||| sentence` per line (default: %(default)s).")
+    parser.add_argument("--dev", type=str, help="The dev data (default: NAME-dev.txt beside --train NAME-train.txt).")
+    parser.add_argument("--test", type=str,
+                        help="The test data (default: NAME-test.txt beside --train NAME-train.txt).")
+    parser.add_argument("--label-names", type=str,
+                        help="The JSON list of label names (default: NAME-label-mapping.json beside --train).")
+    parser.add_argument("--pretrained-model-path", type=str, default="stories42M.pt",
+                        help="The pretrained Llama checkpoint (default: %(default)s).")
+    parser.add_argument("--tokenizer-model", type=str, default="tokenizer.model",
+                        help="The sentencepiece tokenizer (default: %(default)s).")
+    parser.add_argument("--max_sentence_len", type=int, default=None,
+                        help="Truncate sentences to this many tokens (default: no truncation).")
+    parser.add_argument("--seed", type=int, default=1337, help="The seed of every random draw (default: %(default)s).")
+    parser.add_argument("--epochs", type=int, default=5, help="Epochs of training (default: %(default)s).")
     parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune", "lora"), default="generate",
-                        help="prompt: the Llama parameters are frozen; finetune: Llama parameters are updated; "
-                             "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen")
-    parser.add_argument("--use_gpu", action="store_true")
-    parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt")
-    parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt")
-    outputs = ("default: NAME-{}-prompting-output.txt; NAME-{}-finetuning-output.txt with --option finetune, "
-               "NAME-{}-lora-output.txt with --option lora")
-    parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev", "dev"))
-    parser.add_argument("--test_out", type=str, help=outputs.format("test", "test", "test"))
+                        help="generate: continue the course's prompt; prompt: zero-shot classification, the Llama "
+                             "parameters are frozen; finetune: Llama parameters are updated; lora: LoRA adapters on "
+                             "Llama's attention projections are trained, Llama is frozen (default: %(default)s).")
+    parser.add_argument("--use_gpu", action="store_true", help="Run on CUDA instead of the CPU.")
+    parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt",
+                        help="Where generate writes its continuation at temperature 0 (default: %(default)s).")
+    parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt",
+                        help="Where generate writes its continuation at temperature 1 (default: %(default)s).")
+    outputs = ("Where the {} predictions go (default: NAME-{}-prompting-output.txt; NAME-{}-finetuning-output.txt "
+               "with --option finetune, NAME-{}-lora-output.txt with --option lora).")
+    parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev", "dev", "dev"))
+    parser.add_argument("--test_out", type=str, help=outputs.format("test", "test", "test", "test"))
     parser.add_argument("--batch_size", type=int, default=8,
-                        help="sst: 64, cfimdb: 8 can fit a 12GB GPU; on torchrun the global batch, split among the "
-                             "processes")
-    parser.add_argument("--hidden_dropout_prob", type=float, default=0.3)
-    parser.add_argument("--lr", type=float, default=2e-5, help="learning rate")
+                        help="Sentences per batch: for SST 64, for CFIMDB 8 fit a 12GB GPU; on torchrun the global "
+                             "batch, split among the processes (default: %(default)s).")
+    parser.add_argument("--hidden_dropout_prob", type=float, default=0.3,
+                        help="Dropout before the classifier head (default: %(default)s).")
+    parser.add_argument("--lr", type=float, default=2e-5, help="The learning rate (default: %(default)s).")
     parser.add_argument("--group_by_length", action="store_true",
-                        help="batch training sentences of similar length (less padding, so faster; changes the "
-                             "results); with --causal evaluation batches too, where it changes no prediction")
+                        help="Batch training sentences of similar length (less padding, so faster; it changes the "
+                             "results); with --causal evaluation batches too, where it changes no prediction.")
     parser.add_argument("--causal", action="store_true",
-                        help="Llama 2's causal attention (mask, KV cache, classifiers read the last real token) "
-                             "instead of the course's reference, whose attention has no mask")
+                        help="Compute Llama 2's causal attention (mask, KV cache, classifiers read the last real "
+                             "token) instead of the course's reference, whose attention has no mask.")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                        help="bfloat16: compute in bfloat16 under torch.autocast (the weights stay float32)")
-    parser.add_argument("--lora_rank", type=int, default=4, help="--option lora: the rank r of each adapter")
+                        help="bfloat16: compute in bfloat16 under torch.autocast, the weights staying float32 "
+                             "(default: %(default)s).")
+    parser.add_argument("--lora_rank", type=int, default=4,
+                        help="--option lora: the rank r of each adapter (default: %(default)s).")
     parser.add_argument("--lora_alpha", type=float, default=1.0,
-                        help="--option lora: the adapters' scale α, the update being (α/r)·B·A·x")
-    parser.add_argument("--lora_dropout", type=float, default=0.0, help="--option lora: dropout on the adapters' input")
+                        help="--option lora: the adapters' scale α, the update being (α/r)·B·A·x "
+                             "(default: %(default)s).")
+    parser.add_argument("--lora_dropout", type=float, default=0.0,
+                        help="--option lora: dropout on the adapters' input (default: %(default)s).")
     parser.add_argument("--lora_all_projections", action="store_true",
-                        help="--option lora: adapt all four attention projections, not only query and value")
+                        help="--option lora: adapt all four attention projections, not only query and value.")
     parser.add_argument("--resume", action="store_true",
-                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any")
+                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any.")
     return parser
 
 
@@ -630,7 +645,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = get_device(args.use_gpu, args.dtype)
     if launched_by_torchrun() and args.option not in ("finetune", "lora"):
-        raise InputError(f"--option {args.option} runs as a single process: start it with python, not torchrun")
+        raise InputError(f"--option {args.option} runs as a single process, but {', '.join(TORCHRUN_ENV)} are set, "
+                         "as torchrun sets them: start it with python, not torchrun, and with those unset")
     read = [args.pretrained_model_path, args.tokenizer_model]
     if args.option != "generate":
         read += [args.label_names, args.dev, args.test] + ([args.train] if args.option != "prompt" else [])
@@ -689,4 +705,5 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
 
 
 if __name__ == "__main__":
-    files.cli(main, (InputError, CheckpointError, TokenizerError, FileNotFoundError, assets.AssetError))
+    files.cli(main, (InputError, CheckpointError, TokenizerError, FileNotFoundError, assets.AssetError,
+                     LaunchError))

@@ -1,10 +1,13 @@
-"""The course's check of the Llama implementation: `python sanity_check.py`.
+"""The course's check of the Llama implementation: `python sanity_check.py` prints "Your Llama implementation is
+correct!" or says what differs.
 
-It runs the course's stories42M.pt on two fixed rows of token ids and compares the logits (of the last position)
-and the final hidden states with those in sanity_check.data, which the course computed with its reference
-implementation, whose attention has no mask: so the check is always of that semantics (LlamaConfig.causal=False).
+It runs the course's stories42M.pt (or the checkpoint given with --pretrained-model-path) on two fixed rows of token
+ids and compares the logits (of the last position) and the final hidden states with those in sanity_check.data,
+which the course computed from stories42M.pt with its reference implementation, whose attention has no mask: so the
+check is always of that semantics (LlamaConfig.causal=False), and a checkpoint of other sizes is refused as such.
 Both files are fetched if missing (see assets.py).
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -13,12 +16,15 @@ import torch
 import assets
 import files
 from checkpoint import read_torch_file
+from config import LlamaConfig
 from llama import load_pretrained
 
 SEED = 1337
 SENT_IDS = [[101, 7592, 2088, 102, 0, 0, 0, 0],
             [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]]
 ATOL, RTOL = 1e-5, 1e-3
+STORIES42M = LlamaConfig()  # the defaults are stories42M's sizes, those sanity_check.data was computed with
+SIZES = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden_dim")  # what the weights' shapes show
 
 
 def compare(outputs: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> list[str]:
@@ -53,10 +59,10 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
     try:
         expected = load_expected(assets.ensure(data))  # each file is fetched if missing, before it is read
         model = load_pretrained(assets.ensure(checkpoint), causal=False)  # the course's reference semantics
-        largest = max(max(row) for row in SENT_IDS)
-        if largest >= model.config.vocab_size:
-            raise ValueError(f"{checkpoint}: a vocabulary of {model.config.vocab_size} pieces, but the check feeds "
-                             f"token ids up to {largest}: it is made for stories42M.pt (32000 pieces)")
+        if differ := [f"{name}={getattr(model.config, name)}, not {getattr(STORIES42M, name)}"
+                      for name in SIZES if getattr(model.config, name) != getattr(STORIES42M, name)]:
+            raise ValueError(f"{checkpoint}: not of stories42M's sizes ({'; '.join(differ)}): {data} holds "
+                             "stories42M.pt's outputs, so the check is made for that checkpoint only")
     except (OSError, ValueError, assets.AssetError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -71,4 +77,9 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
 
 
 if __name__ == "__main__":
-    files.cli(main)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     allow_abbrev=False)
+    parser.add_argument("--pretrained-model-path", default="stories42M.pt",
+                        help="The checkpoint to check, of stories42M's sizes (default: stories42M.pt).")
+    checkpoint = parser.parse_args().pretrained_model_path
+    files.cli(lambda: main(checkpoint))

@@ -50,8 +50,23 @@ RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out") 
 
 
 # ---- processes ----
+TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # torchrun sets them all
+
+
+class LaunchError(ValueError):
+    """The environment holds some of torchrun's variables but not all: neither torchrun's process nor a plain one."""
+
+
 def launched_by_torchrun() -> bool:
-    return "WORLD_SIZE" in os.environ  # set by torchrun for each of its processes
+    """Whether torchrun started this process, which it tells by setting every variable of TORCHRUN_ENV; LaunchError
+    when only some of them are set (left over in the shell, say), naming them."""
+    present = [name for name in TORCHRUN_ENV if name in os.environ]
+    if 0 < len(present) < len(TORCHRUN_ENV):
+        missing = [name for name in TORCHRUN_ENV if name not in os.environ]
+        raise LaunchError(f"the environment sets {', '.join(f'{name}={os.environ[name]}' for name in present)} but "
+                          f"not {', '.join(missing)}, which torchrun sets together: to run as one process, unset "
+                          f"{' '.join(present)}")
+    return bool(present)
 
 
 def init_distributed(device: torch.device) -> None:

@@ -1,7 +1,8 @@
 """Fixtures shared by all tests. The repository root goes on sys.path so tests can `import llama`, `import assets`.
 
 Public files (tokenizer, data, checkpoints) come through assets.py, as they do for the program: from
-$MINLLAMA_ASSET_MIRROR when it is set, else from their URLs, checked against their sha256, into pytest's cache folder
+$MINLLAMA_ASSET_MIRROR when it holds them, else from the repository root when they were put there (as `make fetch`
+does), else from the mirror or, without one, their URLs; checked against their sha256, into pytest's cache folder
 (`pytest --cache-clear` empties it). A test whose file cannot be had is skipped, and one line at the end says why.
 Every test starts from the random state seeded by $MINLLAMA_TEST_SEED (default 0), so the suite can be run under
 other seeds to show that no test passes by the luck of one draw.
@@ -58,7 +59,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if skipped:
         terminalreporter.write_line(
             f"{len(skipped)} skipped: public files could not be fetched ({', '.join(sorted(names))}); "
-            f"run online, or set {assets.MIRROR_ENV} to a folder that holds them (README, Offline)")
+            f"run online, put them in the repository root {REPO}, or set {assets.MIRROR_ENV} to a folder that "
+            "holds them (README, Offline)")
     if exitstatus == pytest.ExitCode.TESTS_FAILED:
         terminalreporter.write_line(f"the tests ran with {SEED_ENV}={seed_from_env()}")
 
@@ -70,6 +72,14 @@ def seeded() -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def mirror_for(name: str, root: Path = REPO) -> str | None:
+    """The folder the tests copy the public file `name` from: $MINLLAMA_ASSET_MIRROR when it holds the file, else
+    `root` when the file is there, else the mirror, or None for the file's URLs."""
+    if MIRROR and (Path(MIRROR) / name).is_file():
+        return MIRROR
+    return str(root) if (root / name).is_file() else MIRROR
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +100,8 @@ def asset(asset_cache: Path) -> Callable[[str], Path]:
         if name not in _unavailable:
             try:
                 with pytest.MonkeyPatch.context() as env:  # whatever the calling test did to the variable
-                    if MIRROR:
-                        env.setenv(assets.MIRROR_ENV, MIRROR)
+                    if mirror := mirror_for(name):
+                        env.setenv(assets.MIRROR_ENV, mirror)
                     else:
                         env.delenv(assets.MIRROR_ENV, raising=False)
                     return assets.ensure(asset_cache / name)

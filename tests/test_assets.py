@@ -4,6 +4,7 @@ import functools
 import hashlib
 import http.server
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -157,7 +158,7 @@ def test_find_matches_whole_path_components():
 
 def test_table_covers_the_small_assets_with_hashes():
     small = [a for a in assets.ASSETS.values() if not a.large]
-    assert len(small) == 10 and all(a.sha256 and a.urls and a.size for a in small)
+    assert len(small) == 12 and all(a.sha256 and a.urls and a.size for a in small)
     assert [a.name for a in assets.ASSETS.values() if a.large] == ["stories42M.pt", "stories260K.bin"]
     stories260k = assets.ASSETS["stories260K.bin"]
     assert stories260k.sha256 == "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
@@ -183,7 +184,7 @@ def test_cli_fetches_all_small_assets_from_mirror(tmp_path, asset, asset_cache):
     assert fetched == sorted(a.name for a in assets.ASSETS.values() if not a.large)
     listing = cli("--list", cwd=tmp_path, env=env).stdout
     assert all(f"{name} " in listing for name in assets.ASSETS)
-    assert listing.count("present") == 10 and listing.count("missing") == 2
+    assert listing.count("present") == 12 and listing.count("missing") == 2
     result = cli("stories260K.bin", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stories260K.bin").read_bytes() == asset("stories260K.bin").read_bytes()
@@ -207,5 +208,22 @@ def test_skips_for_missing_files_are_explained_in_one_line(tmp_path):
                             timeout=300)
     assert result.returncode == 0, result.stdout
     summary = [line for line in result.stdout.splitlines() if "could not be fetched" in line]
-    assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, or set "
-                       f"{assets.MIRROR_ENV} to a folder that holds them (README, Offline)"], result.stdout
+    assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, "
+                       f"put them in the repository root {REPO}, or set {assets.MIRROR_ENV} to a folder that holds "
+                       "them (README, Offline)"], result.stdout
+
+
+def test_the_tests_find_public_files_in_the_repository_root(tmp_path: Path, asset):
+    """A checkout whose root holds tokenizer.model (put there by hand, or by `make fetch`) runs the tests that need
+    it offline, without a mirror: they are not skipped."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv*", ".pytest_cache", "__pycache__",
+                                                                   "data", "*.model", "*.data", "*.npy", "*.bin",
+                                                                   "*.pt"))
+    shutil.copy(asset("tokenizer.model"), checkout)
+    env = {name: value for name, value in os.environ.items() if name != assets.MIRROR_ENV}
+    env |= {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # offline
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_tokenizer.py",
+                             "-k", "llama_vocabulary or round_trip"], cwd=checkout, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and "2 passed" in result.stdout and "skipped" not in result.stdout, result.stdout

@@ -373,8 +373,9 @@ def test_model_args_of_the_wrong_type_are_refused(tmp_path, change, error):
     ({"model_args": ARGS, "model": {"norm.weight": 1.0}}, r"entry 'norm\.weight' is a float, not a named tensor"),
     ({"model_args": ARGS, "model": {"norm.weight": torch.zeros(16, dtype=torch.long)}},
      r"tensor 'norm\.weight' holds torch\.int64, not floating-point weights"),
-    ({"model_args": ARGS, "model": {"norm.weight": torch.zeros(16).to_sparse()}},
-     r"tensor 'model/norm\.weight' is stored as torch\.sparse_coo, not as a dense tensor"),
+    pytest.param({"model_args": ARGS, "model": {"norm.weight": torch.zeros(16).to_sparse()}},
+                 r"tensor 'model/norm\.weight' is stored as torch\.sparse_coo, not as a dense tensor",
+                 marks=pytest.mark.filterwarnings("error"), id="sparse"),  # refused in one line, with no warning
 ])
 def test_checkpoint_contents_of_the_wrong_kind_are_refused(tmp_path, ckpt, error):
     torch.save(ckpt, tmp_path / "c.pt")

@@ -1,5 +1,6 @@
 """AdamW against the float64 NumPy reference in optimizer_test.py, its checkpointing and its error paths."""
 import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,19 +147,29 @@ def test_sparse_gradient_is_an_error():
         AdamW(embedding.parameters()).step()
 
 
-def test_optimizer_test_script_passes():
-    result = subprocess.run(
-        [sys.executable, "optimizer_test.py"], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+def test_optimizer_test_script_passes(tmp_path: Path, asset):
+    """Run as the course runs it: from a folder holding the course's reference file."""
+    shutil.copy(asset("optimizer_test.npy"), tmp_path)
+    result = subprocess.run([sys.executable, str(REPO / "optimizer_test.py")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Optimizer test passed!" in result.stdout
 
 
-def test_optimizer_test_script_reports_a_mismatch(monkeypatch):
+def test_optimizer_test_script_reports_a_mismatch(monkeypatch, asset):
     def off_by_a_little(*args, **kwargs):
         return [theta + 1e-3 for theta in reference_adamw(*args, **kwargs)]
 
     monkeypatch.setattr(optimizer_test, "reference_adamw", off_by_a_little)
-    with pytest.raises(SystemExit, match="Optimizer test FAILED") as e:
-        optimizer_test.main()
+    with pytest.raises(SystemExit, match="Optimizer test FAILED against the float64 derivation") as e:
+        optimizer_test.main(str(asset("optimizer_test.npy")))
     assert e.value.code != 0
+
+
+def test_optimizer_test_fails_when_the_course_values_differ(tmp_path: Path, asset):
+    weight = np.load(asset("optimizer_test.npy"))
+    weight[1, 2] += 1e-3  # beyond the course's atol=1e-5, rtol=1e-3
+    reference = tmp_path / "optimizer_test.npy"
+    np.save(reference, weight)
+    with pytest.raises(SystemExit, match=f"Optimizer test FAILED against the course's {reference}:"):
+        optimizer_test.main(str(reference))

@@ -221,11 +221,26 @@ def test_overrides_go_where_they_mean_something(tmp_path: Path):
     (["--seeds", "0"], "--seeds must be at least 1"),
     (["--", "--seed", "3"], "--seed after -- : reproduce.py sets those itself"),
     (["--", "--dev_out=mine.txt"], "--dev_out after --"),
+    (["--", "--see", "7"], "--see (for --seed) after -- : reproduce.py sets those itself"),
+    (["--", "--max_sentence_len", "64", "--se=7"], "--se (for --seed) after -- : reproduce.py sets those itself"),
+    (["--seed", "42"], "unrecognized arguments: --seed 42"),  # not --seeds 42: 87 runs
 ])
 def test_bad_flags_are_refused(capsys, argv: list[str], message: str):
     with pytest.raises(SystemExit):
         reproduce.get_reproduce_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_flag_run_llama_refuses_is_shown_under_reproduces_usage(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: reproduce.py [-h] [--seeds SEEDS]")
+    assert err.endswith("reproduce.py: error: run_llama.py refuses the flags of generate: unrecognized arguments: "
+                        "--bogus\n")
+    assert "--train TRAIN" not in err  # run_llama.py's usage
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_folder_of_a_run_with_other_flags_is_not_reused(tmp_path: Path):

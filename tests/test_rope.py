@@ -1,4 +1,5 @@
 """Tests for rope.py against a float64 re-derivation: RoFormer's block-diagonal rotation matrices (eq. 15)."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import rope_test
 from rope import apply_rotary_emb, precompute_freqs
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +102,31 @@ def test_positions_past_max_seq_len_are_an_error():
         apply_rotary_emb(query, query, 8, 5, start_pos=2)
 
 
-def test_rope_test_script():
-    result = subprocess.run([sys.executable, "rope_test.py"], cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_rope_test_script(tmp_path: Path, asset):
+    """Run as the course runs it: from a folder holding the course's reference file."""
+    shutil.copy(asset("rotary_embedding_actual.data"), tmp_path)
+    result = subprocess.run([sys.executable, str(REPO / "rope_test.py")], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "Rotary embedding test passed!"
+
+
+@pytest.mark.parametrize("which, failed", [(0, "query against"), (1, "key against")])
+def test_rope_test_fails_when_the_course_values_differ(tmp_path: Path, capsys, asset, which: int, failed: str):
+    pair = list(torch.load(asset("rotary_embedding_actual.data"), weights_only=True))
+    pair[which] = pair[which].clone()
+    pair[which][0, 1, 1, 2] += 1e-3  # beyond torch.allclose's default tolerances, which the course's test uses
+    reference = tmp_path / "rotary_embedding_actual.data"
+    torch.save(tuple(pair), reference)
+    assert rope_test.main(str(reference)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Rotary embedding test failed: {failed} the course's {reference}\n")
+    assert "float64" not in err.splitlines()[0]  # the independent derivation still agrees
+
+
+def test_rope_test_fails_when_the_float64_derivation_differs(monkeypatch, capsys, asset):
+    derive = rope_test.expected_rotation
+    monkeypatch.setattr(rope_test, "expected_rotation", lambda x: derive(x) + 1e-3)
+    assert rope_test.main(str(asset("rotary_embedding_actual.data"))) == 1
+    assert capsys.readouterr().err.startswith("Rotary embedding test failed: query against the float64 derivation; "
+                                              "key against the float64 derivation\n")

@@ -1,7 +1,12 @@
 """sanity_check.py's own errors; the check itself needs stories42M.pt, which the test machine may not have."""
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import sanity_check
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_model_with_a_smaller_vocabulary_is_one_clear_error(capsys, asset):
@@ -10,8 +15,27 @@ def test_model_with_a_smaller_vocabulary_is_one_clear_error(capsys, asset):
     capsys.readouterr()  # a first fetch into the tests' cache prints its progress bar
     assert sanity_check.main(model, data) == 1
     err = capsys.readouterr().err
-    assert err == f"error: {model}: a vocabulary of 512 pieces, but the check feeds token ids up to 17953: it is " \
-                  "made for stories42M.pt (32000 pieces)\n"
+    assert err == f"error: {model}: not of stories42M's sizes (vocab_size=512, not 32000; dim=64, not 512; " \
+                  "n_layers=5, not 8; n_kv_heads=4, not 8; hidden_dim=172, not 1376): " \
+                  f"{data} holds stories42M.pt's outputs, so the check is made for that checkpoint only\n"
+
+
+def test_a_model_of_other_sizes_is_not_blamed_on_the_implementation(capsys, asset, model_path: str):
+    """The tests' tiny model has stories42M's vocabulary, so the check could run it, and would find other shapes."""
+    data = str(asset("sanity_check.data"))
+    capsys.readouterr()
+    assert sanity_check.main(model_path, data) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {model_path}: not of stories42M's sizes (dim=32, not 512; n_layers=2, not 8; ")
+    assert "implementation" not in err and err.count("\n") == 1
+
+
+def test_pretrained_model_path_is_the_checkpoint_checked(tmp_path: Path, asset, model_path: str):
+    shutil.copy(asset("sanity_check.data"), tmp_path)
+    result = subprocess.run([sys.executable, str(REPO / "sanity_check.py"), "--pretrained-model-path", model_path],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and result.stderr.startswith(f"error: {model_path}: not of stories42M's sizes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sanity_check.data"]  # stories42M.pt was not fetched
 
 
 def test_corrupt_expected_outputs_are_one_clear_error(tmp_path: Path, capsys, asset, model_path: str):
@@ -27,5 +51,5 @@ def test_missing_files_are_fetched_by_the_check(tmp_path: Path, capsys, asset, a
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset_cache))
     assert sanity_check.main("stories260K.bin", "sanity_check.data") == 1  # fetched, then refused: 512 pieces
-    assert "a vocabulary of 512 pieces" in capsys.readouterr().err
+    assert "vocab_size=512, not 32000" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sanity_check.data", "stories260K.bin"]

@@ -2,6 +2,7 @@
 takes, and the split of each batch between processes."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,8 @@ import torch.distributed as dist
 
 import run_llama
 from run_llama import InputError
-from test_run_llama import SCRIPT, GetAsset, copy_head, files
-from trainer import my_share
+from test_run_llama import SCRIPT, GetAsset, copy_head, files, plotted
+from trainer import TORCHRUN_ENV, my_share
 
 
 def test_my_share_splits_each_batch_among_the_processes(monkeypatch):
@@ -59,8 +60,8 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, 
     assert not dist.is_initialized()  # a plain run has no process group
 
     assert files(two) == files(one) == before | {
-        "finetune-2-0.001.pt", "finetune-2-0.001-last.pt", "finetune-2-0.001.png", "metrics.jsonl",
-        "sst-dev-finetuning-output.txt", "sst-test-finetuning-output.txt"}
+        "finetune-2-0.001.pt", "finetune-2-0.001-last.pt", "metrics.jsonl", "sst-dev-finetuning-output.txt",
+        "sst-test-finetuning-output.txt"} | plotted(two, "finetune-2-0.001.png", result.stdout)
     assert result.stdout.count("epoch 0: train loss") == result.stdout.count("epoch 1: train loss") == 1  # rank 0's
     weights_one, weights_two = (torch.load(d / "finetune-2-0.001-last.pt", weights_only=True)["model"]
                                 for d in (one, two))
@@ -77,7 +78,30 @@ def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, 
 
 
 def test_torchrun_runs_only_the_training_options(monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(InputError, match="--option prompt runs as a single process: start it with python"):
+    for name, value in zip(TORCHRUN_ENV, ("1", "1", "2", "127.0.0.1", "29500")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InputError, match="--option prompt runs as a single process, but RANK, LOCAL_RANK, "
+                                         "WORLD_SIZE, MASTER_ADDR, MASTER_PORT are set, as torchrun sets them: "
+                                         "start it with python"):
         run_llama.main(["--option", "prompt"])
     assert not dist.is_initialized()
+
+
+@pytest.mark.parametrize("option, stray", [("prompt", {"WORLD_SIZE": "1"}), ("finetune", {"WORLD_SIZE": "1"}),
+                                           ("finetune", {"RANK": "0", "LOCAL_RANK": "0"})])
+def test_a_stray_torchrun_variable_is_one_line_saying_what_to_unset(tmp_path: Path, asset, model_path: str,
+                                                                     tokenizer_model: str, option: str,
+                                                                     stray: dict[str, str]):
+    """Started with python in a shell that holds some of torchrun's variables: not torchrun's process, not a plain
+    one either; the line names what is set and what to unset."""
+    for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
+        shutil.copy(asset(f"data/{name}"), tmp_path)
+    env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_ENV} | stray
+    result = subprocess.run([sys.executable, SCRIPT, "--option", option, "--epochs", "1",
+                             "--train", "sst-train.txt", "--pretrained-model-path", model_path,
+                             "--tokenizer-model", tokenizer_model], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    set_, unset = ", ".join(f"{name}={value}" for name, value in stray.items()), " ".join(stray)
+    assert result.returncode == 1 and result.stderr.startswith(f"error: the environment sets {set_} but not ")
+    assert result.stderr.endswith(f"which torchrun sets together: to run as one process, unset {unset}\n")
+    assert result.stderr.count("\n") == 1 and "torchrun sets them" not in result.stderr
