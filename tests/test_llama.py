@@ -387,8 +387,9 @@ def test_load_pretrained_fetches_nothing(tmp_path, asset, asset_cache, monkeypat
 SANITY_CONFIG = LlamaConfig(vocab_size=18000, dim=16, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=8)
 
 
-def test_sanity_check_against_float64_reference(tmp_path, capsys):
+def test_sanity_check_against_float64_reference(tmp_path, capsys, monkeypatch):
     """sanity_check.py checks the course's semantics: expected outputs of the unmasked model pass, causal ones fail."""
+    monkeypatch.setattr(sanity_check, "STORIES42M", SANITY_CONFIG)  # the sizes it checks for: those of this model
     model = random_model(replace(SANITY_CONFIG, causal=False))
     save_checkpoint(tmp_path / "tiny.pt", asdict(SANITY_CONFIG), model.state_dict())
     hidden, logits = float64_forward(model, torch.tensor(sanity_check.SENT_IDS))
