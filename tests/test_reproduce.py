@@ -293,9 +293,3 @@ def test_the_working_folder_s_files_are_not_the_runs(tmp_path: Path, monkeypatch
     with pytest.raises(Planned):
         reproduce.main(["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
                         "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
-
-
-def test_a_flag_run_llama_refuses_is_shown_under_run_llama_s_usage(capsys):
-    with pytest.raises(reproduce.ReproduceError, match="run_llama.py refuses the flags of generate"):
-        reproduce.main(["--", "--lr", "nan"])
-    assert capsys.readouterr().err.startswith("usage: run_llama.py ")
