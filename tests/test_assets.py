@@ -157,12 +157,16 @@ def test_find_matches_whole_path_components():
 
 def test_table_covers_the_small_assets_with_hashes():
     small = [a for a in assets.ASSETS.values() if not a.large]
-    assert len(small) == 10 and all(a.sha256 and a.urls and a.size for a in small)
+    assert len(small) == 12 and all(a.sha256 and a.urls and a.size for a in small)
     assert [a.name for a in assets.ASSETS.values() if a.large] == ["stories42M.pt", "stories260K.bin"]
     stories260k = assets.ASSETS["stories260K.bin"]
     assert stories260k.sha256 == "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
     assert stories260k.urls == ("https://raw.githubusercontent.com/plctlab/rvspoc-s2311-llama2/"
                                 "2fa3f650cf1dc5a21e11c00a9c688be86947b061/stories260K.bin",)
+    run_c = assets.ASSETS["llama2c/run.c"]  # bench.py's peer, at the llama2.c commit it was measured at
+    assert run_c.urls == ("https://raw.githubusercontent.com/karpathy/llama2.c/"
+                          "350e04fe35433e6d2941dce5a1f53308f87058eb/run.c",)
+    assert run_c.sha256 == "9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd"
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -183,7 +187,7 @@ def test_cli_fetches_all_small_assets_from_mirror(tmp_path, asset, asset_cache):
     assert fetched == sorted(a.name for a in assets.ASSETS.values() if not a.large)
     listing = cli("--list", cwd=tmp_path, env=env).stdout
     assert all(f"{name} " in listing for name in assets.ASSETS)
-    assert listing.count("present") == 10 and listing.count("missing") == 2
+    assert listing.count("present") == 12 and listing.count("missing") == 2
     result = cli("stories260K.bin", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stories260K.bin").read_bytes() == asset("stories260K.bin").read_bytes()
