@@ -502,6 +502,8 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         for n in GEN_TOKENS:
             ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
             lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
+            plain = results["generate"]["causal-nocache"][0][f"tokens {n}"]
+            lines.append(f"greedy {n} new tokens identical in causal minllama with and without its cache: {ours == plain}")
             if "baseline" in results["generate"]:
                 same = ours == results["generate"]["baseline"][0][f"tokens {n}"]
                 lines.append(f"greedy {n} new tokens identical in this causal minllama and the baseline's: {same}")
