@@ -39,7 +39,7 @@ def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
     columns = x.reshape(rows, -1).mT.expand(n, -1, -1)  # (n, in_features, rows)
     y = torch.bmm(blocks, columns)  # (n, out_features / n, rows)
-    return y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features)
+    return y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()  # row-major, as F.linear gives
 
 
 KERNELS = {"F.linear": F.linear, "blocked": blocked}

@@ -4,8 +4,8 @@ One decoding step of batch-size rows reads every weight once for little arithmet
 the weights stream from memory, plus the cost of launching each eager PyTorch operation. A Decoder computes the
 same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), but
 - q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3,
-  the keys are rotated with the queries in one call, and each few-row product uses the kernel measured fastest on
-  this machine (blocked_linear.few_rows_linear);
+  and each few-row product uses the kernel measured fastest on this machine (blocked_linear.few_rows_linear);
+- the queries and keys turn together, as complex numbers times e^{j·p·θ_i} (rope.py's rotation, RoFormer §3.4.2);
 - the keys and values of every layer live in one buffer allocated once for the whole generation.
 The stacked matrices are copies, made from the model's weights when the Decoder is built; Llama.generate builds one
 per call and drops it at the end, so no copy outlives a change of the weights (a training step, a LoRA merge,
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocked_linear import BlockedLinear, few_rows_linear
-from rope import rotate
 
 if TYPE_CHECKING:
     from llama import Llama
@@ -62,11 +61,12 @@ class Decoder:
             raise ValueError(f"several tokens at once only from position 0, not {start_pos}")
         model, nq, nkv = self.model, self.n_heads, self.n_kv_heads
         end = start_pos + seqlen
-        cos, sin = model.freqs_cos[start_pos:end], model.freqs_sin[start_pos:end]
+        turn = torch.complex(model.freqs_cos[start_pos:end], model.freqs_sin[start_pos:end])[:, None]
         h = model.tok_embeddings(tokens)
         for layer, wqkv, w13, (keys, values) in zip(model.layers, self.wqkv, self.w13, self.cache):
             qkv = few_rows_linear(layer.attention_norm(h), wqkv).view(batch_size, seqlen, nq + 2 * nkv, self.head_dim)
-            qk = rotate(qkv[:, :, :nq + nkv], cos, sin).transpose(1, 2)  # (batch, heads, seqlen, head_dim)
+            qk = torch.view_as_complex(qkv[:, :, :nq + nkv].float().unflatten(-1, (-1, 2))) * turn  # in float32
+            qk = torch.view_as_real(qk).flatten(-2).type_as(qkv).transpose(1, 2)  # (batch, heads, seqlen, head_dim)
             keys[:, :, start_pos:end] = qk[:, nq:]
             values[:, :, start_pos:end] = qkv[:, :, nq + nkv:].transpose(1, 2)
             attended = F.scaled_dot_product_attention(qk[:, :nq], keys[:, :, :end], values[:, :, :end],
