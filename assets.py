@@ -23,6 +23,7 @@ import files
 
 MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
 _COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
+_LLAMA2C_COMMIT = "350e04fe35433e6d2941dce5a1f53308f87058eb"
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,12 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
         ("cfimdb-dev.txt", "b38f0c095c4624e85927116728140e96d0221969b34146f65eae5b5bb24752b8", 239671),
         ("cfimdb-test.txt", "8ad2f6da7bfb0e8fc36cf89eda47c574cc9c35d6347e665f31bc904d9ecfe0a7", 465946),
         ("cfimdb-label-mapping.json", "afeac43f5a5fe8758469078418519df4c8503c2e30e2fcf6c61464fce3d44a36", 16),
+    ]),
+    # llama2.c's C inference (MIT licence) and its vocabulary in run.c's format, at a fixed commit: bench.py's peer
+    *(Asset(f"llama2c/{name}", (f"https://raw.githubusercontent.com/karpathy/llama2.c/{_LLAMA2C_COMMIT}/{name}",),
+            sha256, size) for name, sha256, size in [
+        ("run.c", "9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd", 38545),
+        ("tokenizer.bin", "50a52ef822ee9e83de5ce9d0be0a025a773d019437f58b5ff9dcafb063ece361", 433869),
     ]),
     # The two sources are different files (course vs llama2.c parameter names), so no single hash fits both.
     Asset("stories42M.pt", ("https://www.cs.cmu.edu/~vijayv/stories42M.pt",

@@ -3,6 +3,7 @@
     python bench.py                                   # every workload, about 12 minutes on 2 cores
     python bench.py --workloads generate --rounds 5   # some of them, with more samples
     python bench.py --workloads generate finetune --baseline ../old   # against another checkout of minllama
+    python bench.py --workloads llama2c              # against llama2.c's C code only
 
 Every model holds the same random weights of stories42M's shapes (LlamaConfig's defaults); transformers gets them
 through convert.to_hf. Each workload × implementation runs in a fresh subprocess, so that its peak RSS
@@ -19,6 +20,14 @@ the rest: the table adds a row "this / baseline" for each, with the lowest and h
 shows whether a change made minllama slower and how far one round's processes differ from the next's.
 
 Workloads (batch sizes are the course's):
+  llama2c    tokens/s of greedy decoding, batch 1, 256 new tokens after run_llama's PREFIX: causal minllama against
+             llama2.c's run.c (llama2c/run.c, a known asset), built in a temporary folder as its Makefile builds
+             `runomp` (RUNOMP_BUILD, with $CC or cc) and run on the same weights, written as a legacy version-0 .bin,
+             with OMP_NUM_THREADS=--threads and -t 0 (greedy). Each takes its own timing: runomp the "achieved tok/s"
+             it prints (its positions after the first over the time since the first), minllama new tokens over
+             the time of its generate call (prompt and set-up included); neither counts process start or loading.
+             The table gives the ratio of the medians and the lowest and highest of the rounds' ratios. Without a
+             C compiler the row is left out, with one line saying so.
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
              causal minllama with its KV cache and with its plain loop (use_cache=False), course minllama (which
              recomputes the context at every step, as it must without a mask), transformers' generate (cached)
@@ -40,6 +49,7 @@ import gc
 import json
 import os
 import random
+import re
 import resource
 import statistics
 import subprocess
@@ -57,14 +67,17 @@ from torch import nn
 from metrics import machine
 
 WORKLOADS = {  # workload -> its implementations, in the order they take turns
+    "llama2c": ("causal", "runomp"),
     "generate": ("causal", "causal-nocache", "course", "transformers"),
     "finetune": ("causal", "course", "transformers"),
     "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
 }
 # rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
-ROUNDS = {"generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3}
+ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3}
 GEN_TOKENS = (75, 256)
+DECODE_TOKENS = 256  # the llama2c workload
+RUNOMP_BUILD = ["-Ofast", "-fopenmp", "-march=native", "run.c", "-lm", "-o", "runomp"]  # llama2.c's Makefile
 FINETUNE_BATCH, ZEROSHOT_BATCH, SEQLEN = 80, 10, 64
 EPOCH_SENTENCES, EPOCH_BATCH = 800, 80
 NUM_LABELS = 5  # SST-5
@@ -107,14 +120,16 @@ def reset_peak_rss() -> bool:
 
 
 def busy_ticks() -> tuple[int, float]:
-    """CPU time used so far by the whole machine and by this process, in clock ticks (Linux; zeros elsewhere)."""
+    """CPU time used so far by the whole machine and by this process and its children, in clock ticks (Linux;
+    zeros elsewhere)."""
     try:
         with open("/proc/stat") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
     except OSError:
         return 0, 0.0
-    own = os.times()
-    return sum(fields) - fields[3] - fields[4], (own.user + own.system) * os.sysconf("SC_CLK_TCK")
+    own = os.times()  # with the children waited for (runomp)
+    own_seconds = own.user + own.system + own.children_user + own.children_system
+    return sum(fields) - fields[3] - fields[4], own_seconds * os.sysconf("SC_CLK_TCK")
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float, bool]:
@@ -149,12 +164,33 @@ def hf_llama(checkpoint: str):
 
 
 # ---- the workloads, each run in a child process; each returns its samples ----
-def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
-    from llama import load_pretrained
+def prefix_tokens() -> torch.Tensor:
+    """run_llama's PREFIX as token ids (1, seqlen), with the BOS token."""
     from run_llama import PREFIX
     from tokenizer import Tokenizer
 
-    prompt = torch.tensor([Tokenizer(tokenizer_model=str(asset("tokenizer.model"))).encode(PREFIX, True, False)])
+    return torch.tensor([Tokenizer(tokenizer_model=str(asset("tokenizer.model"))).encode(PREFIX, True, False)])
+
+
+def bench_llama2c(impl: str, checkpoint: str, repeats: int) -> dict:
+    """minllama's side of the llama2c workload (runomp's is run_runomp)."""
+    from llama import load_pretrained
+
+    prompt = prefix_tokens()
+    model = load_pretrained(checkpoint, causal=True)
+    reset_peak_rss()
+    model.generate(prompt, 8, temperature=0.0)  # warm-up
+    samples = []
+    for _ in range(repeats):
+        tokens, seconds, contested = timed(lambda: model.generate(prompt, DECODE_TOKENS, temperature=0.0))
+        samples.append((DECODE_TOKENS / seconds, contested))
+    return {"decode": samples, "tokens": tokens[0, prompt.shape[1]:].tolist()}
+
+
+def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
+    from llama import load_pretrained
+
+    prompt = prefix_tokens()
     if impl == "transformers":
         model = hf_llama(checkpoint)
         mask = torch.ones_like(prompt)
@@ -286,7 +322,7 @@ def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int)
     """Run one workload × implementation and print its samples and peak RSS as one JSON line."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    bench = {"generate": bench_generate, "finetune": bench_finetune, "zeroshot": bench_zeroshot,
+    bench = {"llama2c": bench_llama2c, "generate": bench_generate, "finetune": bench_finetune, "zeroshot": bench_zeroshot,
              "epoch": bench_epoch}[workload]
     result = bench(impl, checkpoint, repeats)
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
@@ -303,6 +339,45 @@ def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: 
     if proc.returncode:
         sys.exit(f"{workload}/{impl} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def build_runomp(folder: Path) -> Path | str:
+    """llama2.c's runomp built in `folder` from llama2c/run.c, as its Makefile does; or why it could not be."""
+    import shutil
+
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        return f"no C compiler found ({compiler}; set CC to name one)"
+    shutil.copyfile(asset("llama2c/run.c"), folder / "run.c")
+    proc = subprocess.run([compiler, *RUNOMP_BUILD], cwd=folder, capture_output=True, text=True)
+    if proc.returncode:
+        return f"`{compiler} {' '.join(RUNOMP_BUILD)}` failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    return folder / "runomp"
+
+
+def run_runomp(runomp: Path, weights: Path, prompt: str, prompt_len: int, repeats: int, threads: int) -> dict:
+    """runomp's side of the llama2c workload: `repeats` greedy runs of DECODE_TOKENS new tokens after prompt (of
+    prompt_len tokens), each sample the "achieved tok/s" it prints; its peak RSS is the largest of the runs'."""
+    cmd = [str(runomp), str(weights), "-t", "0", "-n", str(prompt_len + DECODE_TOKENS), "-i", prompt,
+           "-z", str(asset("llama2c/tokenizer.bin"))]
+    samples, peak_kb = [], 0
+    for _ in range(repeats):
+        def run() -> tuple[str, int]:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                    env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            stderr = proc.stderr.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode:
+                sys.exit(f"llama2c/runomp failed: {' '.join(cmd)}\n{stderr}")
+            return stderr, usage.ru_maxrss
+        (stderr, maxrss), _, contested = timed(run)
+        match = re.search(r"achieved tok/s: ([0-9.]+)", stderr)
+        if match is None:
+            sys.exit(f"llama2c/runomp printed no \"achieved tok/s\": {' '.join(cmd)}\n{stderr}")
+        samples.append((float(match.group(1)), contested))
+        peak_kb = max(peak_kb, maxrss)
+    return {"decode": samples, "peak_rss_mb": peak_kb / 2**10}
 
 
 def write_checkpoint(path: Path) -> None:
@@ -363,6 +438,15 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         rows.append((name, f"{ours:.1f}", "", f"{ours / causal:.2f}×", "course / causal", rss(workload, "course"),
                      n_ours))
 
+    if "llama2c" in results:
+        (ours, n_ours), (theirs, n_theirs) = stat("llama2c", "causal", "decode"), stat("llama2c", "runomp", "decode")
+        rounds = [median(a["decode"])[0] / median(b["decode"])[0]
+                  for a, b in zip(results["llama2c"]["causal"], results["llama2c"]["runomp"])]
+        rows.append((f"decode {DECODE_TOKENS} tokens, causal, tokens/s", f"{ours:.1f}", "", f"{ours / theirs:.2f}×",
+                     f"minllama / runomp: {verdict(ours / theirs, 0.8)} (rounds {min(rounds):.2f}–{max(rounds):.2f})",
+                     rss("llama2c", "causal"), n_ours))
+        rows.append(("  llama2.c runomp (C, OpenMP), tokens/s", f"{theirs:.1f}", "", "", "", rss("llama2c", "runomp"),
+                     n_theirs))
     if "generate" in results:
         for n in GEN_TOKENS:
             versus(f"generate {n} tokens, causal, tokens/s", "generate", f"generate {n}", 1.5)
@@ -405,6 +489,8 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         for n in GEN_TOKENS:
             ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
             lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
+            plain = results["generate"]["causal-nocache"][0][f"tokens {n}"]
+            lines.append(f"greedy {n} new tokens identical in causal minllama with and without its cache: {ours == plain}")
             if "baseline" in results["generate"]:
                 same = ours == results["generate"]["baseline"][0][f"tokens {n}"]
                 lines.append(f"greedy {n} new tokens identical in this causal minllama and the baseline's: {same}")
@@ -438,6 +524,9 @@ def main() -> None:
         child(*args.child, args.checkpoint, args.repeats, args.threads)
         return
 
+    from checkpoint import read_checkpoint, write_llama2c_bin
+    from run_llama import PREFIX
+
     if args.baseline and not (args.baseline / "bench.py").is_file():
         sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
     env = {} if args.default_malloc else MALLOC
@@ -451,14 +540,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "random42M.pt"
         write_checkpoint(checkpoint)
-        for workload in args.workloads:
+        workloads = args.workloads
+        if "llama2c" in workloads:
+            runomp = build_runomp(Path(tmp))
+            if isinstance(runomp, str):
+                print(f"llama2c: {runomp}; the runomp row is left out", flush=True)
+                workloads = [w for w in workloads if w != "llama2c"]
+            else:
+                weights, prompt_len = Path(tmp) / "random42M.bin", prefix_tokens().shape[1]
+                write_llama2c_bin(weights, *read_checkpoint(checkpoint), version=0)
+        for workload in workloads:
             impls = WORKLOADS[workload] + (("baseline",) if args.baseline and "causal" in WORKLOADS[workload] else ())
             results[workload] = {impl: [] for impl in impls}
             rounds = args.rounds or ROUNDS[workload]
             for r in range(rounds):
                 for impl in random.sample(impls, len(impls)):
                     repeats = 1 if workload == "epoch" else args.repeats
-                    run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env, args.baseline)
+                    if impl == "runomp":
+                        run = run_runomp(runomp, weights, PREFIX, prompt_len, repeats, args.threads)
+                    else:
+                        run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env, args.baseline)
                     results[workload][impl].append(run)
                     print(f"  {workload} round {r + 1}/{rounds} {impl}: done at "
                           f"{time.perf_counter() - start:.0f}s", file=sys.stderr)

@@ -1,34 +1,91 @@
-"""A bias-free linear layer whose product with an input of a few rows is computed block by block.
+"""A bias-free linear layer whose product with an input of a few rows uses the kernel found fastest on this machine.
 
 For a few rows (one decoding step, a classifier's output), x·Wᵀ reads all of W for little arithmetic, so its speed
-is that at which W streams from memory. F.linear hands it to one matrix-vector BLAS call; cutting W into blocks of
-rows and multiplying them as one batch (torch.bmm) lets every thread stream whole blocks and reads W faster
-(BENCHMARKS.md, "Where the time goes"). The result is the same x·Wᵀ; more rows go to F.linear as usual.
+is that at which W streams from memory, and that depends on the host's BLAS. F.linear hands it to one
+matrix-vector call; cutting W into blocks of rows multiplied as one batch (torch.bmm) lets every thread stream whole
+blocks. On one AMD EPYC the blocks stream at ~27 GB/s and F.linear at ~10 GB/s (one thread); on one Intel Xeon
+F.linear streams at ~39 GB/s and the blocks at ~13 GB/s (BENCHMARKS.md). So neither is chosen in advance: the first
+product of each shape times both, on more matrices than the caches hold, and keeps the faster for the process. Both
+compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go to F.linear.
 """
 import math
+import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MAX_BLOCKED_ROWS = 16  # beyond this F.linear's matrix-matrix kernel is as fast (BENCHMARKS.md)
+MAX_TIMED = 256  # the products are timed over at most this many matrices (small ones fit in the caches anyway)
+
+
+def timed_bytes() -> int:
+    """How much weight the kernels are timed over: twice the largest CPU cache (Linux's sysfs), else 128 MiB."""
+    sizes = []
+    for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = path.read_text().strip()  # such as "32768K"
+        if text[:-1].isdigit() and text[-1] in "KM":
+            sizes.append(int(text[:-1]) << (10 if text[-1] == "K" else 20))
+    return 2 * max(sizes) if sizes else 128 << 20
+
+
+def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x·Wᵀ with W cut into blocks of rows (one per thread, at least two) multiplied as one batch."""
+    out_features, in_features = weight.shape
+    rows = x.numel() // in_features
+    n = math.gcd(max(2, torch.get_num_threads()), out_features)
+    blocks = weight.view(n, -1, in_features)  # (n, out_features / n, in_features)
+    # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
+    columns = x.reshape(rows, -1).mT.expand(n, -1, -1)  # (n, in_features, rows)
+    y = torch.bmm(blocks, columns)  # (n, out_features / n, rows)
+    return y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()  # row-major, as F.linear gives
+
+
+KERNELS = {"F.linear": F.linear, "blocked": blocked}
+chosen: dict[tuple, str] = {}  # (rows, out_features, in_features, dtype, threads) -> the faster kernel's name
+
+
+def fastest_kernel(rows: int, out_features: int, in_features: int, dtype: torch.dtype) -> str:
+    """The name of the kernel that multiplies `rows` rows by an (out_features, in_features) matrix fastest here,
+    timed once per process: each kernel streams the same set of matrices (timed_bytes() in all) three times, in
+    turns with the others, and its fastest pass counts."""
+    key = (rows, out_features, in_features, dtype, torch.get_num_threads())
+    if key not in chosen:
+        size = out_features * in_features
+        n = min(MAX_TIMED, max(2, timed_bytes() // (size * torch.finfo(dtype).bits // 8)))
+        with torch.no_grad():
+            weights = torch.empty(n, out_features, in_features, dtype=dtype).fill_(0.5)  # every page touched
+            x = torch.ones(rows, in_features, dtype=dtype)
+            best = dict.fromkeys(KERNELS, float("inf"))
+            for kernel in KERNELS.values():
+                kernel(x, weights[0])  # warm-up
+            for _ in range(3):  # the kernels take turns, so that a busy moment of the machine does not decide
+                for name, kernel in KERNELS.items():
+                    start = time.perf_counter()
+                    for w in weights:
+                        kernel(x, w)
+                    best[name] = min(best[name], time.perf_counter() - start)
+        chosen[key] = min(best, key=best.get)
+    return chosen[key]
+
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x·Wᵀ for an x of any shape (…, in_features), by the fastest kernel for its number of rows on the CPU."""
+    rows = x.numel() // weight.shape[1]
+    if not (0 < rows <= MAX_BLOCKED_ROWS and x.is_cpu and weight.is_contiguous() and weight.shape[0] > 1):
+        return F.linear(x, weight)
+    return KERNELS[fastest_kernel(rows, *weight.shape, weight.dtype)](x, weight)
 
 
 class BlockedLinear(nn.Linear):
-    """nn.Linear without bias, computing x·Wᵀ for an x of at most MAX_BLOCKED_ROWS rows on the CPU as a batch of
-    blocks of W's rows. Same parameter (`weight`) and state dict as nn.Linear(in_features, out_features, bias=False).
+    """nn.Linear without bias, computing x·Wᵀ for an x of at most MAX_BLOCKED_ROWS rows on the CPU by the faster of
+    F.linear and the blocked product. Same parameter (`weight`) and state dict as nn.Linear(in_features,
+    out_features, bias=False).
     """
 
     def __init__(self, in_features: int, out_features: int):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // self.in_features
-        n = math.gcd(max(2, torch.get_num_threads()), self.out_features)  # blocks: one per thread, at least two
-        if not (0 < rows <= MAX_BLOCKED_ROWS and n > 1 and x.is_cpu and self.weight.is_contiguous()):
-            return F.linear(x, self.weight)
-        blocks = self.weight.view(n, -1, self.in_features)  # (n, out_features / n, in_features)
-        # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
-        columns = x.reshape(rows, -1).mT.expand(n, -1, -1)  # (n, in_features, rows)
-        y = torch.bmm(blocks, columns)  # (n, out_features / n, rows)
-        return y.permute(2, 0, 1).reshape(*x.shape[:-1], self.out_features)
+        return few_rows_linear(x, self.weight)

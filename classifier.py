@@ -10,17 +10,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import ClassifierConfig
-from llama import finite, load_pretrained
+from llama import Llama, finite, load_pretrained
 from lora import add_lora
 from tokenizer import Tokenizer
 
 
-def read_position(h: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
-    """h (batch, seqlen, dim) at the position a classifier reads (batch, dim): the last column without a mask or
-    without lengths, else the last real token lengths[b] − 1 of each row b."""
+def read_positions(input_ids: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """The position (batch,) a classifier reads in each row of input_ids (batch, seqlen): the last column without a
+    mask or without lengths, else the last real token lengths[b] − 1 of each row b."""
     if not causal or lengths is None:
-        return h[:, -1]
-    return h[torch.arange(h.shape[0], device=h.device), lengths - 1]
+        return torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+    return lengths.to(input_ids.device) - 1
+
+
+def read_position(h: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -> torch.Tensor:
+    """h (batch, seqlen, dim) at the position a classifier reads (batch, dim), see read_positions."""
+    return h[torch.arange(h.shape[0], device=h.device), read_positions(h[..., 0], lengths, causal)]
+
+
+def hidden_state_read(llama: Llama, input_ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Llama's final hidden state (batch, dim) at the position read in each row (read_positions); the last layer's
+    feed-forward network runs at that position only."""
+    return llama.hidden_states(input_ids, positions=read_positions(input_ids, lengths, llama.config.causal))[:, 0]
 
 
 class LlamaZeroShotClassifier(nn.Module):
@@ -47,17 +58,16 @@ class LlamaZeroShotClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen); lengths (batch,), the
-        rows' numbers of real tokens, matter only to a causal model (see read_position)."""
-        h = read_position(self.llama.hidden_states(input_ids), lengths, self.llama.config.causal)
-        logits = finite(self.llama.output(h))  # the vocabulary at one position per row
-        log_probs = F.log_softmax(logits.float(), dim=-1)
+        rows' numbers of real tokens, matter only to a causal model (see read_positions)."""
+        h = hidden_state_read(self.llama, input_ids, lengths)
+        log_probs = F.log_softmax(finite(self.llama.output(h)).float(), dim=-1)  # the vocabulary at one position per row
         token_log_probs = log_probs[:, self.label_tokens]
         scores = token_log_probs.new_zeros(len(h), self.num_labels)
         return scores.index_add_(1, self.label_of_token, token_log_probs)  # Σ over each label's tokens
 
 
 class LlamaEmbeddingClassifier(nn.Module):
-    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the position read (read_position).
+    """log_softmax(W·dropout(h) + b), h being Llama's final hidden state at the position read (read_positions).
 
     With option "lora", Llama is frozen and its attention projections lora_targets get LoRA adapters (lora.py), so
     only the adapters and the head train.
@@ -80,6 +90,6 @@ class LlamaEmbeddingClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Log-probabilities (batch, num_labels) for right-padded input_ids (batch, seqlen); lengths (batch,), the
-        rows' numbers of real tokens, matter only to a causal model (see read_position)."""
-        h = read_position(self.llama.hidden_states(input_ids), lengths, self.llama.config.causal)
+        rows' numbers of real tokens, matter only to a causal model (see read_positions)."""
+        h = hidden_state_read(self.llama, input_ids, lengths)
         return F.log_softmax(self.classifier_head(self.dropout(h)), dim=-1)

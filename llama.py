@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import decode
 from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
 from checkpoint import is_tied, read_llama
 from config import LlamaConfig, swiglu_hidden_dim
@@ -153,9 +154,14 @@ class LlamaLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
+        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The layer's output (batch, seqlen, dim) for x (batch, seqlen, dim); with positions (batch,), that at
+        position positions[b] of each row b only (batch, 1, dim): the feed-forward network then runs there alone."""
         h = x + self.attention(self.attention_norm(x), freqs, start_pos)
+        if positions is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), positions, None]
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -198,12 +204,18 @@ class Llama(LlamaPreTrainedModel):
             if name.endswith(("w3.weight", "compute_output.weight")):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
-    def hidden_states(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """The final normalised hidden states (batch, seqlen, dim) of tokens placed at positions start_pos…"""
+    def hidden_states(
+        self, tokens: torch.Tensor, start_pos: int = 0, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The final normalised hidden states (batch, seqlen, dim) of tokens placed at positions start_pos…
+
+        With positions (batch,), only those at position positions[b] of each row b (batch, 1, dim): the last
+        layer's feed-forward network, the final norm and what follows are position-wise, so they run there alone.
+        """
         h = self.dropout(self.tok_embeddings(tokens))
         freqs = (self.freqs_cos, self.freqs_sin)
-        for layer in self.layers:
-            h = layer(h, freqs, start_pos)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, freqs, start_pos, positions if i == self.n_layers - 1 else None)
         return self.norm(h)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,8 +235,9 @@ class Llama(LlamaPreTrainedModel):
 
         Without a mask (the course's semantics) every position sees the newest token, so each step recomputes the
         whole context. A causal model keeps the keys and values of earlier positions (use_cache), so each step runs
-        only the new token; once the context no longer fits, the window slides, every position changes, and the
-        step is recomputed in full. Either way the result is that of the plain loop (use_cache=False).
+        only the new token (by decode.Decoder, where it applies); once the context no longer fits, the window
+        slides, every position changes, and the step is recomputed in full. Either way the result is that of the
+        plain loop (use_cache=False).
         """
         if temperature < 0.0:
             raise ValueError(f"temperature must be >= 0.0, got {temperature}")
@@ -233,22 +246,30 @@ class Llama(LlamaPreTrainedModel):
         max_seq_len = self.params.max_seq_len
         cached = use_cache and self.config.causal  # a cache is valid only where no position sees a later one
         n_cached = 0
-        if cached:
+        last_logits = self.last_logits
+        if cached and decode.applies_to(self):  # the same steps, faster (decode.py)
+            positions = min(max_seq_len, idx.shape[1] + max_new_tokens - 1)
+            last_logits = decode.Decoder(self, idx.shape[0], positions).logits
+        elif cached:
             self.setup_cache()
         try:
             for _ in range(max_new_tokens):
                 if cached and idx.shape[1] <= max_seq_len:
-                    h = self.hidden_states(idx[:, n_cached:], start_pos=n_cached)
+                    logits = last_logits(idx[:, n_cached:], n_cached)
                     n_cached = idx.shape[1]
                 else:
                     self.clear_cache()
-                    h = self.hidden_states(idx[:, -max_seq_len:])
-                logits = finite(self.output(h[:, -1, :]))
-                idx_next = sample(logits, temperature, top_k)
+                    logits = last_logits(idx[:, -max_seq_len:], 0)
+                idx_next = sample(finite(logits), temperature, top_k)
                 idx = torch.cat((idx, idx_next), dim=1)
         finally:
             self.clear_cache()
         return idx
+
+    def last_logits(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+        """The logits (batch, vocab_size) after the last of tokens (batch, seqlen) placed at positions start_pos…"""
+        last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
+        return self.output(self.hidden_states(tokens, start_pos, positions=last)[:, 0])
 
     def setup_cache(self) -> None:
         """Give every attention layer an empty KV cache, which later forward passes fill and read."""

@@ -164,6 +164,10 @@ def test_table_covers_the_small_assets_with_hashes():
     assert stories260k.sha256 == "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
     assert stories260k.urls == ("https://raw.githubusercontent.com/plctlab/rvspoc-s2311-llama2/"
                                 "2fa3f650cf1dc5a21e11c00a9c688be86947b061/stories260K.bin",)
+    run_c = assets.ASSETS["llama2c/run.c"]  # bench.py's peer, at the llama2.c commit it was measured at
+    assert run_c.urls == ("https://raw.githubusercontent.com/karpathy/llama2.c/"
+                          "350e04fe35433e6d2941dce5a1f53308f87058eb/run.c",)
+    assert run_c.sha256 == "9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd"
 
 
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

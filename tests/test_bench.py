@@ -1,7 +1,11 @@
 """bench.py's report and its --baseline checks (the benchmark itself is not run here: it takes minutes)."""
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import bench
 
@@ -30,3 +34,34 @@ def test_baseline_without_bench_py_is_refused_in_one_line(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"--baseline {tmp_path}: no bench.py there; name a checkout of minllama"
+
+
+def test_llama2c_row_gives_the_ratio_of_medians_and_the_rounds_range():
+    def decode(*medians: float) -> list[dict]:
+        return [{"decode": [[m * 0.9, False], [m, False], [m * 1.1, True]], "peak_rss_mb": 50.0} for m in medians]
+
+    results = {"llama2c": {"causal": decode(100.0, 90.0), "runomp": decode(100.0, 120.0)}}
+    lines = bench.table(results, "")
+    row = next(line for line in lines if line.startswith("decode 256 tokens"))
+    # uncontested samples: ours 90, 100, 81, 90 (median 90), runomp's 90, 100, 108, 120 (median 104); per round,
+    # the medians of the uncontested ones: 95 / 95 and 85.5 / 114
+    assert f"{90 / 104:.2f}×" in row and "≥ 0.8× met (rounds 0.75–1.00)" in row and "4/6" in row
+    assert "104.0" in next(line for line in lines if "llama2.c runomp" in line)
+
+
+def test_without_a_c_compiler_runomp_is_not_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    assert bench.build_runomp(tmp_path) == f"no C compiler found ({tmp_path / 'no-such-cc'}; set CC to name one)"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_runomp_builds_and_reports_its_speed_on_a_real_model(tmp_path, asset, monkeypatch):
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(asset("llama2c/run.c").parent.parent))
+    asset("llama2c/tokenizer.bin")
+    runomp = bench.build_runomp(tmp_path)
+    assert runomp == tmp_path / "runomp" and runomp.is_file()
+    # the empty prompt (BOS alone): stories260K's 512-piece vocabulary cannot encode every text in tokenizer.bin's
+    run = bench.run_runomp(runomp, asset("stories260K.bin"), "", prompt_len=1, repeats=2, threads=1)
+    assert len(run["decode"]) == 2 and all(tokens_per_s > 0 for tokens_per_s, _ in run["decode"])
+    assert run["peak_rss_mb"] > 0

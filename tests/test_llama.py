@@ -201,7 +201,7 @@ def test_only_the_causal_model_caches(causal, cached):
     """Without a mask each step must recompute the whole context: earlier positions see the new token."""
     model = random_model(replace(CONFIG, causal=causal))
     widths = []
-    model.layers[0].register_forward_pre_hook(lambda module, inputs: widths.append(inputs[0].shape[1]))
+    model.layers[0].attention_norm.register_forward_pre_hook(lambda module, inputs: widths.append(inputs[0].shape[1]))
     model.generate(torch.tensor([[3, 4, 5]]), 4, temperature=0.0)
     assert widths == ([3, 1, 1, 1] if cached else [3, 4, 5, 6])
 
@@ -444,3 +444,21 @@ def test_sanity_check_missing_files(tmp_path, asset):
     assert "stories42M.pt" in result.stderr and "https://www.cs.cmu.edu/~vijayv/stories42M.pt" in result.stderr
     assert "Traceback" not in result.stderr
     assert sorted(p.name for p in work.iterdir()) == ["sanity_check.data"]
+
+
+@pytest.mark.parametrize("config", [COURSE, CONFIG], ids=["course", "causal"])
+def test_hidden_states_at_given_positions_equal_the_full_computation(config):
+    """With positions, the last layer's feed-forward network runs at one position per row; the result is the full
+    computation's at those positions."""
+    model = random_model(config)
+    tokens = torch.randint(0, CONFIG.vocab_size, (3, 11), generator=torch.Generator().manual_seed(5))
+    positions = torch.tensor([10, 4, 0])
+    widths = []
+    model.layers[-1].feed_forward.register_forward_pre_hook(lambda module, inputs: widths.append(inputs[0].shape[1]))
+    with torch.no_grad():
+        full = model.hidden_states(tokens)
+        some = model.hidden_states(tokens, positions=positions)
+    assert widths == [11, 1] and some.shape == (3, 1, CONFIG.dim)
+    assert (some[:, 0] - full[torch.arange(3), positions]).abs().max() < 1e-5
+    with torch.no_grad():
+        assert (model.last_logits(tokens) - model(tokens)[0][:, 0]).abs().max() < 1e-5
