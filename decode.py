@@ -11,22 +11,15 @@ The stacked matrices are copies, made from the model's weights when the Decoder 
 per call and drops it at the end, so no copy outlives a change of the weights (a training step, a LoRA merge,
 load_state_dict).
 """
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from blocked_linear import BlockedLinear, few_rows_linear
 
-if TYPE_CHECKING:
-    from llama import Llama
 
-
-def applies_to(model: Llama) -> bool:
-    """Whether a Decoder computes what `model` does: a causal model whose projections are all plain bias-free linear
+def applies_to(model: nn.Module) -> bool:
+    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal model whose projections are all plain bias-free linear
     layers (not LoRA adapters, say) and which applies no dropout."""
     projections = [model.output] + [m for layer in model.layers for m in (
         layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value,
@@ -39,7 +32,7 @@ class Decoder:
     """The logits of a causal Llama, one step after another, with the keys and values of up to `positions`
     positions of batch_size rows kept between steps."""
 
-    def __init__(self, model: Llama, batch_size: int, positions: int):
+    def __init__(self, model: nn.Module, batch_size: int, positions: int):  # model: a causal llama.Llama
         config = model.config
         self.model = model
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim

@@ -158,7 +158,7 @@ def test_find_matches_whole_path_components():
 
 def test_table_covers_the_small_assets_with_hashes():
     small = [a for a in assets.ASSETS.values() if not a.large]
-    assert len(small) == 12 and all(a.sha256 and a.urls and a.size for a in small)
+    assert len(small) == 14 and all(a.sha256 and a.urls and a.size for a in small)
     assert [a.name for a in assets.ASSETS.values() if a.large] == ["stories42M.pt", "stories260K.bin"]
     stories260k = assets.ASSETS["stories260K.bin"]
     assert stories260k.sha256 == "9414d5a285453a7eab631713d171753232c978f6f97654211469aff8be93c8d6"
@@ -188,7 +188,7 @@ def test_cli_fetches_all_small_assets_from_mirror(tmp_path, asset, asset_cache):
     assert fetched == sorted(a.name for a in assets.ASSETS.values() if not a.large)
     listing = cli("--list", cwd=tmp_path, env=env).stdout
     assert all(f"{name} " in listing for name in assets.ASSETS)
-    assert listing.count("present") == 12 and listing.count("missing") == 2
+    assert listing.count("present") == 14 and listing.count("missing") == 2
     result = cli("stories260K.bin", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stories260K.bin").read_bytes() == asset("stories260K.bin").read_bytes()
