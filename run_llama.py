@@ -1,7 +1,7 @@
 """The course's tasks on a pretrained Llama: text generation, zero-shot prompting, fine-tuning a classifier, and
 fine-tuning LoRA adapters (Hu et al. 2021) with a classifier head, on one process or several (torchrun).
 
-    python run_llama.py --option generate
+    python run_llama.py --option generate [--prompt TEXT --max_new_tokens N --temperature T ... --top_k K --stream]
     python run_llama.py --option prompt --batch_size 10 --train data/sst-train.txt ...
     python run_llama.py --option finetune --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt ...
     python run_llama.py --option lora --epochs 5 --lr 2e-5 --batch_size 80 --train data/sst-train.txt ...
@@ -314,14 +314,43 @@ def evaluate_and_write(model: torch.nn.Module, splits: dict[str, tuple[Split, st
 
 
 # ---- the options ----
-def generate_sentence(llama: Llama, tokenizer: Tokenizer, prefix: str, outfile: str, device: torch.device,
-                      max_new_tokens: int = 75, temperature: float = 0.0) -> None:
-    """Continue `prefix` (greedy at temperature 0.0, else sampled); print the text and write it to outfile."""
-    x = torch.tensor([tokenizer.encode(prefix, bos=True, eos=False)], device=device)
-    y = llama.generate(x, max_new_tokens, temperature=temperature)
-    sentence = tokenizer.decode(y[0].tolist())
+def generation_outputs(args: argparse.Namespace) -> dict[float, str]:
+    """The file of each --temperature: the course's two flags for 0.0 and 1.0, generated-sentence-temp-{T}.txt for
+    any other T (0.7 → generated-sentence-temp-0.7.txt)."""
+    named = {0.0: args.generated_sentence_low_temp_out, 1.0: args.generated_sentence_high_temp_out}
+    return {t: named.get(t, f"generated-sentence-temp-{t:g}.txt") for t in args.temperature}
+
+
+def generate_sentence(args: argparse.Namespace, prefix: str, outfile: str, max_new_tokens: int = 75,
+                      temperature: float = 0.0, llama: Llama | None = None) -> None:
+    """Continue `prefix` (greedy at temperature 0.0, else sampled, from the --top_k likeliest tokens if given) with
+    `llama` (loaded from --pretrained-model-path when None); print the text, token by token with --stream or on a
+    terminal, and write it to outfile."""
+    device = get_device(args.use_gpu, args.dtype)
+    llama = llama or load_pretrained(args.pretrained_model_path, causal=args.causal, device=device)
+    tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=args.tokenizer_model)
+    ids = tokenizer.encode(prefix, bos=True, eos=False)
+    x = torch.tensor([ids], device=device)
+    stream = args.stream or sys.stdout.isatty()
+    printed = ""
+
+    def show(token: torch.Tensor) -> None:  # print what the text gained, once it ends in whole characters
+        nonlocal printed
+        ids.append(int(token[0, 0]))
+        text = tokenizer.decode(ids)
+        if text.startswith(printed) and not text.endswith("\ufffd"):
+            print(text[len(printed):], end="", flush=True)
+            printed = text
+
     print(f"Temperature is {temperature}")
-    print(sentence)
+    if stream:
+        printed = tokenizer.decode(ids)
+        print(printed, end="", flush=True)
+    with autocast(args.dtype, device):
+        y = llama.generate(x, max_new_tokens, temperature=temperature, top_k=args.top_k,
+                           on_token=show if stream else None)
+    sentence = tokenizer.decode(y[0].tolist())
+    print(sentence[len(printed):] if stream else sentence)
     print("---------------")
     write_text(outfile, sentence)
     print(f"Wrote generated sentence to {outfile}.")
@@ -523,6 +552,18 @@ def arg_parser() -> argparse.ArgumentParser:
                         help="Where generate writes its continuation at temperature 0 (default: %(default)s).")
     parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt",
                         help="Where generate writes its continuation at temperature 1 (default: %(default)s).")
+    parser.add_argument("--prompt", type=str,
+                        help="generate: the text to continue (default: the course's prompt about John Wick).")
+    parser.add_argument("--max_new_tokens", type=int, default=75,
+                        help="generate: how many tokens to add to the prompt (default: %(default)s).")
+    parser.add_argument("--temperature", type=float, nargs="+", action="extend",
+                        help="generate: a continuation at each of these temperatures, greedy at 0 (the flag may be "
+                             "repeated; default: 0.0 1.0, as the course). 0 and 1 go to the two files above, "
+                             "another T to generated-sentence-temp-T.txt.")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help="generate: sample only from the K likeliest tokens (default: from all of them).")
+    parser.add_argument("--stream", action="store_true",
+                        help="generate: print the tokens as they are drawn (always so when stdout is a terminal).")
     outputs = ("Where the {} predictions go (default: NAME-{}-prompting-output.txt; NAME-{}-finetuning-output.txt "
                "with --option finetune, NAME-{}-lora-output.txt with --option lora).")
     parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev", "dev", "dev"))
@@ -578,7 +619,7 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
     folder given as a data file, or an output that cannot be written, is an InputError.
     """
     parser = arg_parser()
-    for name in ("epochs", "batch_size", "max_sentence_len"):
+    for name in ("epochs", "batch_size", "max_sentence_len", "max_new_tokens", "top_k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if not 0 <= args.seed <= MAX_SEED:
@@ -587,6 +628,10 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
     if not 0.0 <= args.hidden_dropout_prob < 1.0:
         parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
+    args.temperature = args.temperature or [0.0, 1.0]
+    for t in args.temperature:
+        if not 0.0 <= t < math.inf or args.temperature.count(t) > 1:
+            parser.error(f"--temperature must be finite, at least 0 and each given once, got {t}")
     if problem := lora_problem(args.lora_rank, args.lora_alpha, args.lora_dropout):
         parser.error(f"--{problem}")
     left_out = [key for key in DERIVED if getattr(args, key) is None]
@@ -603,8 +648,8 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
         return
     inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
     if args.option == "generate":
-        outputs = {"--generated_sentence_low_temp_out": args.generated_sentence_low_temp_out,
-                   "--generated_sentence_high_temp_out": args.generated_sentence_high_temp_out}
+        flags = {0.0: "--generated_sentence_low_temp_out", 1.0: "--generated_sentence_high_temp_out"}
+        outputs = {flags.get(t, f"--temperature {t:g}"): path for t, path in generation_outputs(args).items()}
     else:
         inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
         outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
@@ -682,9 +727,13 @@ def run_option(args: argparse.Namespace, device: torch.device) -> None:
         llama = load_pretrained(args.pretrained_model_path, causal=args.causal, device=device)
         print(f"load model from {args.pretrained_model_path}")
         check_fits(llama, tokenizer, [], args.tokenizer_model, args.pretrained_model_path)
-        with autocast(args.dtype, device):
-            generate_sentence(llama, tokenizer, PREFIX, args.generated_sentence_low_temp_out, device, temperature=0.0)
-            generate_sentence(llama, tokenizer, PREFIX, args.generated_sentence_high_temp_out, device, temperature=1.0)
+        prompt = PREFIX if args.prompt is None else args.prompt
+        length, max_seq_len = len(tokenizer.encode(prompt, bos=True, eos=False)), llama.config.max_seq_len
+        if length > max_seq_len:
+            raise InputError(f"--prompt: {length} tokens, more than the model's max_seq_len={max_seq_len}: pass a "
+                             "shorter prompt")
+        for temperature, outfile in generation_outputs(args).items():
+            generate_sentence(args, prompt, outfile, args.max_new_tokens, temperature, llama)
         return
 
     label_names = read_label_names(args.label_names)

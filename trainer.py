@@ -46,7 +46,8 @@ from lora import is_adapter, load_lora_state_dict, lora_state_dict
 if typing.TYPE_CHECKING:
     from run_llama import LlamaDataset
 
-RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
+RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
+                     "prompt", "max_new_tokens", "temperature", "top_k", "stream")
 
 
 # ---- processes ----
