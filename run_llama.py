@@ -46,8 +46,9 @@ from lora import merge_lora
 from optimizer import AdamW
 from tokenizer import Tokenizer, TokenizerError
 from trainer import (all_reduce_sum, barrier, checkpoint_data, distributed, drop_metrics_after, gather,
-                     init_distributed, launched_by_torchrun, load_weights, my_share, new_run, printing_on_rank_0,
-                     rank_and_world_size, resume, rng_state, save_last, save_model, LaunchError, TORCHRUN_ENV)
+                     init_distributed, launched_by_torchrun, load_weights, printing_on_rank_0, rank_and_world_size,
+                     resume, rng_state, save_last, save_model, split_among_processes, LaunchError, Progress,
+                     TORCHRUN_ENV)
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")
@@ -256,10 +257,10 @@ def check_fits(llama: Llama, tokenizer: Tokenizer, splits: list[Split], tokenize
         for i, ids in enumerate(split.token_ids):
             if len(ids) > max_seq_len:
                 raise InputError(f"{split.path}:{i + 1}: {len(ids)} tokens, more than the model's max_seq_len="
-                                 f"{max_seq_len}; {shortening(tokenizer.max_len, split.suffix_len, max_seq_len)}")
+                                 f"{max_seq_len}; {fitting_advice(tokenizer.max_len, split.suffix_len, max_seq_len)}")
 
 
-def shortening(max_sentence_len: int | None, suffix_len: int, max_seq_len: int) -> str:
+def fitting_advice(max_sentence_len: int | None, suffix_len: int, max_seq_len: int) -> str:
     """What makes an example of BOS, a sentence cut to max_sentence_len tokens and suffix_len prompt tokens fit in
     max_seq_len tokens."""
     prompt = f"the prompt after the sentence takes {suffix_len} tokens" if suffix_len else ""
@@ -374,7 +375,8 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
     The batches depend on the seed and the epoch only, so that every process draws the same ones; under torchrun
-    each process computes its share of each batch, its loss weighted to give the course's gradient (my_share).
+    each process computes its share of each batch, its loss weighted to give the course's gradient
+    (split_among_processes).
     Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
     seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
     """
@@ -385,7 +387,8 @@ def train_epoch(model: torch.nn.Module, optimizer: AdamW, data: LlamaDataset, ep
     total_loss = torch.zeros((), device=device)
     preds = torch.zeros(len(data), dtype=torch.long, device=device)
     start = time.perf_counter()
-    mine = my_share(data, batches, batch_size)  # without torchrun, each whole batch
+    rows, widths, loss_weights = split_among_processes(data.lengths, batches, batch_size)  # alone: whole batches
+    mine = zip(data.batches(rows, widths), loss_weights)
     for (rows, token_ids, lengths, labels), loss_weight in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
                                                                 disable=rank != 0):
         optimizer.zero_grad()
@@ -416,7 +419,7 @@ def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
         raise InputError(str(e)) from None
 
 
-def divergence(loss: float, model: torch.nn.Module) -> str | None:
+def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
     """Why training has diverged: a non-finite loss, or a trained weight that is no longer finite; None if not."""
     if not math.isfinite(loss):
         return f"the training loss became {loss}"
@@ -444,21 +447,21 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     flags = vars(args)
     progress = (resume(args.last_filepath, flags, train_split.sha256, model, optimizer, device) if args.resume
-                else new_run())
-    if progress["epoch"] >= 0 and not Path(args.filepath).is_file():
-        raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress['epoch']}, but the best "
+                else Progress())
+    if progress.epoch >= 0 and not Path(args.filepath).is_file():
+        raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress.epoch}, but the best "
                          f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
                          "start over")
-    if progress["epoch"] >= 0:
+    if progress.epoch >= 0:
         drop_metrics_after(progress, args.option, args.epochs, args.lr)
     trained_model = distributed(model, device)
     train_data = LlamaDataset(train_split, tokenizer.pad_id, device)
     dev_data = LlamaDataset(dev, tokenizer.pad_id, device)
     dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
-    for epoch in range(progress["epoch"] + 1, args.epochs):
+    for epoch in range(progress.epoch + 1, args.epochs):
         stats = train_epoch(trained_model, optimizer, train_data, epoch, args.seed, args.batch_size,
                             args.group_by_length, args.dtype, device)
-        failure = divergence(stats["loss"], model)
+        failure = divergence_reason(stats["loss"], model)
         if failure:
             raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
                              f"{args.lr}")
@@ -466,23 +469,22 @@ def train(args: argparse.Namespace, tokenizer: Tokenizer, label_names: list[str]
         if rank == 0:
             dev_preds = model_eval(model, dev_data, dev_batches, args.dtype, device)
             dev_acc, dev_f1 = scores(dev.labels, dev_preds)
-            if dev_acc > progress["best_dev_acc"]:
+            if dev_acc > progress.best_dev_acc:
                 save_model(args.filepath, checkpoint_data(model, flags, config, label_names, epoch, dev_acc), optimizer)
-            record = {"run": progress["run"], "option": args.option, "epochs": args.epochs, "lr": args.lr,
+            record = {"run": progress.run, "option": args.option, "epochs": args.epochs, "lr": args.lr,
                       "epoch": epoch, "loss": stats["loss"],
                       "train_acc": stats["acc"], "dev_acc": dev_acc, "train_f1": stats["f1"],
                       "dev_f1": dev_f1, "seconds": stats["seconds"],
                       "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
             metrics.append(METRICS, record)
-            progress = {**progress, "epoch": epoch, "best_dev_acc": max(progress["best_dev_acc"], dev_acc),
-                        "metrics": progress["metrics"] + [record]}
-            saved = checkpoint_data(model, flags, config, label_names, epoch, progress["best_dev_acc"])
+            progress = Progress(epoch, max(progress.best_dev_acc, dev_acc), progress.run, progress.metrics + [record])
+            saved = checkpoint_data(model, flags, config, label_names, epoch, progress.best_dev_acc)
             save_last(args.last_filepath, saved, optimizer, progress, rng, train_split.sha256)
             print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
                   f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
                   f"padding {stats['padded']:.1%}")
         barrier()
-    return progress["metrics"]
+    return progress.metrics
 
 
 def test(args: argparse.Namespace, tokenizer: Tokenizer, dev: Split, test_split: Split,

@@ -5,8 +5,8 @@ Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option fi
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
 on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
 DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
-batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each (`my_share`, the
-split of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
+batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each
+(`split_among_processes`, the split of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
 Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
 loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
 rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
@@ -25,9 +25,8 @@ import os
 import random
 import secrets
 import time
-import typing
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,9 +41,6 @@ from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classi
 from classifier import LlamaEmbeddingClassifier
 from config import ClassifierConfig
 from lora import is_adapter, load_lora_state_dict, lora_state_dict
-
-if typing.TYPE_CHECKING:
-    from run_llama import LlamaDataset
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
                      "prompt", "max_new_tokens", "temperature", "top_k", "stream")
@@ -104,10 +100,10 @@ def distributed(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def my_share(data: "LlamaDataset", batches: list[list[int]], batch_size: int
-             ) -> Iterator[tuple[tuple[torch.Tensor, ...], float]]:
-    """For each of `batches`, the examples of it that this process computes, as data.batches gives them (example
-    indices, token ids, lengths, labels, on the device), and the weight of their summed loss.
+def split_among_processes(lengths: list[int], batches: list[list[int]], batch_size: int
+                          ) -> tuple[list[list[int]], list[int], list[float]]:
+    """For each of `batches` (example indices into `lengths`), the examples of it that this process computes, the
+    width they are padded to and the weight of their summed loss.
 
     Process r of N computes examples r, r + N, r + 2N, ... of each batch, padded to the width of the whole batch, as
     one process pads them (without a mask the padding changes the results). Their loss weight N / batch_size makes
@@ -118,10 +114,9 @@ def my_share(data: "LlamaDataset", batches: list[list[int]], batch_size: int
     """
     rank, world_size = rank_and_world_size()
     shares = [batch[rank::world_size] for batch in batches]
-    loss_weights = [world_size / batch_size if share else 0.0 for share in shares]
     rows = [share or batch[:1] for share, batch in zip(shares, batches)]
-    widths = [max(data.lengths[i] for i in batch) for batch in batches]
-    return zip(data.batches(rows, widths), loss_weights)
+    widths = [max(lengths[i] for i in batch) for batch in batches]
+    return rows, widths, [world_size / batch_size if share else 0.0 for share in shares]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -190,12 +185,12 @@ def save_model(path: str, saved: dict, optimizer: torch.optim.Optimizer) -> None
     print(f"save the model to {path}")
 
 
-def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: dict, rng: list[dict],
+def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: "Progress", rng: list[dict],
               train_sha256: str) -> None:
-    """Write the last checkpoint to path: `saved` (checkpoint_data), the run's `progress` (epoch, best_dev_acc, run,
-    metrics), the optimizer state, every process's random generators `rng` and the training data's sha256."""
-    save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
-                                      "metrics": progress["metrics"], "train_sha256": train_sha256}, last=True)
+    """Write the last checkpoint to path: `saved` (checkpoint_data, which holds the epoch and best dev accuracy), the
+    run's id and metrics records from `progress`, the optimizer state, every process's random generators `rng` and the training data's sha256."""
+    save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress.run,
+                                      "metrics": progress.metrics, "train_sha256": train_sha256}, last=True)
 
 
 def base_digest(model: LlamaEmbeddingClassifier) -> str:
@@ -235,17 +230,21 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def new_run() -> dict:
-    """The progress of a run that starts at epoch 0: {"epoch": the last epoch done, "best_dev_acc", "run": its id in
-    metrics.jsonl, the time it started and a random part, unique even among runs started in one second,
-    "metrics": its records so far}."""
-    return {"epoch": -1, "best_dev_acc": -1.0, "run": f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{secrets.token_hex(4)}",
-            "metrics": []}
+@dataclass
+class Progress:
+    """How far a run has come: the last epoch done (-1 before the first), the best dev accuracy so far, the run's id in
+    metrics.jsonl (the time it started and a random part, unique even among runs started in one second) and its
+    metrics records so far."""
+
+    epoch: int = -1
+    best_dev_acc: float = -1.0
+    run: str = field(default_factory=lambda: f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{secrets.token_hex(4)}")
+    metrics: list[dict] = field(default_factory=list)
 
 
 def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClassifier,
-           optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
-    """The progress (new_run) saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
+           optimizer: torch.optim.Optimizer, device: torch.device) -> Progress:
+    """The Progress saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
     random generators restored from it; a new run when there is none yet.
 
     The run that wrote it must have had the same `flags` (the command line), bar RESUME_MAY_CHANGE, and trained on
@@ -253,7 +252,7 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
     """
     if not Path(path).exists():
         print(f"--resume: there is no {path} yet, so the run starts at epoch 0")
-        return new_run()
+        return Progress()
     saved = read_classifier_checkpoint(path, last=True)
     changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in flags.items()
                if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
@@ -277,15 +276,15 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
         raise CheckpointError(f"{path}: its optimizer or random generators' state cannot be restored "
                               f"({type(e).__name__}: {' '.join(str(e).split())})") from None
     print(f"resume from {path} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
-    return {key: saved[key] for key in new_run()}
+    return Progress(**{f.name: saved[f.name] for f in fields(Progress)})
 
 
-def drop_metrics_after(progress: dict, option: str, epochs: int, lr: float) -> None:
+def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) -> None:
     """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0): those
     of its run id, --option, --epochs and --lr."""
     if rank_and_world_size()[0] == 0:
-        run = {"run": progress["run"], "option": option, "epochs": epochs, "lr": lr}
-        dropped = metrics.drop_after(metrics.FILE, run, progress["epoch"])
+        run = {"run": progress.run, "option": option, "epochs": epochs, "lr": lr}
+        dropped = metrics.drop_after(metrics.FILE, run, progress.epoch)
         if dropped:
             print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
-                  f"checkpoint (epoch {progress['epoch']}), before it was interrupted")
+                  f"checkpoint (epoch {progress.epoch}), before it was interrupted")

@@ -520,10 +520,10 @@ def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatc
 def test_too_long_examples_are_told_what_would_fit(tokenizer_model: str):
     """The advice depends on whether --max_sentence_len was passed and on the prompt after the sentence, and the
     --max_sentence_len it suggests does make the example fit."""
-    assert run_llama.shortening(None, 0, 1024) == "pass --max_sentence_len to truncate sentences"
-    assert run_llama.shortening(2000, 0, 1024) == "--max_sentence_len 2000 is too long: pass --max_sentence_len " \
+    assert run_llama.fitting_advice(None, 0, 1024) == "pass --max_sentence_len to truncate sentences"
+    assert run_llama.fitting_advice(2000, 0, 1024) == "--max_sentence_len 2000 is too long: pass --max_sentence_len " \
                                                   "1023 or less"
-    assert run_llama.shortening(None, 1023, 1024) == "the prompt after the sentence takes 1023 tokens, which " \
+    assert run_llama.fitting_advice(None, 1023, 1024) == "the prompt after the sentence takes 1023 tokens, which " \
                                                      "leaves no room for a sentence: use shorter label names"
     suffix_ids = Tokenizer(tokenizer_model=tokenizer_model).sp_model.encode(run_llama.prompt_suffix(["bad", "good"]))
     sentence = "very " * 1100 + "long ."
