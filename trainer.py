@@ -21,19 +21,23 @@ run ends with the weights that it would have ended with uninterrupted. Resuming 
 interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
 import contextlib
+import math
 import os
 import random
 import secrets
 import time
 from collections.abc import Iterator
+from typing import Protocol
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 import metrics
 from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classifier_checkpoint,
@@ -41,6 +45,8 @@ from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classi
 from classifier import LlamaEmbeddingClassifier
 from config import ClassifierConfig
 from lora import is_adapter, load_lora_state_dict, lora_state_dict
+from options import autocast
+from splits import InputError, batch_order, padded_fraction, scores
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
                      "prompt", "max_new_tokens", "temperature", "top_k", "stream")
@@ -288,3 +294,75 @@ def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) 
         if dropped:
             print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
                   f"checkpoint (epoch {progress.epoch}), before it was interrupted")
+
+
+# ---- training ----
+class Batched(Protocol):
+    """run_llama.LlamaDataset as train_epoch uses it: examples' lengths and labels, and their batches by index."""
+
+    lengths: list[int]
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batches(self, order: list[list[int]], widths: list[int] | None = None
+                ) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: "Batched", epoch: int, seed: int,
+                batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
+    """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
+
+    The batches depend on the seed and the epoch only, so that every process draws the same ones; under torchrun
+    each process computes its share of each batch, its loss weighted to give the course's gradient
+    (split_among_processes).
+    Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
+    seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
+    """
+    rank, world_size = rank_and_world_size()
+    model.train()
+    generator = torch.Generator().manual_seed(seed + epoch)
+    batches = batch_order(data.lengths, batch_size, True, group_by_length, generator)
+    total_loss = torch.zeros((), device=device)
+    preds = torch.zeros(len(data), dtype=torch.long, device=device)
+    start = time.perf_counter()
+    rows, widths, loss_weights = split_among_processes(data.lengths, batches, batch_size)  # alone: whole batches
+    mine = zip(data.batches(rows, widths), loss_weights)
+    for (rows, token_ids, lengths, labels), loss_weight in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
+                                                                disable=rank != 0):
+        optimizer.zero_grad()
+        with autocast(dtype, device):
+            log_probs = model(token_ids, lengths)
+        loss = F.nll_loss(log_probs, labels, reduction="sum") * loss_weight
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach()
+        if loss_weight:  # else a stand-in example, which another process predicts
+            preds[rows] = log_probs.argmax(dim=-1)
+    all_reduce_sum(total_loss)
+    preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
+    labels = data.labels.tolist()
+    seconds = time.perf_counter() - start
+    acc, f1 = scores(labels, preds)
+    # the processes' losses add up to world_size × the course's loss of each batch
+    return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
+            "examples_per_s": len(data) / seconds,
+            "padded": padded_fraction(data.lengths, batches)}
+
+
+def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
+    """LlamaEmbeddingClassifier(config); a checkpoint or LoRA rank it cannot be built from is an InputError."""
+    try:
+        return LlamaEmbeddingClassifier(config)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
+    """Why training has diverged: a non-finite loss, or a trained weight that is no longer finite; None if not."""
+    if not math.isfinite(loss):
+        return f"the training loss became {loss}"
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            return f"the weight {name} is no longer finite"
+    return None

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import llama as llama_module
+import options
 import run_llama
 from llama import load_pretrained
 from run_llama import InputError
@@ -79,7 +80,7 @@ def test_a_prompt_longer_than_the_context_is_one_line(tmp_path: Path, monkeypatc
 ])
 def test_bad_generation_flags_are_one_line(capsys, flags: list[str], message: str):
     with pytest.raises(SystemExit):
-        run_llama.parse_args(["--option", "generate", *flags], check_files=False)
+        options.parse_args(["--option", "generate", *flags], check_files=False)
     assert capsys.readouterr().err.splitlines()[-1] == f"run_llama.py: error: {message}"
 
 
@@ -87,9 +88,9 @@ def test_each_temperatures_file_is_checked_before_any_work(tmp_path: Path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "generated-sentence-temp-0.7.txt").mkdir()
     with pytest.raises(InputError, match=r"^cannot write --temperature 0\.7 generated-sentence-temp-0\.7\.txt: "):
-        run_llama.parse_args(["--option", "generate", "--temperature", "0", "0.7"])
+        options.parse_args(["--option", "generate", "--temperature", "0", "0.7"])
     with pytest.raises(SystemExit):
-        run_llama.parse_args(["--option", "generate", "--temperature", "0", "0.7", "--generated_sentence_low_temp_out",
+        options.parse_args(["--option", "generate", "--temperature", "0", "0.7", "--generated_sentence_low_temp_out",
                               "generated-sentence-temp-0.7.txt"])
     assert re.search(r"--generated_sentence_low_temp_out generated-sentence-temp-0\.7\.txt and --temperature 0\.7 "
                      r"generated-sentence-temp-0\.7\.txt are one file", capsys.readouterr().err)
