@@ -15,7 +15,7 @@ from config import lora_problem
 from splits import InputError
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
-          "Keanu Reeves, playing the hero John Wick, is")
+          "Keanu Reeves, playing the hero John Wick, is")  # the course's prompt: generate's unless given --prompt
 METRICS = metrics.FILE  # where finetune and lora runs append a line per epoch
 MAX_SEED = 2**31 - 1  # NumPy takes seeds below 2**32, and process r seeds with --seed + r
 DATA_FLAGS = ("--train", "--dev", "--test", "--label-names")
@@ -66,9 +66,10 @@ def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=1337, help="The seed of every random draw (default: %(default)s).")
     parser.add_argument("--epochs", type=int, default=5, help="Epochs of training (default: %(default)s).")
     parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune", "lora"), default="generate",
-                        help="generate: continue the course's prompt; prompt: zero-shot classification, the Llama "
-                             "parameters are frozen; finetune: Llama parameters are updated; lora: LoRA adapters on "
-                             "Llama's attention projections are trained, Llama is frozen (default: %(default)s).")
+                        help="generate: continue a prompt (--prompt, the course's by default); prompt: zero-shot "
+                             "classification, the Llama parameters are frozen; finetune: Llama parameters are updated; "
+                             "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen "
+                             "(default: %(default)s).")
     parser.add_argument("--use_gpu", action="store_true", help="Run on CUDA instead of the CPU.")
     parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt",
                         help="Where generate writes its continuation at temperature 0 (default: %(default)s).")

@@ -1,12 +1,13 @@
-"""What run_llama.py's fine-tuning needs beyond the course's loop: several processes on torchrun, and checkpoints
-that a run can be resumed from.
+"""run_llama.py's fine-tuning: an epoch of the course's loop (train_epoch, on example indices and their lengths), on
+several processes on torchrun, and checkpoints that a run can be resumed from.
 
 Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option finetune ...` starts N copies of the
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
 on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
 DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
 batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each
-(`split_among_processes`, the split of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
+(`split_among_processes`, the split of DistributedSampler): --batch_size is the global batch, of which each process
+computes about batch_size / N.
 Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
 loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
 rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
@@ -194,7 +195,8 @@ def save_model(path: str, saved: dict, optimizer: torch.optim.Optimizer) -> None
 def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: "Progress", rng: list[dict],
               train_sha256: str) -> None:
     """Write the last checkpoint to path: `saved` (checkpoint_data, which holds the epoch and best dev accuracy), the
-    run's id and metrics records from `progress`, the optimizer state, every process's random generators `rng` and the training data's sha256."""
+    run's id and metrics records from `progress`, the optimizer state, every process's random generators `rng` and
+    the training data's sha256."""
     save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress.run,
                                       "metrics": progress.metrics, "train_sha256": train_sha256}, last=True)
 
