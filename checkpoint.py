@@ -1,27 +1,23 @@
 """Every kind of checkpoint minllama reads and writes, described here once, with one reader and one writer each.
 
-Llama checkpoints: (model_args, state_dict), with the course's tensor names. Reader: `read_checkpoint`, which
-load_pretrained uses (`read_checkpoint_with_classifier` also returns a fine-tuned classifier's head); writers:
-`save_checkpoint` (.pt) and `write_llama2c_bin` (.bin). Three formats, told apart by their first bytes, not by the
-file name:
-  * a torch.save zip of {"model_args": ..., "model": state_dict} - the course's stories42M.pt, or a checkpoint of
-    llama2.c's train.py (attention weights named wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix), or one of
-    run_llama.py's fine-tuned classifiers (below), whose Llama is read: the tensors prefixed "llama.", beside the
-    linear classifier head CLASSIFIER_HEAD;
+Llama checkpoints: (model_args, state_dict), with the course's tensor names. Reader: `read_llama` (load_pretrained's;
+`read_checkpoint` and `read_checkpoint_with_classifier` also give a fine-tuned classifier's head); writers:
+`save_checkpoint` (.pt) and `write_llama2c_bin` (.bin). Three formats, told apart by their first bytes, not the name:
+  * a torch.save zip of {"model_args": ..., "model": state_dict}: the course's stories42M.pt, a checkpoint of
+    llama2.c's train.py (attention weights wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix), or a fine-tuned
+    classifier of run_llama.py (below), whose Llama is its "llama." tensors, beside the head CLASSIFIER_HEAD;
   * a llama2.c legacy `.bin` export: a 7 x int32 header, then float32 tensors;
   * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
-In a `.bin`, every per-layer tensor kind is stored for all layers before the next kind; TENSORS and BIN_ORDER say
-which kinds come in which order, and drive both the reader and the writer.
+In a `.bin`, each per-layer tensor kind is stored for all layers before the next kind, in the order of BIN_ORDER,
+which drives both the reader and the writer.
 
-Classifier checkpoints of run_llama.py. Reader: `read_classifier_checkpoint`; writer: `save_classifier_checkpoint`
-(trainer.py's save_model and save_last fill them; trainer.load_weights puts their weights into a classifier).
---option finetune and --option lora write, named after the option, --epochs and --lr:
+Classifier checkpoints of run_llama.py --option finetune and lora (reader `read_classifier_checkpoint`, writer
+`save_classifier_checkpoint`; trainer.py fills them and loads their weights), named after --option, --epochs, --lr:
     finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
     finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
-Both are a torch.save of plain data (read with torch.load(..., weights_only=True)): a dict of the weights and SAVED,
+Both are a torch.save of plain data (torch.load(..., weights_only=True) reads them): a dict of SAVED and weights,
     "model_args"    the LlamaConfig fields of the model, as a dict
-    "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course tensor names) and
-                    "classifier_head.*"
+    "model"         finetune: the LlamaEmbeddingClassifier state dict, "llama.*" (course names), "classifier_head.*"
     "lora"          lora, instead of "model": the adapters ("llama.layers.{i}.attention.compute_query.lora_A", ...)
                     and "classifier_head.*" (lora.lora_state_dict), which load onto the base model
                     model_config["pretrained_model_path"]
@@ -38,18 +34,18 @@ and the last checkpoint also (SAVED_LAST)
     "run"           the run's id in metrics.jsonl: the time it started
     "metrics"       the run's metrics.jsonl records so far
     "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
-A LoRA checkpoint is not a Llama checkpoint: read_checkpoint refuses it (LoraCheckpointError), and convert.py
-exports its base model with the adapters merged in.
+A LoRA checkpoint is not a Llama checkpoint: read_llama refuses it (LoraCheckpointError); convert.py exports its
+base model with the adapters merged in.
 
-Reading trusts nothing in the file, and checks each fact once. The file is read once (`read_file`); a torch.save
-zip is unpickled from those bytes once the CRC-32 of every entry of its archive matches, by torch.load(weights_only=
-True), which unpickles tensors and plain data only. Every tensor must be finite (`check_finite`); model_args are
-checked by LlamaConfig.from_model_args (hidden_dim, where they lack it as llama2.c's train.py does, from w1's rows);
-the tensors' names and shapes by the table TENSORS (`_course_state_dict`). A file that cannot be used raises
-CheckpointError, whose message names the file and says what it is: missing parts, corrupt (damaged or truncated),
-legacy (torch.save's old non-zip format), unsafe (pickled code), another kind of file, or tensors that do not fit, or
-hold NaN or infinity. Writing goes through files.write_atomically: under a temporary name, then renamed, so that a
-process killed at any moment leaves the previous file whole.
+Reading trusts nothing in the file and checks each fact once. The file is read once (`read_file`); a torch.save zip
+is unpickled from those bytes, once the CRC-32 of every entry matches, by torch.load(weights_only=True), which
+unpickles tensors and plain data only. Every tensor must be finite (`check_finite`); model_args are checked by
+LlamaConfig.from_model_args (hidden_dim, which llama2.c's train.py leaves out, from w1's rows); the tensors' names and
+shapes by the table TENSORS (`_course_state_dict`). A file that cannot be used raises CheckpointError, naming the
+file and what it is: missing parts, corrupt (damaged or truncated), legacy (torch.save's old non-zip format),
+unsafe (pickled code), another kind of file, tensors that do not fit or that hold NaN or infinity. Writing goes
+through files.write_atomically (a temporary name, then renamed), so a process killed at any moment leaves the
+previous file whole.
 """
 import hashlib
 import io
@@ -132,14 +128,13 @@ class LlamaCheckpoint(NamedTuple):
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(model_args, state_dict) of a Llama checkpoint of any format; of a fine-tuned classifier, its Llama part."""
-    ckpt = read_llama(path)
-    return ckpt.model_args, ckpt.state_dict
+    return read_checkpoint_with_classifier(path)[:2]
 
 
 def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """(model_args, Llama state_dict, classifier head) of a Llama checkpoint of any format."""
-    ckpt = read_llama(path)
-    return ckpt.model_args, ckpt.state_dict, ckpt.head
+    model_args, _, state_dict, head = read_llama(path)
+    return model_args, state_dict, head
 
 
 def read_llama(path: str | os.PathLike, **overrides) -> LlamaCheckpoint:
@@ -209,12 +204,9 @@ def _tensors(obj: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) of every tensor in nested dicts, lists and tuples; names join keys with "/"."""
     if isinstance(obj, torch.Tensor):
         yield name, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
+    elif isinstance(obj, (dict, list, tuple)):
+        for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
             yield from _tensors(value, f"{name}/{key}" if name else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{name}/{i}" if name else str(i))
 
 
 def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str | os.PathLike) -> None:

@@ -174,6 +174,11 @@ def temporary(path: Path, suffix: str = "tmp") -> Path:
     return path.with_name(f".minllama-{os.getpid()}-{next(_serial)}.{suffix}")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` as UTF-8 to path, atomically (write_atomically)."""
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None], suffix: str = "tmp") -> None:
     """Call write(f) on a temporary file beside `path` (beside its target, for a link), then rename it onto that,
     so that it is never half-written (fsync makes that hold after a power cut too). Stale temporaries in that

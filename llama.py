@@ -3,6 +3,7 @@ attention with rotary position embeddings and a SwiGLU feed-forward network, RMS
 The attention is unmasked, as in the course's reference, or causal, as in Llama 2 (LlamaConfig.causal).
 """
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,7 @@ class Llama(LlamaPreTrainedModel):
     @torch.inference_mode()
     def generate(
         self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        use_cache: bool = True,
+        use_cache: bool = True, on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Append max_new_tokens tokens to idx (batch, seqlen): argmax at temperature 0.0, otherwise a sample from
         softmax(logits / temperature), restricted to the top_k likeliest tokens when top_k is given. The model sees
@@ -237,7 +238,7 @@ class Llama(LlamaPreTrainedModel):
         whole context. A causal model keeps the keys and values of earlier positions (use_cache), so each step runs
         only the new token (by decode.Decoder, where it applies); once the context no longer fits, the window
         slides, every position changes, and the step is recomputed in full. Either way the result is that of the
-        plain loop (use_cache=False).
+        plain loop (use_cache=False). `on_token`, if given, is called with each new token (batch, 1) as it is drawn.
         """
         if temperature < 0.0:
             raise ValueError(f"temperature must be >= 0.0, got {temperature}")
@@ -262,6 +263,8 @@ class Llama(LlamaPreTrainedModel):
                     logits = last_logits(idx[:, -max_seq_len:], 0)
                 idx_next = sample(finite(logits), temperature, top_k)
                 idx = torch.cat((idx, idx_next), dim=1)
+                if on_token:
+                    on_token(idx_next)
         finally:
             self.clear_cache()
         return idx

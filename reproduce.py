@@ -39,7 +39,7 @@ import assets
 import files
 from files import write_atomically
 from metrics import machine
-from run_llama import PREFIX, parse_args
+from options import PREFIX, parse_args
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
 COURSE_SEEDS = 10  # the course reports mean (std) over 10 seeds

@@ -1,12 +1,13 @@
-"""What run_llama.py's fine-tuning needs beyond the course's loop: several processes on torchrun, and checkpoints
-that a run can be resumed from.
+"""run_llama.py's fine-tuning: an epoch of the course's loop (train_epoch, on example indices and their lengths), on
+several processes on torchrun, and checkpoints that a run can be resumed from.
 
 Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option finetune ...` starts N copies of the
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
 on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
 DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
-batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each (`my_share`, the
-split of DistributedSampler): --batch_size is the global batch, of which each process computes about batch_size / N.
+batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each
+(`split_among_processes`, the split of DistributedSampler): --batch_size is the global batch, of which each process
+computes about batch_size / N.
 Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
 loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
 rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
@@ -21,20 +22,23 @@ run ends with the weights that it would have ended with uninterrupted. Resuming 
 interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
 import contextlib
+import math
 import os
 import random
 import secrets
 import time
-import typing
 from collections.abc import Iterator
-from dataclasses import asdict
+from typing import Protocol
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 import metrics
 from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classifier_checkpoint,
@@ -42,11 +46,11 @@ from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classi
 from classifier import LlamaEmbeddingClassifier
 from config import ClassifierConfig
 from lora import is_adapter, load_lora_state_dict, lora_state_dict
+from options import autocast
+from splits import InputError, batch_order, padded_fraction, scores
 
-if typing.TYPE_CHECKING:
-    from run_llama import LlamaDataset
-
-RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out")  # flags that do not change training
+RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
+                     "prompt", "max_new_tokens", "temperature", "top_k", "stream")
 
 
 # ---- processes ----
@@ -103,10 +107,10 @@ def distributed(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def my_share(data: "LlamaDataset", batches: list[list[int]], batch_size: int
-             ) -> Iterator[tuple[tuple[torch.Tensor, ...], float]]:
-    """For each of `batches`, the examples of it that this process computes, as data.batches gives them (example
-    indices, token ids, lengths, labels, on the device), and the weight of their summed loss.
+def split_among_processes(lengths: list[int], batches: list[list[int]], batch_size: int
+                          ) -> tuple[list[list[int]], list[int], list[float]]:
+    """For each of `batches` (example indices into `lengths`), the examples of it that this process computes, the
+    width they are padded to and the weight of their summed loss.
 
     Process r of N computes examples r, r + N, r + 2N, ... of each batch, padded to the width of the whole batch, as
     one process pads them (without a mask the padding changes the results). Their loss weight N / batch_size makes
@@ -117,10 +121,9 @@ def my_share(data: "LlamaDataset", batches: list[list[int]], batch_size: int
     """
     rank, world_size = rank_and_world_size()
     shares = [batch[rank::world_size] for batch in batches]
-    loss_weights = [world_size / batch_size if share else 0.0 for share in shares]
     rows = [share or batch[:1] for share, batch in zip(shares, batches)]
-    widths = [max(data.lengths[i] for i in batch) for batch in batches]
-    return zip(data.batches(rows, widths), loss_weights)
+    widths = [max(lengths[i] for i in batch) for batch in batches]
+    return rows, widths, [world_size / batch_size if share else 0.0 for share in shares]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -189,12 +192,13 @@ def save_model(path: str, saved: dict, optimizer: torch.optim.Optimizer) -> None
     print(f"save the model to {path}")
 
 
-def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: dict, rng: list[dict],
+def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: "Progress", rng: list[dict],
               train_sha256: str) -> None:
-    """Write the last checkpoint to path: `saved` (checkpoint_data), the run's `progress` (epoch, best_dev_acc, run,
-    metrics), the optimizer state, every process's random generators `rng` and the training data's sha256."""
-    save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress["run"],
-                                      "metrics": progress["metrics"], "train_sha256": train_sha256}, last=True)
+    """Write the last checkpoint to path: `saved` (checkpoint_data, which holds the epoch and best dev accuracy), the
+    run's id and metrics records from `progress`, the optimizer state, every process's random generators `rng` and
+    the training data's sha256."""
+    save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress.run,
+                                      "metrics": progress.metrics, "train_sha256": train_sha256}, last=True)
 
 
 def base_digest(model: LlamaEmbeddingClassifier) -> str:
@@ -234,17 +238,21 @@ def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> Non
         raise CheckpointError(f"{path}: {e}") from None
 
 
-def new_run() -> dict:
-    """The progress of a run that starts at epoch 0: {"epoch": the last epoch done, "best_dev_acc", "run": its id in
-    metrics.jsonl, the time it started and a random part, unique even among runs started in one second,
-    "metrics": its records so far}."""
-    return {"epoch": -1, "best_dev_acc": -1.0, "run": f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{secrets.token_hex(4)}",
-            "metrics": []}
+@dataclass
+class Progress:
+    """How far a run has come: the last epoch done (-1 before the first), the best dev accuracy so far, the run's id in
+    metrics.jsonl (the time it started and a random part, unique even among runs started in one second) and its
+    metrics records so far."""
+
+    epoch: int = -1
+    best_dev_acc: float = -1.0
+    run: str = field(default_factory=lambda: f"{time.strftime('%Y-%m-%dT%H:%M:%S')}-{secrets.token_hex(4)}")
+    metrics: list[dict] = field(default_factory=list)
 
 
 def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClassifier,
-           optimizer: torch.optim.Optimizer, device: torch.device) -> dict:
-    """The progress (new_run) saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
+           optimizer: torch.optim.Optimizer, device: torch.device) -> Progress:
+    """The Progress saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
     random generators restored from it; a new run when there is none yet.
 
     The run that wrote it must have had the same `flags` (the command line), bar RESUME_MAY_CHANGE, and trained on
@@ -252,7 +260,7 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
     """
     if not Path(path).exists():
         print(f"--resume: there is no {path} yet, so the run starts at epoch 0")
-        return new_run()
+        return Progress()
     saved = read_classifier_checkpoint(path, last=True)
     changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in flags.items()
                if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
@@ -276,15 +284,87 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
         raise CheckpointError(f"{path}: its optimizer or random generators' state cannot be restored "
                               f"({type(e).__name__}: {' '.join(str(e).split())})") from None
     print(f"resume from {path} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
-    return {key: saved[key] for key in new_run()}
+    return Progress(**{f.name: saved[f.name] for f in fields(Progress)})
 
 
-def drop_metrics_after(progress: dict, option: str, epochs: int, lr: float) -> None:
+def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) -> None:
     """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0): those
     of its run id, --option, --epochs and --lr."""
     if rank_and_world_size()[0] == 0:
-        run = {"run": progress["run"], "option": option, "epochs": epochs, "lr": lr}
-        dropped = metrics.drop_after(metrics.FILE, run, progress["epoch"])
+        run = {"run": progress.run, "option": option, "epochs": epochs, "lr": lr}
+        dropped = metrics.drop_after(metrics.FILE, run, progress.epoch)
         if dropped:
             print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
-                  f"checkpoint (epoch {progress['epoch']}), before it was interrupted")
+                  f"checkpoint (epoch {progress.epoch}), before it was interrupted")
+
+
+# ---- training ----
+class Batched(Protocol):
+    """run_llama.LlamaDataset as train_epoch uses it: examples' lengths and labels, and their batches by index."""
+
+    lengths: list[int]
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batches(self, order: list[list[int]], widths: list[int] | None = None
+                ) -> Iterator[tuple[torch.Tensor, ...]]: ...
+
+
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: "Batched", epoch: int, seed: int,
+                batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
+    """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
+
+    The batches depend on the seed and the epoch only, so that every process draws the same ones; under torchrun
+    each process computes its share of each batch, its loss weighted to give the course's gradient
+    (split_among_processes).
+    Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
+    seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
+    """
+    rank, world_size = rank_and_world_size()
+    model.train()
+    generator = torch.Generator().manual_seed(seed + epoch)
+    batches = batch_order(data.lengths, batch_size, True, group_by_length, generator)
+    total_loss = torch.zeros((), device=device)
+    preds = torch.zeros(len(data), dtype=torch.long, device=device)
+    start = time.perf_counter()
+    rows, widths, loss_weights = split_among_processes(data.lengths, batches, batch_size)  # alone: whole batches
+    mine = zip(data.batches(rows, widths), loss_weights)
+    for (rows, token_ids, lengths, labels), loss_weight in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
+                                                                disable=rank != 0):
+        optimizer.zero_grad()
+        with autocast(dtype, device):
+            log_probs = model(token_ids, lengths)
+        loss = F.nll_loss(log_probs, labels, reduction="sum") * loss_weight
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.detach()
+        if loss_weight:  # else a stand-in example, which another process predicts
+            preds[rows] = log_probs.argmax(dim=-1)
+    all_reduce_sum(total_loss)
+    preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
+    labels = data.labels.tolist()
+    seconds = time.perf_counter() - start
+    acc, f1 = scores(labels, preds)
+    # the processes' losses add up to world_size × the course's loss of each batch
+    return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
+            "examples_per_s": len(data) / seconds,
+            "padded": padded_fraction(data.lengths, batches)}
+
+
+def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
+    """LlamaEmbeddingClassifier(config); a checkpoint or LoRA rank it cannot be built from is an InputError."""
+    try:
+        return LlamaEmbeddingClassifier(config)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
+    """Why training has diverged: a non-finite loss, or a trained weight that is no longer finite; None if not."""
+    if not math.isfinite(loss):
+        return f"the training loss became {loss}"
+    for name, param in model.named_parameters():
+        if param.requires_grad and not torch.isfinite(param).all():
+            return f"the weight {name} is no longer finite"
+    return None

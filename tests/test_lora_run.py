@@ -81,7 +81,7 @@ def test_lora_all_projections_adapts_all_four(tmp_path: Path, monkeypatch, asset
     built = []  # (config, model) of each classifier the run builds: the trained one, then the reloaded best
 
     def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
-        built.append((config, run_llama.LlamaEmbeddingClassifier(config)))
+        built.append((config, LlamaEmbeddingClassifier(config)))
         return built[-1][1]
 
     monkeypatch.setattr(run_llama, "build_classifier", build_classifier)

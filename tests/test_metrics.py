@@ -1,4 +1,5 @@
 """metrics.jsonl is appended line by line; the picture is drawn with matplotlib and skipped, with a note, without it."""
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -53,15 +54,15 @@ def test_a_resume_drops_only_its_own_records_of_runs_started_in_one_second(tmp_p
     """A finetune and a lora run started in the same second: resuming the finetune keeps the lora run's lines, and
     a line that is not UTF-8 is kept, not a crash."""
     monkeypatch.setattr(trainer.time, "strftime", lambda fmt: "2024-01-01T00:00:00")
-    finetune, lora = trainer.new_run(), trainer.new_run()
-    assert finetune["run"] != lora["run"]
+    finetune, lora = trainer.Progress(), trainer.Progress()
+    assert finetune.run != lora.run
     monkeypatch.chdir(tmp_path)
     Path(metrics.FILE).write_bytes(b"caf\xe9\n")
     for option, progress in (("finetune", finetune), ("lora", lora)):
         for epoch in range(2):
-            metrics.append(metrics.FILE, {"run": progress["run"], "option": option, "epochs": 2, "lr": 1e-3,
+            metrics.append(metrics.FILE, {"run": progress.run, "option": option, "epochs": 2, "lr": 1e-3,
                                           "epoch": epoch})
-    trainer.drop_metrics_after({**finetune, "epoch": 0}, "finetune", 2, 1e-3)
+    trainer.drop_metrics_after(dataclasses.replace(finetune, epoch=0), "finetune", 2, 1e-3)
     kept = Path(metrics.FILE).read_bytes().splitlines()
     assert kept[0] == b"caf\xe9"
     assert [(r["option"], r["epoch"]) for r in map(json.loads, kept[1:])] == [("finetune", 0), ("lora", 0), ("lora", 1)]

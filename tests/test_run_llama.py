@@ -19,7 +19,9 @@ import pytest
 import torch
 from sentencepiece import SentencePieceTrainer
 
+import options
 import run_llama
+import splits
 from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from config import ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
@@ -261,28 +263,28 @@ def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset: GetAsset
 
 # ---- the same errors and choices, in-process ----
 def test_default_and_derived_paths():
-    course = run_llama.parse_args(["--option", "prompt"])
+    course = options.parse_args(["--option", "prompt"])
     assert (course.train, course.dev, course.test, course.label_names, course.dev_out, course.test_out) == (
         "data/cfimdb-train.txt", "data/cfimdb-dev.txt", "data/cfimdb-test.txt", "data/cfimdb-label-mapping.json",
         "cfimdb-dev-prompting-output.txt", "cfimdb-test-prompting-output.txt")
     assert (course.pretrained_model_path, course.tokenizer_model, course.seed, course.epochs, course.batch_size,
             course.hidden_dropout_prob, course.lr, course.max_sentence_len, course.group_by_length, course.dtype) == (
         "stories42M.pt", "tokenizer.model", 1337, 5, 8, 0.3, 2e-5, None, False, "float32")
-    sst = run_llama.parse_args(["--option", "finetune", "--train", "data/sst-train.txt", "--test_out", "mine.txt"])
+    sst = options.parse_args(["--option", "finetune", "--train", "data/sst-train.txt", "--test_out", "mine.txt"])
     assert (sst.dev, sst.test, sst.label_names, sst.dev_out, sst.test_out, sst.filepath) == (
         "data/sst-dev.txt", "data/sst-test.txt", "data/sst-label-mapping.json", "sst-dev-finetuning-output.txt",
         "mine.txt", "finetune-5-2e-05.pt")
-    lora = run_llama.parse_args(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "3"])
+    lora = options.parse_args(["--option", "lora", "--train", "data/sst-train.txt", "--epochs", "3"])
     assert (lora.dev_out, lora.test_out, lora.filepath, lora.last_filepath, lora.plot_filepath) == (
         "sst-dev-lora-output.txt", "sst-test-lora-output.txt", "lora-3-2e-05.pt", "lora-3-2e-05-last.pt",
         "lora-3-2e-05.png")
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora.lora_all_projections, lora.resume) == (
         4, 1.0, 0.0, False, False)
-    assert run_llama.parse_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
+    assert options.parse_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
     parsed = run_llama.get_args(["--option", "lora", "--train", "data/sst-train.txt"])  # parsed only, as given
     assert (parsed.dev, parsed.dev_out, hasattr(parsed, "filepath")) == (None, None, False)
     with pytest.raises(SystemExit):
-        run_llama.parse_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
+        options.parse_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -304,7 +306,7 @@ def test_default_and_derived_paths():
 ])
 def test_numeric_flags_are_checked_as_they_are_parsed(capsys, flags: list[str], message: str):
     with pytest.raises(SystemExit):
-        run_llama.parse_args(["--option", "lora", *flags])
+        options.parse_args(["--option", "lora", *flags])
     assert re.search(message, capsys.readouterr().err)
 
 
@@ -380,10 +382,10 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path, monkeypatc
          "--generated_sentence_low_temp_out g.txt and --generated_sentence_high_temp_out g.txt are one file"),
     ]:
         with pytest.raises(SystemExit):
-            run_llama.parse_args(sst + flags)
+            options.parse_args(sst + flags)
         assert message in capsys.readouterr().err
     # a file read twice, or read and then written by design (--resume's last checkpoint), is no clash
-    run_llama.parse_args(sst + ["--test", "data/sst-dev.txt", "--resume"])
+    options.parse_args(sst + ["--test", "data/sst-dev.txt", "--resume"])
     assert files(tmp_path) == before
 
 
@@ -413,8 +415,8 @@ def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path: Pa
         (["--dev_out", str(unwritable_folder / "d.txt")], r"cannot write --dev_out .*d\.txt: Permission denied"),
     ]:
         with pytest.raises(InputError, match=message):
-            run_llama.parse_args(["--option", "prompt", *flags])
-    run_llama.parse_args(["--option", "prompt", "--dev_out", "outputs/d.txt"])  # and no probe is left behind
+            options.parse_args(["--option", "prompt", *flags])
+    options.parse_args(["--option", "prompt", "--dev_out", "outputs/d.txt"])  # and no probe is left behind
     assert files(tmp_path) == before
 
 
@@ -426,12 +428,12 @@ def test_data_files_that_cannot_be_read_are_refused(tmp_path: Path, monkeypatch)
              "--test_out", "t.txt"]
     for flag in ("--train", "--dev", "--test", "--label-names"):
         with pytest.raises(InputError, match=f"cannot read {flag} data: it is a folder"):
-            run_llama.parse_args([*named, flag, "data"])
+            options.parse_args([*named, flag, "data"])
     (tmp_path / "data" / "sst-dev.txt").write_text("3 ||| fine\n")
     access = os.access  # a file that permissions keep from this user (root reads any, so it is pretended)
     monkeypatch.setattr(os, "access", lambda path, mode: access(path, mode) and path != "data/sst-dev.txt")
     with pytest.raises(InputError, match="cannot read --dev data/sst-dev.txt: permission denied"):
-        run_llama.parse_args(named)
+        options.parse_args(named)
 
 
 def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch, asset: GetAsset,
@@ -520,10 +522,10 @@ def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatc
 def test_too_long_examples_are_told_what_would_fit(tokenizer_model: str):
     """The advice depends on whether --max_sentence_len was passed and on the prompt after the sentence, and the
     --max_sentence_len it suggests does make the example fit."""
-    assert run_llama.shortening(None, 0, 1024) == "pass --max_sentence_len to truncate sentences"
-    assert run_llama.shortening(2000, 0, 1024) == "--max_sentence_len 2000 is too long: pass --max_sentence_len " \
+    assert splits.fitting_advice(None, 0, 1024) == "pass --max_sentence_len to truncate sentences"
+    assert splits.fitting_advice(2000, 0, 1024) == "--max_sentence_len 2000 is too long: pass --max_sentence_len " \
                                                   "1023 or less"
-    assert run_llama.shortening(None, 1023, 1024) == "the prompt after the sentence takes 1023 tokens, which " \
+    assert splits.fitting_advice(None, 1023, 1024) == "the prompt after the sentence takes 1023 tokens, which " \
                                                      "leaves no room for a sentence: use shorter label names"
     suffix_ids = Tokenizer(tokenizer_model=tokenizer_model).sp_model.encode(run_llama.prompt_suffix(["bad", "good"]))
     sentence = "very " * 1100 + "long ."
@@ -628,20 +630,20 @@ def sst_lengths(asset: GetAsset, tokenizer_model: str) -> list[int]:
 @pytest.mark.parametrize("group_by_length", [True, False])
 def test_batches_cover_every_example_once(sst_lengths: list[int], shuffle: bool, group_by_length: bool):
     torch.manual_seed(0)
-    batches = run_llama.batch_order(sst_lengths, 80, shuffle, group_by_length)
+    batches = splits.batch_order(sst_lengths, 80, shuffle, group_by_length)
     assert sorted(i for batch in batches for i in batch) == list(range(len(sst_lengths)))
     assert sorted(map(len, batches)) == [len(sst_lengths) % 80] + [80] * (len(sst_lengths) // 80)
     torch.manual_seed(0)
-    assert run_llama.batch_order(sst_lengths, 80, shuffle, group_by_length) == batches  # seeded
+    assert splits.batch_order(sst_lengths, 80, shuffle, group_by_length) == batches  # seeded
     if not shuffle and not group_by_length:
         assert [i for batch in batches for i in batch] == list(range(len(sst_lengths)))
 
 
 def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     torch.manual_seed(0)
-    plain = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=False)
-    grouped = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
-    again = run_llama.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
+    plain = splits.batch_order(sst_lengths, 80, shuffle=True, group_by_length=False)
+    grouped = splits.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
+    again = splits.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
     assert grouped != again  # a new grouping each epoch
     fraction = run_llama.padded_fraction
     assert fraction(sst_lengths, grouped) < fraction(sst_lengths, plain) / 4
@@ -662,8 +664,8 @@ def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path
     split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
-    plain_batches = run_llama.batch_order(data.lengths, 8, False, False)
-    grouped_batches = run_llama.batch_order(data.lengths, 8, True, True)
+    plain_batches = splits.batch_order(data.lengths, 8, False, False)
+    grouped_batches = splits.batch_order(data.lengths, 8, True, True)
     # each prediction lands at its example's place (a random tiny model may predict one label throughout)
     expected = [length % 5 for length in data.lengths]
     assert len(set(expected)) == 5
@@ -767,7 +769,7 @@ class MakeDir:
 def test_best_checkpoint_is_reloaded_with_weights_only(tmp_path: Path):
     """The course's test() reloads the best checkpoint with torch.load; here it takes only tensors and plain data."""
     marker = tmp_path / "code-ran"
-    args = run_llama.parse_args(["--option", "finetune", "--train", "data/sst-train.txt"])
+    args = options.parse_args(["--option", "finetune", "--train", "data/sst-train.txt"])
     args.filepath = str(tmp_path / "finetune-5-2e-05.pt")
     torch.save({"model": {}, "payload": MakeDir(marker)}, args.filepath)
     with pytest.raises(Exception):

@@ -14,15 +14,13 @@ import torch.distributed as dist
 import run_llama
 from run_llama import InputError
 from test_run_llama import SCRIPT, GetAsset, copy_head, files, plotted
-from trainer import TORCHRUN_ENV, my_share
+from trainer import TORCHRUN_ENV, split_among_processes
 
 
-def test_my_share_splits_each_batch_among_the_processes(monkeypatch):
+def test_split_among_processes_splits_each_batch(monkeypatch):
     """Process r of N has every N-th example from the r-th on, padded to the whole batch's width, with loss weight
     N / batch_size; one with no example of a batch has the batch's first one, with loss weight 0."""
     lengths = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
-    split = run_llama.Split("x.txt", ["x"] * 10, [0] * 10, [[1] * n for n in lengths])
-    data = run_llama.LlamaDataset(split, 0, torch.device("cpu"))
     batches = [list(range(10)), [7, 3]]
 
     def shares(world_size: int) -> list[list[tuple[list[int], int, float]]]:
@@ -30,8 +28,7 @@ def test_my_share_splits_each_batch_among_the_processes(monkeypatch):
         found = []
         for rank in range(world_size):
             monkeypatch.setattr("trainer.rank_and_world_size", lambda: (rank, world_size))
-            found.append([(rows.tolist(), token_ids.shape[1], loss_weight)
-                          for (rows, token_ids, _, _), loss_weight in my_share(data, batches, 10)])
+            found.append(list(zip(*split_among_processes(lengths, batches, 10))))
         return found
 
     assert shares(4) == [[([0, 4, 8], 9, 0.4), ([7], 6, 0.4)], [([1, 5, 9], 9, 0.4), ([3], 6, 0.4)],

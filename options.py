@@ -1,0 +1,214 @@
+"""run_llama.py's command line: its flags with the course's names and defaults (arg_parser), their checks and the paths
+derived from --train (validate_args, before any work), the seed, the device and the dtype."""
+import argparse
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import files
+import metrics
+from config import lora_problem
+from splits import InputError
+
+PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
+          "Keanu Reeves, playing the hero John Wick, is")  # the course's prompt: generate's unless given --prompt
+METRICS = metrics.FILE  # where finetune and lora runs append a line per epoch
+MAX_SEED = 2**31 - 1  # NumPy takes seeds below 2**32, and process r seeds with --seed + r
+DATA_FLAGS = ("--train", "--dev", "--test", "--label-names")
+DERIVED = {"dev": "--dev", "test": "--test", "label_names": "--label-names", "dev_out": "--dev_out",
+           "test_out": "--test_out"}
+
+
+def seed_everything(seed: int = 11711) -> None:
+    """Seed Python, NumPy and PyTorch (CPU and CUDA), and make cuDNN deterministic, so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def derived_paths(train: str, option: str) -> dict[str, str] | None:
+    """The defaults of the DERIVED flags from --train NAME-train.txt and --option; None where --train is not named
+    so."""
+    train_path = Path(train)
+    name = train_path.name.removesuffix("-train.txt")
+    if name == train_path.name:
+        return None
+    kind = {"finetune": "finetuning", "lora": "lora"}.get(option, "prompting")
+    return {"dev": str(train_path.with_name(f"{name}-dev.txt")), "test": str(train_path.with_name(f"{name}-test.txt")),
+            "label_names": str(train_path.with_name(f"{name}-label-mapping.json")),
+            "dev_out": f"{name}-dev-{kind}-output.txt", "test_out": f"{name}-test-{kind}-output.txt"}
+
+
+def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """run_llama.py's flags, with the course's names and defaults; `description` heads its --help."""
+    parser = argparse.ArgumentParser(prog="run_llama.py", description=description, allow_abbrev=False,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=str, default="data/cfimdb-train.txt",
+                        help="The training data, one `label ||| sentence` per line (default: %(default)s).")
+    parser.add_argument("--dev", type=str, help="The dev data (default: NAME-dev.txt beside --train NAME-train.txt).")
+    parser.add_argument("--test", type=str,
+                        help="The test data (default: NAME-test.txt beside --train NAME-train.txt).")
+    parser.add_argument("--label-names", type=str,
+                        help="The JSON list of label names (default: NAME-label-mapping.json beside --train).")
+    parser.add_argument("--pretrained-model-path", type=str, default="stories42M.pt",
+                        help="The pretrained Llama checkpoint (default: %(default)s).")
+    parser.add_argument("--tokenizer-model", type=str, default="tokenizer.model",
+                        help="The sentencepiece tokenizer (default: %(default)s).")
+    parser.add_argument("--max_sentence_len", type=int, default=None,
+                        help="Truncate sentences to this many tokens (default: no truncation).")
+    parser.add_argument("--seed", type=int, default=1337, help="The seed of every random draw (default: %(default)s).")
+    parser.add_argument("--epochs", type=int, default=5, help="Epochs of training (default: %(default)s).")
+    parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune", "lora"), default="generate",
+                        help="generate: continue a prompt (--prompt, the course's by default); prompt: zero-shot "
+                             "classification, the Llama parameters are frozen; finetune: Llama parameters are updated; "
+                             "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen "
+                             "(default: %(default)s).")
+    parser.add_argument("--use_gpu", action="store_true", help="Run on CUDA instead of the CPU.")
+    parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt",
+                        help="Where generate writes its continuation at temperature 0 (default: %(default)s).")
+    parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt",
+                        help="Where generate writes its continuation at temperature 1 (default: %(default)s).")
+    parser.add_argument("--prompt", type=str,
+                        help="generate: the text to continue (default: the course's prompt about John Wick).")
+    parser.add_argument("--max_new_tokens", type=int, default=75,
+                        help="generate: how many tokens to add to the prompt (default: %(default)s).")
+    parser.add_argument("--temperature", type=float, nargs="+", action="extend",
+                        help="generate: a continuation at each of these temperatures, greedy at 0 (the flag may be "
+                             "repeated; default: 0.0 1.0, as the course). 0 and 1 go to the two files above, "
+                             "another T to generated-sentence-temp-T.txt.")
+    parser.add_argument("--top_k", type=int, default=None,
+                        help="generate: sample only from the K likeliest tokens (default: from all of them).")
+    parser.add_argument("--stream", action="store_true",
+                        help="generate: print the tokens as they are drawn (always so when stdout is a terminal).")
+    outputs = ("Where the {} predictions go (default: NAME-{}-prompting-output.txt; NAME-{}-finetuning-output.txt "
+               "with --option finetune, NAME-{}-lora-output.txt with --option lora).")
+    parser.add_argument("--dev_out", type=str, help=outputs.format("dev", "dev", "dev", "dev"))
+    parser.add_argument("--test_out", type=str, help=outputs.format("test", "test", "test", "test"))
+    parser.add_argument("--batch_size", type=int, default=8,
+                        help="Sentences per batch: for SST 64, for CFIMDB 8 fit a 12GB GPU; on torchrun the global "
+                             "batch, split among the processes (default: %(default)s).")
+    parser.add_argument("--hidden_dropout_prob", type=float, default=0.3,
+                        help="Dropout before the classifier head (default: %(default)s).")
+    parser.add_argument("--lr", type=float, default=2e-5, help="The learning rate (default: %(default)s).")
+    parser.add_argument("--group_by_length", action="store_true",
+                        help="Batch training sentences of similar length (less padding, so faster; it changes the "
+                             "results); with --causal evaluation batches too, where it changes no prediction.")
+    parser.add_argument("--causal", action="store_true",
+                        help="Compute Llama 2's causal attention (mask, KV cache, classifiers read the last real "
+                             "token) instead of the course's reference, whose attention has no mask.")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="bfloat16: compute in bfloat16 under torch.autocast, the weights staying float32 "
+                             "(default: %(default)s).")
+    parser.add_argument("--lora_rank", type=int, default=4,
+                        help="--option lora: the rank r of each adapter (default: %(default)s).")
+    parser.add_argument("--lora_alpha", type=float, default=1.0,
+                        help="--option lora: the adapters' scale α, the update being (α/r)·B·A·x "
+                             "(default: %(default)s).")
+    parser.add_argument("--lora_dropout", type=float, default=0.0,
+                        help="--option lora: dropout on the adapters' input (default: %(default)s).")
+    parser.add_argument("--lora_all_projections", action="store_true",
+                        help="--option lora: adapt all four attention projections, not only query and value.")
+    parser.add_argument("--resume", action="store_true",
+                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any.")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, check_files: bool = True) -> argparse.Namespace:
+    """The command line, parsed and validated (its files too, unless not `check_files`): what the run works with."""
+    args = arg_parser().parse_args(argv)
+    validate_args(args, check_files)
+    return args
+
+
+def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
+    """Check every flag, fill in the paths left out, and check the run's files (files.py), before any work.
+
+    The paths: --dev, --test, --label-names, --dev_out and --test_out from --train (derived_paths), and
+    args.filepath, args.last_filepath and args.plot_filepath, the best and last checkpoints and the plot of a
+    fine-tune, from --option, --epochs and --lr. A flag out of range, a path that cannot be derived, an output that
+    is an input of the run or another output (after resolving links) exits as argparse does with a usage error; a
+    folder given as a data file, or an output that cannot be written, is an InputError.
+    """
+    parser = arg_parser()
+    for name in ("epochs", "batch_size", "max_sentence_len", "max_new_tokens", "top_k"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if not 0 <= args.seed <= MAX_SEED:
+        parser.error(f"--seed must be in 0 … {MAX_SEED}, got {args.seed}")
+    if not 0.0 < args.lr < math.inf:
+        parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if not 0.0 <= args.hidden_dropout_prob < 1.0:
+        parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
+    args.temperature = args.temperature or [0.0, 1.0]
+    for t in args.temperature:
+        if not 0.0 <= t < math.inf or args.temperature.count(t) > 1:
+            parser.error(f"--temperature must be finite, at least 0 and each given once, got {t}")
+    if problem := lora_problem(args.lora_rank, args.lora_alpha, args.lora_dropout):
+        parser.error(f"--{problem}")
+    left_out = [key for key in DERIVED if getattr(args, key) is None]
+    derived = derived_paths(args.train, args.option)
+    if derived:
+        for key in left_out:
+            setattr(args, key, derived[key])
+    elif left_out and args.option != "generate":
+        parser.error(f"--train {args.train} is not named NAME-train.txt, so "
+                     f"{', '.join(DERIVED[key] for key in left_out)} cannot be derived from it: pass them")
+    name = f"{args.option}-{args.epochs}-{args.lr}"
+    args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
+    if not check_files:
+        return
+    inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
+    if args.option == "generate":
+        flags = {0.0: "--generated_sentence_low_temp_out", 1.0: "--generated_sentence_high_temp_out"}
+        outputs = {flags.get(t, f"--temperature {t:g}"): path for t, path in generation_outputs(args).items()}
+    else:
+        inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
+        outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
+    if args.option in ("finetune", "lora"):  # written, though --resume reads one and metrics.jsonl is appended to
+        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
+                    "the metrics file": METRICS, "the plot": args.plot_filepath}
+    problem = files.clash(inputs, outputs)
+    if problem:
+        parser.error(problem)
+    for flag in DATA_FLAGS:
+        problem = files.unreadable(inputs[flag]) if flag in inputs else None
+        if problem:
+            raise InputError(f"cannot read {flag} {inputs[flag]}: {problem}")
+    for role, path in outputs.items():
+        problem = files.output_problem(path)
+        if problem:
+            raise InputError(f"cannot write {role} {path}: {problem}")
+
+
+def generation_outputs(args: argparse.Namespace) -> dict[float, str]:
+    """The file of each --temperature: the course's two flags for 0.0 and 1.0, generated-sentence-temp-{T}.txt for
+    any other T (0.7 → generated-sentence-temp-0.7.txt)."""
+    named = {0.0: args.generated_sentence_low_temp_out, 1.0: args.generated_sentence_high_temp_out}
+    return {t: named.get(t, f"generated-sentence-temp-{t:g}.txt") for t in args.temperature}
+
+
+def get_device(use_gpu: bool, dtype: str) -> torch.device:
+    """CUDA with --use_gpu (GPU LOCAL_RANK under torchrun), else the CPU; refused where --use_gpu or --dtype asks
+    what the hardware lacks."""
+    if use_gpu and not torch.cuda.is_available():
+        raise InputError("--use_gpu: PyTorch sees no CUDA GPU here (run without --use_gpu to use the CPU)")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpu else torch.device("cpu")
+    if dtype == "bfloat16":
+        if not torch.amp.is_autocast_available(device.type):
+            raise InputError(f"--dtype bfloat16: PyTorch has no autocast for {device.type}; use --dtype float32")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+            raise InputError(f"--dtype bfloat16: the GPU {torch.cuda.get_device_name()} has no bfloat16 "
+                             "arithmetic; use --dtype float32")
+    return device
+
+
+def autocast(dtype: str, device: torch.device) -> torch.autocast:
+    """bfloat16 autocast where `dtype` (--dtype) is "bfloat16", else a context that changes nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
