@@ -60,7 +60,8 @@ class LlamaZeroShotClassifier(nn.Module):
         """Label scores (batch, num_labels) for right-padded prompts input_ids (batch, seqlen); lengths (batch,), the
         rows' numbers of real tokens, matter only to a causal model (see read_positions)."""
         h = hidden_state_read(self.llama, input_ids, lengths)
-        log_probs = F.log_softmax(finite(self.llama.output(h)).float(), dim=-1)  # the vocabulary at one position per row
+        logits = finite(self.llama.output(h))  # the vocabulary at one position per row
+        log_probs = F.log_softmax(logits.float(), dim=-1)
         token_log_probs = log_probs[:, self.label_tokens]
         scores = token_log_probs.new_zeros(len(h), self.num_labels)
         return scores.index_add_(1, self.label_of_token, token_log_probs)  # Σ over each label's tokens

@@ -19,8 +19,8 @@ from blocked_linear import BlockedLinear, few_rows_linear
 
 
 def applies_to(model: nn.Module) -> bool:
-    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal model whose projections are all plain bias-free linear
-    layers (not LoRA adapters, say) and which applies no dropout."""
+    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal model whose projections are all plain
+    bias-free linear layers (not LoRA adapters, say) and which applies no dropout."""
     projections = [model.output] + [m for layer in model.layers for m in (
         layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value,
         layer.attention.compute_output, layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3)]
