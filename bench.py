@@ -322,8 +322,8 @@ def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int)
     """Run one workload × implementation and print its samples and peak RSS as one JSON line."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    bench = {"llama2c": bench_llama2c, "generate": bench_generate, "finetune": bench_finetune, "zeroshot": bench_zeroshot,
-             "epoch": bench_epoch}[workload]
+    bench = {"llama2c": bench_llama2c, "generate": bench_generate, "finetune": bench_finetune,
+             "zeroshot": bench_zeroshot, "epoch": bench_epoch}[workload]
     result = bench(impl, checkpoint, repeats)
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
 
@@ -490,7 +490,8 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
             ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
             lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
             plain = results["generate"]["causal-nocache"][0][f"tokens {n}"]
-            lines.append(f"greedy {n} new tokens identical in causal minllama with and without its cache: {ours == plain}")
+            lines.append(f"greedy {n} new tokens identical in causal minllama with and without its cache: "
+                         f"{ours == plain}")
             if "baseline" in results["generate"]:
                 same = ours == results["generate"]["baseline"][0][f"tokens {n}"]
                 lines.append(f"greedy {n} new tokens identical in this causal minllama and the baseline's: {same}")
