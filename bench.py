@@ -51,6 +51,7 @@ import os
 import random
 import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -343,8 +344,6 @@ def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: 
 
 def build_runomp(folder: Path) -> Path | str:
     """llama2.c's runomp built in `folder` from llama2c/run.c, as its Makefile does; or why it could not be."""
-    import shutil
-
     compiler = os.environ.get("CC", "cc")
     if shutil.which(compiler) is None:
         return f"no C compiler found ({compiler}; set CC to name one)"

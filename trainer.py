@@ -28,9 +28,9 @@ import random
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Protocol
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -311,7 +311,7 @@ class Batched(Protocol):
                 ) -> Iterator[tuple[torch.Tensor, ...]]: ...
 
 
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: "Batched", epoch: int, seed: int,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Batched, epoch: int, seed: int,
                 batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
