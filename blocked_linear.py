@@ -30,16 +30,29 @@ def timed_bytes() -> int:
     return 2 * max(sizes) if sizes else 128 << 20
 
 
+def blocks(weight: torch.Tensor) -> torch.Tensor:
+    """W cut into blocks of rows, one per thread and at least two: a view (n, out_features / n, in_features)."""
+    n = math.gcd(max(2, torch.get_num_threads()), weight.shape[0])
+    return weight.view(n, -1, weight.shape[1])
+
+
+def blocked_product(x: torch.Tensor, w_blocks: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+    """add + x·Wᵀ (add optional, of the result's shape) for W given as blocks(W), the blocks multiplied as one batch
+    (torch.bmm, a block per thread; with add, torch.baddbmm adds it in the same pass)."""
+    n, _, in_features = w_blocks.shape
+    rows = x.numel() // in_features
+    # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
+    columns = x.reshape(rows, in_features).mT.expand(n, -1, -1)  # (n, in_features, rows)
+    if add is None:
+        y = torch.bmm(w_blocks, columns)  # (n, out_features / n, rows)
+    else:
+        y = torch.baddbmm(add.reshape(rows, -1).mT.unflatten(0, (n, -1)), w_blocks, columns)
+    return y.permute(2, 0, 1).reshape(*x.shape[:-1], -1).contiguous()  # row-major, as F.linear gives
+
+
 def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x·Wᵀ with W cut into blocks of rows (one per thread, at least two) multiplied as one batch."""
-    out_features, in_features = weight.shape
-    rows = x.numel() // in_features
-    n = math.gcd(max(2, torch.get_num_threads()), out_features)
-    blocks = weight.view(n, -1, in_features)  # (n, out_features / n, in_features)
-    # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
-    columns = x.reshape(rows, -1).mT.expand(n, -1, -1)  # (n, in_features, rows)
-    y = torch.bmm(blocks, columns)  # (n, out_features / n, rows)
-    return y.permute(2, 0, 1).reshape(*x.shape[:-1], out_features).contiguous()  # row-major, as F.linear gives
+    return blocked_product(x, blocks(weight))
 
 
 KERNELS = {"F.linear": F.linear, "blocked": blocked}
@@ -76,6 +89,24 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if not (0 < rows <= MAX_BLOCKED_ROWS and x.is_cpu and weight.is_contiguous() and weight.shape[0] > 1):
         return F.linear(x, weight)
     return KERNELS[fastest_kernel(rows, *weight.shape, weight.dtype)](x, weight)
+
+
+class FewRowsProduct:
+    """x ↦ x·Wᵀ (plus an optional `add`) for one W used many times on inputs of `rows` rows, a decoding step's:
+    the kernel is chosen and W cut into blocks once, when built, rather than at every product. Inputs of other row
+    counts go to F.linear."""
+
+    def __init__(self, weight: torch.Tensor, rows: int):
+        self.weight, self.rows = weight, rows
+        few = 0 < rows <= MAX_BLOCKED_ROWS and weight.is_cpu and weight.is_contiguous() and weight.shape[0] > 1
+        faster = few and fastest_kernel(rows, *weight.shape, weight.dtype) == "blocked"
+        self.blocks = blocks(weight) if faster else None
+
+    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
+        if self.blocks is not None and x.numel() == self.rows * self.weight.shape[1]:
+            return blocked_product(x, self.blocks, add)
+        y = F.linear(x, self.weight)
+        return y if add is None else add + y
 
 
 class BlockedLinear(nn.Linear):

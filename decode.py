@@ -4,28 +4,43 @@ One decoding step of batch-size rows reads every weight once for little arithmet
 the weights stream from memory, plus the cost of launching each eager PyTorch operation. A Decoder computes the
 same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), but
 - q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3,
-  and each few-row product uses the kernel measured fastest on this machine (blocked_linear.few_rows_linear);
-- the queries and keys turn together, as complex numbers times e^{j·p·θ_i} (rope.py's rotation, RoFormer §3.4.2);
+  and each product of a step uses the kernel measured fastest on this machine for its rows, chosen once
+  (blocked_linear.FewRowsProduct);
+- the queries and keys turn together, as complex numbers times e^{j·p·θ_i} (rope.py's rotation, RoFormer §3.4.2),
+  whose table is made once;
 - the keys and values of every layer live in one buffer allocated once for the whole generation.
 The stacked matrices are copies, made from the model's weights when the Decoder is built; Llama.generate builds one
 per call and drops it at the end, so no copy outlives a change of the weights (a training step, a LoRA merge,
 load_state_dict).
 """
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocked_linear import BlockedLinear, few_rows_linear
+from blocked_linear import BlockedLinear, FewRowsProduct
 
 
 def applies_to(model: nn.Module) -> bool:
-    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal model whose projections are all plain
-    bias-free linear layers (not LoRA adapters, say) and which applies no dropout."""
+    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal float32 model whose projections are all
+    plain bias-free linear layers (not LoRA adapters, say), which applies no dropout, outside autocast (there
+    llama.py's own cached steps run: the Decoder's fused operations would round differently)."""
     projections = [model.output] + [m for layer in model.layers for m in (
         layer.attention.compute_query, layer.attention.compute_key, layer.attention.compute_value,
         layer.attention.compute_output, layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3)]
     plain = all(type(m) in (nn.Linear, BlockedLinear) and m.bias is None for m in projections)
-    return model.config.causal and plain and (not model.training or model.config.dropout == 0.0)
+    weight = model.output.weight
+    exact = weight.dtype == torch.float32 and not torch.is_autocast_enabled(weight.device.type)
+    return model.config.causal and plain and exact and (not model.training or model.config.dropout == 0.0)
+
+
+class DecoderLayer(NamedTuple):
+    """One LlamaLayer's products: q|k|v and w1|w3 stacked, each with the gain of the RMSNorm before it folded in."""
+    wqkv: FewRowsProduct
+    wo: FewRowsProduct
+    w13: FewRowsProduct
+    w2: FewRowsProduct
 
 
 class Decoder:
@@ -34,16 +49,33 @@ class Decoder:
 
     def __init__(self, model: nn.Module, batch_size: int, positions: int):  # model: a causal llama.Llama
         config = model.config
-        self.model = model
+        self.tok_embeddings, self.norm_gain = model.tok_embeddings, model.norm.weight.detach()
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        attentions = [layer.attention for layer in model.layers]
-        feed_forwards = [layer.feed_forward for layer in model.layers]
-        self.wqkv = [torch.cat((a.compute_query.weight, a.compute_key.weight, a.compute_value.weight)).detach()
-                     for a in attentions]
-        self.w13 = [torch.cat((f.w1.weight, f.w3.weight)).detach() for f in feed_forwards]
-        weight = model.output.weight
-        # (layer, key/value, batch, kv head, position, head_dim), as KVCache keeps them per layer
-        self.cache = weight.new_empty(config.n_layers, 2, batch_size, self.n_kv_heads, positions, self.head_dim)
+        self.eps = torch.tensor(config.layer_norm_eps, device=model.output.weight.device)
+
+        def product(*linears: nn.Linear, gain: nn.Parameter | None = None) -> FewRowsProduct:
+            weights = [linear.weight.detach() for linear in linears]
+            weight = torch.cat(weights) if len(weights) > 1 else weights[0]
+            # W·(g ⊙ x) = (W·diag g)·x: the RMSNorm's gain g scales W's columns, in the copy
+            return FewRowsProduct(weight if gain is None else weight * gain.detach(), batch_size)
+
+        self.layers = [DecoderLayer(product(a.compute_query, a.compute_key, a.compute_value, gain=n1.weight),
+                                    product(a.compute_output), product(f.w1, f.w3, gain=n2.weight), product(f.w2))
+                       for layer in model.layers
+                       for a, f, n1, n2 in [(layer.attention, layer.feed_forward, layer.attention_norm, layer.ffn_norm)]]
+        self.output = product(model.output)
+        # e^{j·p·θ_i}: position p's turn of each pair i, (positions, head_dim / 2)
+        self.turns = torch.complex(model.freqs_cos[:positions], model.freqs_sin[:positions])
+        # (layer, batch, key heads then value heads, position, head_dim): a step writes both with one copy
+        self.cache = model.output.weight.new_empty(config.n_layers, batch_size, 2 * self.n_kv_heads, positions,
+                                                   self.head_dim)
+
+    def normalised(self, h: torch.Tensor) -> torch.Tensor:
+        """h / sqrt(mean(h²) + eps) over the last dimension: llama.RMSNorm without its gain (folded into the
+        products), the mean square of each row by one batched product, eps + (1/dim)·h·hᵀ."""
+        rows = h.reshape(-1, 1, h.shape[-1])
+        mean_square = torch.baddbmm(self.eps, rows, rows.mT, alpha=1 / h.shape[-1])  # (rows, 1, 1)
+        return h * mean_square.rsqrt_().view(*h.shape[:-1], 1)
 
     def logits(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """The logits (batch, vocab_size) after the last of tokens (batch, seqlen), placed at positions start_pos…,
@@ -52,20 +84,19 @@ class Decoder:
         batch_size, seqlen = tokens.shape
         if seqlen > 1 and start_pos != 0:
             raise ValueError(f"several tokens at once only from position 0, not {start_pos}")
-        model, nq, nkv = self.model, self.n_heads, self.n_kv_heads
+        nq, nkv, head_dim = self.n_heads, self.n_kv_heads, self.head_dim
         end = start_pos + seqlen
-        turn = torch.complex(model.freqs_cos[start_pos:end], model.freqs_sin[start_pos:end])[:, None]
-        h = model.tok_embeddings(tokens)
-        for layer, wqkv, w13, (keys, values) in zip(model.layers, self.wqkv, self.w13, self.cache):
-            qkv = few_rows_linear(layer.attention_norm(h), wqkv).view(batch_size, seqlen, nq + 2 * nkv, self.head_dim)
-            qk = torch.view_as_complex(qkv[:, :, :nq + nkv].float().unflatten(-1, (-1, 2))) * turn  # in float32
-            qk = torch.view_as_real(qk).flatten(-2).type_as(qkv).transpose(1, 2)  # (batch, heads, seqlen, head_dim)
-            keys[:, :, start_pos:end] = qk[:, nq:]
-            values[:, :, start_pos:end] = qkv[:, :, nq + nkv:].transpose(1, 2)
-            attended = F.scaled_dot_product_attention(qk[:, :nq], keys[:, :, :end], values[:, :, :end],
-                                                      is_causal=seqlen > 1, enable_gqa=nq != nkv)
-            attended = attended.transpose(1, 2).reshape(batch_size, seqlen, -1)
-            h = h + few_rows_linear(attended, layer.attention.compute_output.weight)
-            gate, up = few_rows_linear(layer.ffn_norm(h), w13).chunk(2, dim=-1)
-            h = h + few_rows_linear(F.silu(gate) * up, layer.feed_forward.w2.weight)
-        return few_rows_linear(model.norm(h[:, -1]), model.output.weight)
+        turn = self.turns[start_pos:end, None]  # (seqlen, 1, head_dim / 2): the same for every head
+        h = self.tok_embeddings(tokens)
+        for layer, keys_values in zip(self.layers, self.cache):
+            qkv = layer.wqkv(self.normalised(h)).view(batch_size, seqlen, nq + 2 * nkv, head_dim)
+            torch.view_as_complex(qkv[:, :, :nq + nkv].unflatten(-1, (-1, 2))).mul_(turn)  # queries, keys turned
+            qkv = qkv.transpose(1, 2)  # (batch, heads, seqlen, head_dim)
+            keys_values[:, :, start_pos:end] = qkv[:, nq:]
+            attended = F.scaled_dot_product_attention(qkv[:, :nq], keys_values[:, :nkv, :end],
+                                                      keys_values[:, nkv:, :end], is_causal=seqlen > 1,
+                                                      enable_gqa=nq != nkv)
+            h = layer.wo(attended.transpose(1, 2).reshape(batch_size, seqlen, -1), add=h)
+            gate, up = layer.w13(self.normalised(h)).chunk(2, dim=-1)
+            h = layer.w2(F.silu(gate) * up, add=h)
+        return self.output(self.normalised(h[:, -1]) * self.norm_gain)

@@ -290,8 +290,9 @@ class NonFiniteError(ValueError):
 
 
 def finite(logits: torch.Tensor) -> torch.Tensor:
-    """`logits`, once checked to be finite: sampling, arg-maxing or scoring NaN or infinity is meaningless."""
-    if not torch.isfinite(logits).all():
+    """`logits`, once checked to be finite: sampling, arg-maxing or scoring NaN or infinity is meaningless. NaN
+    makes both the smallest and the largest value NaN, and ±∞ is one of them, so one pass (aminmax) tells."""
+    if not all(math.isfinite(bound) for bound in torch.aminmax(logits)):
         raise NonFiniteError(f"the model computes logits that hold NaN or infinity ({logits.dtype} overflows): its "
                              "weights are out of any usable range")
     return logits

@@ -201,7 +201,7 @@ def test_only_the_causal_model_caches(causal, cached):
     """Without a mask each step must recompute the whole context: earlier positions see the new token."""
     model = random_model(replace(CONFIG, causal=causal))
     widths = []
-    model.layers[0].attention_norm.register_forward_pre_hook(lambda module, inputs: widths.append(inputs[0].shape[1]))
+    model.tok_embeddings.register_forward_pre_hook(lambda module, inputs: widths.append(inputs[0].shape[1]))
     model.generate(torch.tensor([[3, 4, 5]]), 4, temperature=0.0)
     assert widths == ([3, 1, 1, 1] if cached else [3, 4, 5, 6])
 
