@@ -6,7 +6,8 @@ matrix-vector call; cutting W into blocks of rows multiplied as one batch (torch
 blocks. On one AMD EPYC the blocks stream at ~27 GB/s and F.linear at ~10 GB/s (one thread); on one Intel Xeon
 F.linear streams at ~39 GB/s and the blocks at ~13 GB/s (BENCHMARKS.md). So neither is chosen in advance: the first
 product of each shape times both, on more matrices than the caches hold, and keeps the faster for the process. Both
-compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go to F.linear.
+compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go to F.linear. BlockedLinear looks the
+choice up at every product; FewRowsProduct, for a W that one decoding loop uses many times, makes it once.
 """
 import math
 import time

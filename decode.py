@@ -1,17 +1,22 @@
 """Fast decoding for a causal Llama: the steps of llama.py's cached generation, computed with fewer, larger operations.
 
 One decoding step of batch-size rows reads every weight once for little arithmetic, so its speed is that at which
-the weights stream from memory, plus the cost of launching each eager PyTorch operation. A Decoder computes the
-same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), but
-- q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3,
-  and each product of a step uses the kernel measured fastest on this machine for its rows, chosen once
-  (blocked_linear.FewRowsProduct);
-- the queries and keys turn together, as complex numbers times e^{j·p·θ_i} (rope.py's rotation, RoFormer §3.4.2),
-  whose table is made once;
-- the keys and values of every layer live in one buffer allocated once for the whole generation.
-The stacked matrices are copies, made from the model's weights when the Decoder is built; Llama.generate builds one
-per call and drops it at the end, so no copy outlives a change of the weights (a training step, a LoRA merge,
-load_state_dict).
+the weights stream from memory, plus the cost of each eager PyTorch operation in between (several microseconds each:
+the weights streaming through have pushed the operation's code and data out of the CPU's caches). A Decoder
+computes the same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), with fewer of them:
+- q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3;
+- each RMSNorm's gain g is folded into the product after it, W·(g ⊙ x̂) = (W·diag g)·x̂ (Zhang & Sennrich 2019,
+  eq. 4), so a norm is x̂ = x / sqrt(mean(x²) + eps) alone, its mean square one batched product;
+- each product of a step uses the kernel measured fastest on this machine for its rows, chosen once
+  (blocked_linear.FewRowsProduct), and the residual additions h + W·x happen inside the product;
+- the queries and keys turn together, in place, as complex numbers times e^{j·p·θ_i} (rope.py's rotation,
+  RoFormer §3.4.2), whose table is made once;
+- the keys and values of every layer live in one buffer allocated once for the whole generation, and a step
+  writes a position's keys and values with one copy.
+The results equal the model's up to float32 rounding (tested: the same greedy tokens as the plain loop and as
+transformers). The stacked matrices are copies, made from the model's weights when the Decoder is built;
+Llama.generate builds one per call and drops it at the end, so no copy outlives a change of the weights (a
+training step, a LoRA merge, load_state_dict).
 """
 from typing import NamedTuple
 

@@ -36,16 +36,21 @@ def test_baseline_without_bench_py_is_refused_in_one_line(tmp_path):
     assert result.stderr.strip() == f"--baseline {tmp_path}: no bench.py there; name a checkout of minllama"
 
 
-def test_llama2c_row_gives_the_ratio_of_medians_and_the_rounds_range():
-    def decode(*medians: float) -> list[dict]:
-        return [{"decode": [[m * 0.9, False], [m, False], [m * 1.1, True]], "peak_rss_mb": 50.0} for m in medians]
+def test_llama2c_rows_give_the_ratio_of_medians_and_the_rounds_range():
+    def runs(*medians: float, whole_call: float | None = None) -> list[dict]:
+        def samples(m: float) -> list[list]:
+            return [[m * 0.9, False], [m, False], [m * 1.1, True]]
+        extra = (lambda m: {"call": samples(m * whole_call)}) if whole_call else (lambda m: {})
+        return [{"decode": samples(m), **extra(m), "peak_rss_mb": 50.0} for m in medians]
 
-    results = {"llama2c": {"causal": decode(100.0, 90.0), "runomp": decode(100.0, 120.0)}}
+    results = {"llama2c": {"causal": runs(100.0, 90.0, whole_call=0.5), "runomp": runs(100.0, 120.0)}}
     lines = bench.table(results, "")
     row = next(line for line in lines if line.startswith("decode 256 tokens"))
     # uncontested samples: ours 90, 100, 81, 90 (median 90), runomp's 90, 100, 108, 120 (median 104); per round,
     # the medians of the uncontested ones: 95 / 95 and 85.5 / 114
     assert f"{90 / 104:.2f}×" in row and "≥ 0.8× met (rounds 0.75–1.00)" in row and "4/6" in row
+    call = next(line for line in lines if "whole generate calls" in line)  # the same at half the speed, no target
+    assert f"{45 / 104:.2f}×" in call and "minllama / runomp (rounds 0.38–0.50)" in call and "met" not in call
     assert "104.0" in next(line for line in lines if "llama2.c runomp" in line)
 
 

@@ -1,11 +1,12 @@
 """blocked_linear.BlockedLinear: the product of nn.Linear without bias, whatever the threads and row counts, and the
-same parameter and state dict."""
+same parameter and state dict; FewRowsProduct: the same product, plus an addend, by a kernel chosen once."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocked_linear import MAX_BLOCKED_ROWS, BlockedLinear
+import blocked_linear
+from blocked_linear import MAX_BLOCKED_ROWS, BlockedLinear, FewRowsProduct
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -45,3 +46,19 @@ def test_is_an_nn_linear_with_its_state_dict():
     plain.load_state_dict(layer.state_dict())
     x = torch.randn(3, 8)
     torch.testing.assert_close(plain(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["blocked", "F.linear"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_few_rows_product_with_and_without_an_addend(monkeypatch, kernel, rows):
+    """add + x·Wᵀ by the kernel chosen once at construction, for the rows it was built for and for any others."""
+    monkeypatch.setattr(blocked_linear, "fastest_kernel", lambda *shape: kernel)
+    weight = torch.randn(64, 48)
+    product = FewRowsProduct(weight, rows)
+    assert (product.blocks is not None) == (kernel == "blocked")
+    for shape in [(rows, 48), (rows, 1, 48), (rows + 2, 1, 48)]:
+        x, add = torch.randn(shape), torch.randn(*shape[:-1], 64)
+        torch.testing.assert_close(product(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+        got = product(x, add=add)
+        assert got.shape == add.shape and got.is_contiguous()
+        torch.testing.assert_close(got, add + F.linear(x, weight), rtol=1e-5, atol=1e-5)

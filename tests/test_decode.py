@@ -56,6 +56,19 @@ def test_decoder_logits_equal_the_models():
     torch.testing.assert_close(torch.stack(steps, 1), full[:, 4:], atol=1e-5, rtol=1e-5)
 
 
+def test_decoder_applies_to_float32_outside_autocast_only():
+    """Elsewhere llama.py's own cached steps run, and give the plain loop's tokens."""
+    model = random_model()
+    assert decode.applies_to(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not decode.applies_to(model)
+    model.double()
+    assert not decode.applies_to(model)
+    prompt = torch.tensor([[5, 6, 7]])
+    assert torch.equal(model.generate(prompt, 10, temperature=0.0),
+                       model.generate(prompt, 10, temperature=0.0, use_cache=False))
+
+
 def greedy_pair(model) -> tuple[torch.Tensor, torch.Tensor]:
     prompt = torch.tensor([[5, 6, 7]])
     return model.generate(prompt, 10, temperature=0.0), model.generate(prompt, 10, temperature=0.0, use_cache=False)
