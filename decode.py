@@ -58,17 +58,19 @@ class Decoder:
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
         self.eps = torch.tensor(config.layer_norm_eps, device=model.output.weight.device)
 
-        def product(*linears: nn.Linear, gain: nn.Parameter | None = None) -> FewRowsProduct:
-            weights = [linear.weight.detach() for linear in linears]
-            weight = torch.cat(weights) if len(weights) > 1 else weights[0]
-            # W·(g ⊙ x) = (W·diag g)·x: the RMSNorm's gain g scales W's columns, in the copy
-            return FewRowsProduct(weight if gain is None else weight * gain.detach(), batch_size)
+        def stacked(gain: nn.Parameter, *linears: nn.Linear) -> FewRowsProduct:
+            """The copy [W₁; W₂; …]·diag g, g the preceding RMSNorm's gain: W·(g ⊙ x) = (W·diag g)·x."""
+            return FewRowsProduct(torch.cat([linear.weight.detach() for linear in linears]).mul_(gain.detach()),
+                                  batch_size)  # a step multiplies batch_size rows
 
-        self.layers = [DecoderLayer(product(a.compute_query, a.compute_key, a.compute_value, gain=n1.weight),
-                                    product(a.compute_output), product(f.w1, f.w3, gain=n2.weight), product(f.w2))
-                       for layer in model.layers
-                       for a, f, n1, n2 in [(layer.attention, layer.feed_forward, layer.attention_norm, layer.ffn_norm)]]
-        self.output = product(model.output)
+        def alone(linear: nn.Linear) -> FewRowsProduct:  # the model's own weight, not copied
+            return FewRowsProduct(linear.weight.detach(), batch_size)
+
+        self.layers = [
+            DecoderLayer(stacked(layer.attention_norm.weight, a.compute_query, a.compute_key, a.compute_value),
+                         alone(a.compute_output), stacked(layer.ffn_norm.weight, f.w1, f.w3), alone(f.w2))
+            for layer in model.layers for a, f in [(layer.attention, layer.feed_forward)]]
+        self.output = alone(model.output)
         # e^{j·p·θ_i}: position p's turn of each pair i, (positions, head_dim / 2)
         self.turns = torch.complex(model.freqs_cos[:positions], model.freqs_sin[:positions])
         # (layer, batch, key heads then value heads, position, head_dim): a step writes both with one copy
