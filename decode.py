@@ -41,7 +41,7 @@ def applies_to(model: nn.Module) -> bool:
 
 
 class DecoderLayer(NamedTuple):
-    """One LlamaLayer's products: q|k|v and w1|w3 stacked, each with the gain of the RMSNorm before it folded in."""
+    """One LlamaLayer's products: q|k|v and w1|w3 stacked, the gain of the RMSNorm before them folded in; wo, w2."""
     wqkv: FewRowsProduct
     wo: FewRowsProduct
     w13: FewRowsProduct
