@@ -84,24 +84,27 @@ def fastest_kernel(rows: int, out_features: int, in_features: int, dtype: torch.
     return chosen[key]
 
 
+def kernel_for(rows: int, weight: torch.Tensor) -> str:
+    """The name of the kernel for `rows` rows times W: the fastest here (fastest_kernel) for a few rows on the CPU,
+    else F.linear."""
+    if not (0 < rows <= MAX_BLOCKED_ROWS and weight.is_cpu and weight.is_contiguous() and weight.shape[0] > 1):
+        return "F.linear"
+    return fastest_kernel(rows, *weight.shape, weight.dtype)
+
+
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x·Wᵀ for an x of any shape (…, in_features), by the fastest kernel for its number of rows on the CPU."""
-    rows = x.numel() // weight.shape[1]
-    if not (0 < rows <= MAX_BLOCKED_ROWS and x.is_cpu and weight.is_contiguous() and weight.shape[0] > 1):
-        return F.linear(x, weight)
-    return KERNELS[fastest_kernel(rows, *weight.shape, weight.dtype)](x, weight)
+    """x·Wᵀ for an x of any shape (…, in_features), by the kernel for its number of rows (kernel_for)."""
+    return KERNELS[kernel_for(x.numel() // weight.shape[1], weight)](x, weight)
 
 
 class FewRowsProduct:
     """x ↦ x·Wᵀ (plus an optional `add`) for one W used many times on inputs of `rows` rows, a decoding step's:
-    the kernel is chosen and W cut into blocks once, when built, rather than at every product. Inputs of other row
-    counts go to F.linear."""
+    the kernel is chosen (kernel_for) and W cut into blocks once, when built, rather than at every product. Inputs
+    of other row counts go to F.linear."""
 
     def __init__(self, weight: torch.Tensor, rows: int):
         self.weight, self.rows = weight, rows
-        few = 0 < rows <= MAX_BLOCKED_ROWS and weight.is_cpu and weight.is_contiguous() and weight.shape[0] > 1
-        faster = few and fastest_kernel(rows, *weight.shape, weight.dtype) == "blocked"
-        self.blocks = blocks(weight) if faster else None
+        self.blocks = blocks(weight) if kernel_for(rows, weight) == "blocked" else None
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         if self.blocks is not None and x.numel() == self.rows * self.weight.shape[1]:

@@ -17,7 +17,7 @@ import sanity_check
 from checkpoint import save_checkpoint
 from config import LlamaConfig
 from convert import to_hf
-from llama import Attention, FeedForward, KVCache, Llama, LlamaLayer, NonFiniteError, RMSNorm, load_pretrained
+from llama import Attention, FeedForward, KVCache, Llama, LlamaLayer, NonFiniteError, RMSNorm, finite, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = LlamaConfig(vocab_size=97, dim=64, n_layers=3, n_heads=8, n_kv_heads=2, max_seq_len=32, causal=True)
@@ -366,6 +366,16 @@ def test_logits_that_overflow_are_refused_not_sampled(config, temperature):
                 weight.fill_(1e38)
     with pytest.raises(NonFiniteError, match=r"^the model computes logits that hold NaN or infinity"):
         model.generate(torch.tensor([[1, 5, 7]]), 3, temperature=temperature)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_finite_refuses_any_nan_or_infinity(bad, dtype):
+    logits = torch.randn(2, 50).to(dtype)
+    assert finite(logits) is logits
+    logits[1, 17] = bad
+    with pytest.raises(NonFiniteError):
+        finite(logits)
 
 
 def test_load_pretrained_missing_file(tmp_path):
