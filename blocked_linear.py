@@ -7,10 +7,12 @@ blocks. On one AMD EPYC the blocks stream at ~27 GB/s and F.linear at ~10 GB/s (
 F.linear streams at ~39 GB/s and the blocks at ~13 GB/s (BENCHMARKS.md). So neither is chosen in advance: the first
 product of each shape times both, on more matrices than the caches hold, and keeps the faster for the process. Both
 compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go to F.linear. BlockedLinear looks the
-choice up at every product; FewRowsProduct, for a W that one decoding loop uses many times, makes it once.
+choice up at every product; product_into, for a W that one decoding loop uses many times, makes it once.
 """
 import math
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,23 +39,15 @@ def blocks(weight: torch.Tensor) -> torch.Tensor:
     return weight.view(n, -1, weight.shape[1])
 
 
-def blocked_product(x: torch.Tensor, w_blocks: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-    """add + x·Wᵀ (add optional, of the result's shape) for W given as blocks(W), the blocks multiplied as one batch
-    (torch.bmm, a block per thread; with add, torch.baddbmm adds it in the same pass)."""
+def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x·Wᵀ with W cut into blocks of rows (one per thread, at least two) multiplied as one batch (torch.bmm)."""
+    w_blocks = blocks(weight)
     n, _, in_features = w_blocks.shape
     rows = x.numel() // in_features
     # x's rows as columns, read in place (strides 1, in_features) rather than copied: BLAS is faster on this
     columns = x.reshape(rows, in_features).mT.expand(n, -1, -1)  # (n, in_features, rows)
-    if add is None:
-        y = torch.bmm(w_blocks, columns)  # (n, out_features / n, rows)
-    else:
-        y = torch.baddbmm(add.reshape(rows, -1).mT.unflatten(0, (n, -1)), w_blocks, columns)
+    y = torch.bmm(w_blocks, columns)  # (n, out_features / n, rows)
     return y.permute(2, 0, 1).reshape(*x.shape[:-1], -1).contiguous()  # row-major, as F.linear gives
-
-
-def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x·Wᵀ with W cut into blocks of rows (one per thread, at least two) multiplied as one batch."""
-    return blocked_product(x, blocks(weight))
 
 
 KERNELS = {"F.linear": F.linear, "blocked": blocked}
@@ -97,20 +91,29 @@ def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return KERNELS[kernel_for(x.numel() // weight.shape[1], weight)](x, weight)
 
 
-class FewRowsProduct:
-    """x ↦ x·Wᵀ (plus an optional `add`) for one W used many times on inputs of `rows` rows, a decoding step's:
-    the kernel is chosen (kernel_for) and W cut into blocks once, when built, rather than at every product. Inputs
-    of other row counts go to F.linear."""
+def product_into(weight: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 accumulate: bool = False) -> Callable[[], object]:
+    """A call that sets y = x·Wᵀ (y += x·Wᵀ with accumulate) for buffers x (rows, in_features) and y (rows,
+    out_features) that a decoding loop refills in place: the kernel is chosen (kernel_for) and every view of x, y
+    and W made once, here, so that each product is then one call into BLAS (two for the blocks of several rows)."""
+    if kernel_for(x.shape[0], weight) == "F.linear":
+        return partial(y.addmm_, x, weight.t()) if accumulate else partial(torch.mm, x, weight.t(), out=y)
+    w_blocks = blocks(weight)
+    n = w_blocks.shape[0]
+    columns, y_blocks = x.mT.expand(n, -1, -1), y.mT.unflatten(0, (n, -1))  # (n, in, rows), (n, out / n, rows)
+    if y_blocks.is_contiguous():  # one row: the blocks' results are y itself
+        if accumulate:
+            return partial(y_blocks.baddbmm_, w_blocks, columns)
+        return partial(torch.bmm, w_blocks, columns, out=y_blocks)
+    z = torch.empty(y_blocks.shape, dtype=y.dtype, device=y.device)  # BLAS writes strided results ~1.6× slower
 
-    def __init__(self, weight: torch.Tensor, rows: int):
-        self.weight, self.rows = weight, rows
-        self.blocks = blocks(weight) if kernel_for(rows, weight) == "blocked" else None
-
-    def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
-        if self.blocks is not None and x.numel() == self.rows * self.weight.shape[1]:
-            return blocked_product(x, self.blocks, add)
-        y = F.linear(x, self.weight)
-        return y if add is None else add + y
+    def product() -> None:
+        if accumulate:
+            torch.baddbmm(y_blocks, w_blocks, columns, out=z)
+        else:
+            torch.bmm(w_blocks, columns, out=z)
+        y_blocks.copy_(z)
+    return product
 
 
 class BlockedLinear(nn.Linear):

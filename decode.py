@@ -1,30 +1,32 @@
-"""Fast decoding for a causal Llama: the steps of llama.py's cached generation, computed with fewer, larger operations.
+"""Fast decoding for a causal Llama: the one-token steps of llama.py's cached generation, in fewer, larger calls.
 
 One decoding step of batch-size rows reads every weight once for little arithmetic, so its speed is that at which
-the weights stream from memory, plus the cost of each eager PyTorch operation in between (several microseconds each:
-the weights streaming through have pushed the operation's code and data out of the CPU's caches). A Decoder
-computes the same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), with fewer of them:
+the weights stream from memory, plus the cost of each eager PyTorch call in between (several microseconds each:
+the weights streaming through have pushed the call's code and data out of the CPU's caches). A Decoder computes
+the same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), with far fewer calls:
 - q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3;
 - each RMSNorm's gain g is folded into the product after it, W·(g ⊙ x̂) = (W·diag g)·x̂ (Zhang & Sennrich 2019,
   eq. 4), so a norm is x̂ = x / sqrt(mean(x²) + eps) alone, its mean square one batched product;
-- each product of a step uses the kernel measured fastest on this machine for its rows, chosen once
-  (blocked_linear.FewRowsProduct), and the residual additions h + W·x happen inside the product;
+- a step's activations live in buffers allocated once and written in place, so each product is one call bound to
+  its buffers, by the kernel measured fastest here (blocked_linear.product_into), and the residual additions
+  h += W·x happen inside it;
 - the queries and keys turn together, in place, as complex numbers times e^{j·p·θ_i} (rope.py's rotation,
-  RoFormer §3.4.2), whose table is made once;
-- the keys and values of every layer live in one buffer allocated once for the whole generation, and a step
-  writes a position's keys and values with one copy.
+  RoFormer §3.4.2);
+- the keys and values of every layer live in one buffer for the whole generation, a position's written by one copy.
+The prompt (or a window that slid) runs through the model itself, whose keys and values are then copied in.
 The results equal the model's up to float32 rounding (tested: the same greedy tokens as the plain loop and as
 transformers). The stacked matrices are copies, made from the model's weights when the Decoder is built;
 Llama.generate builds one per call and drops it at the end, so no copy outlives a change of the weights (a
 training step, a LoRA merge, load_state_dict).
 """
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from blocked_linear import BlockedLinear, FewRowsProduct
+from blocked_linear import BlockedLinear, product_into
 
 
 def applies_to(model: nn.Module) -> bool:
@@ -41,11 +43,14 @@ def applies_to(model: nn.Module) -> bool:
 
 
 class DecoderLayer(NamedTuple):
-    """One LlamaLayer's products: q|k|v and w1|w3 stacked, the gain of the RMSNorm before them folded in; wo, w2."""
-    wqkv: FewRowsProduct
-    wo: FewRowsProduct
-    w13: FewRowsProduct
-    w2: FewRowsProduct
+    """One LlamaLayer's products, each a call bound to the Decoder's buffers: x̂ ↦ q|k|v, h += wo·attended,
+    x̂ ↦ w1|w3, h += w2·gated (q|k|v and w1|w3 with the gain of the RMSNorm before them folded in); and its part of
+    the KV cache, (batch, key heads then value heads, position, head_dim)."""
+    qkv: Callable[[], object]
+    wo: Callable[[], object]
+    w13: Callable[[], object]
+    w2: Callable[[], object]
+    keys_values: torch.Tensor
 
 
 class Decoder:
@@ -54,56 +59,92 @@ class Decoder:
 
     def __init__(self, model: nn.Module, batch_size: int, positions: int):  # model: a causal llama.Llama
         config = model.config
-        self.tok_embeddings, self.norm_gain = model.tok_embeddings, model.norm.weight.detach()
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
-        self.eps = torch.tensor(config.layer_norm_eps, device=model.output.weight.device)
+        self.model, self.norm_gain = model, model.norm.weight.detach()
+        nq, nkv, head_dim, dim = config.n_heads, config.n_kv_heads, config.head_dim, config.dim
+        self.n_heads, self.n_kv_heads = nq, nkv
+        new, hidden_dim = model.output.weight.new_empty, model.layers[0].feed_forward.w2.in_features
+        self.eps, self.alpha = model.output.weight.new_tensor(config.layer_norm_eps), 1 / dim
+        # one step's buffers, batch_size rows each: h the residual stream, x̂ its normalised copy
+        self.h, self.x, self.mean_square = new(batch_size, dim), new(batch_size, dim), new(batch_size, 1, 1)
+        self.h_rows, self.mean_square_rows = self.h.view(batch_size, 1, dim), self.mean_square.view(batch_size, 1)
+        self.qkv, self.attended = new(batch_size, (nq + 2 * nkv) * head_dim), new(batch_size, nq * head_dim)
+        self.gate_up, self.gated = new(batch_size, 2 * hidden_dim), new(batch_size, hidden_dim)
+        self.logits_buffer = new(batch_size, config.vocab_size)
+        # views of them: queries and keys as head_dim / 2 complex numbers a head, and each head on its own
+        self.queries_keys = torch.view_as_complex(
+            self.qkv[:, :(nq + nkv) * head_dim].view(batch_size, nq + nkv, head_dim // 2, 2))
+        self.queries = self.qkv[:, :nq * head_dim].view(batch_size, nq, 1, head_dim)
+        self.new_keys_values = self.qkv[:, nq * head_dim:].view(batch_size, 2 * nkv, head_dim)
+        self.attended_heads = self.attended.view(batch_size, nq, 1, head_dim)
+        self.gate, self.up = self.gate_up.chunk(2, dim=-1)
 
-        def stacked(gain: nn.Parameter, *linears: nn.Linear) -> FewRowsProduct:
+        def stacked(gain: nn.Parameter, *linears: nn.Linear) -> torch.Tensor:
             """The copy [W₁; W₂; …]·diag g, g the preceding RMSNorm's gain: W·(g ⊙ x) = (W·diag g)·x."""
-            return FewRowsProduct(torch.cat([linear.weight.detach() for linear in linears]).mul_(gain.detach()),
-                                  batch_size)  # a step multiplies batch_size rows
+            return torch.cat([linear.weight.detach() for linear in linears]).mul_(gain.detach())
 
-        def alone(linear: nn.Linear) -> FewRowsProduct:  # the model's own weight, not copied
-            return FewRowsProduct(linear.weight.detach(), batch_size)
-
+        cache = new(config.n_layers, batch_size, 2 * nkv, positions, head_dim)
         self.layers = [
-            DecoderLayer(stacked(layer.attention_norm.weight, a.compute_query, a.compute_key, a.compute_value),
-                         alone(a.compute_output), stacked(layer.ffn_norm.weight, f.w1, f.w3), alone(f.w2))
-            for layer in model.layers for a, f in [(layer.attention, layer.feed_forward)]]
-        self.output = alone(model.output)
+            DecoderLayer(
+                product_into(stacked(layer.attention_norm.weight, a.compute_query, a.compute_key, a.compute_value),
+                             self.x, self.qkv),
+                product_into(a.compute_output.weight.detach(), self.attended, self.h, accumulate=True),
+                product_into(stacked(layer.ffn_norm.weight, f.w1, f.w3), self.x, self.gate_up),
+                product_into(f.w2.weight.detach(), self.gated, self.h, accumulate=True),
+                keys_values)
+            for layer, keys_values in zip(model.layers, cache) for a, f in [(layer.attention, layer.feed_forward)]]
+        self.output = product_into(model.output.weight.detach(), self.x, self.logits_buffer)
         # e^{j·p·θ_i}: position p's turn of each pair i, (positions, head_dim / 2)
         self.turns = torch.complex(model.freqs_cos[:positions], model.freqs_sin[:positions])
-        # (layer, batch, key heads then value heads, position, head_dim): a step writes both with one copy
-        self.cache = model.output.weight.new_empty(config.n_layers, batch_size, 2 * self.n_kv_heads, positions,
-                                                   self.head_dim)
 
-    def normalised(self, h: torch.Tensor) -> torch.Tensor:
-        """h / sqrt(mean(h²) + eps) over the last dimension: llama.RMSNorm without its gain (folded into the
-        products), the mean square of each row by one batched product, eps + (1/dim)·h·hᵀ."""
-        rows = h.reshape(-1, 1, h.shape[-1])
-        mean_square = torch.baddbmm(self.eps, rows, rows.mT, alpha=1 / h.shape[-1])  # (rows, 1, 1)
-        return h * mean_square.rsqrt_().view(*h.shape[:-1], 1)
+    def normalise(self) -> None:
+        """x̂ = h / sqrt(mean(h²) + eps) over each row: llama.RMSNorm without its gain (folded into the products),
+        the mean square of each row by one batched product, eps + (1/dim)·h·hᵀ."""
+        torch.baddbmm(self.eps, self.h_rows, self.h_rows.mT, alpha=self.alpha, out=self.mean_square)
+        torch.mul(self.h, self.mean_square_rows.rsqrt_(), out=self.x)
 
     def logits(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """The logits (batch, vocab_size) after the last of tokens (batch, seqlen), placed at positions start_pos…,
         whose keys and values are kept; the positions before start_pos must have been given before. Several tokens
         at once only from position 0 (the prompt, or a window that slid)."""
-        batch_size, seqlen = tokens.shape
-        if seqlen > 1 and start_pos != 0:
+        if start_pos == 0:
+            return self.prompt(tokens)
+        if tokens.shape[1] > 1:
             raise ValueError(f"several tokens at once only from position 0, not {start_pos}")
-        nq, nkv, head_dim = self.n_heads, self.n_kv_heads, self.head_dim
-        end = start_pos + seqlen
-        turn = self.turns[start_pos:end, None]  # (seqlen, 1, head_dim / 2): the same for every head
-        h = self.tok_embeddings(tokens)
-        for layer, keys_values in zip(self.layers, self.cache):
-            qkv = layer.wqkv(self.normalised(h)).view(batch_size, seqlen, nq + 2 * nkv, head_dim)
-            torch.view_as_complex(qkv[:, :, :nq + nkv].unflatten(-1, (-1, 2))).mul_(turn)  # queries, keys turned
-            qkv = qkv.transpose(1, 2)  # (batch, heads, seqlen, head_dim)
-            keys_values[:, :, start_pos:end] = qkv[:, nq:]
-            attended = F.scaled_dot_product_attention(qkv[:, :nq], keys_values[:, :nkv, :end],
-                                                      keys_values[:, nkv:, :end], is_causal=seqlen > 1,
-                                                      enable_gqa=nq != nkv)
-            h = layer.wo(attended.transpose(1, 2).reshape(batch_size, seqlen, -1), add=h)
-            gate, up = layer.w13(self.normalised(h)).chunk(2, dim=-1)
-            h = layer.w2(F.silu(gate) * up, add=h)
-        return self.output(self.normalised(h[:, -1]) * self.norm_gain)
+        return self.step(tokens, start_pos)
+
+    def prompt(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The logits after tokens (batch, seqlen) at positions 0…, computed by the model itself with its own KV
+        caches (llama.KVCache), whose keys and values are then copied into this Decoder's."""
+        model, seqlen, nkv = self.model, tokens.shape[1], self.n_kv_heads
+        model.setup_cache()
+        try:
+            logits = model.last_logits(tokens)
+            for layer, own in zip(model.layers, self.layers):
+                own.keys_values[:, :nkv, :seqlen] = layer.attention.cache.key[:, :, :seqlen]
+                own.keys_values[:, nkv:, :seqlen] = layer.attention.cache.value[:, :, :seqlen]
+        finally:
+            model.clear_cache()
+        return logits
+
+    def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
+        """The logits (batch, vocab_size) after one new token a row, tokens (batch, 1), at position pos."""
+        nkv, end = self.n_kv_heads, pos + 1
+        self.h_rows.copy_(self.model.tok_embeddings(tokens))
+        turn = self.turns[pos]  # the same for every head
+        for layer in self.layers:
+            self.normalise()
+            layer.qkv()
+            self.queries_keys.mul_(turn)
+            layer.keys_values[:, :, pos] = self.new_keys_values
+            self.attended_heads.copy_(F.scaled_dot_product_attention(
+                self.queries, layer.keys_values[:, :nkv, :end], layer.keys_values[:, nkv:, :end],
+                enable_gqa=self.n_heads != nkv))
+            layer.wo()
+            self.normalise()
+            layer.w13()
+            torch.mul(F.silu(self.gate, inplace=True), self.up, out=self.gated)
+            layer.w2()
+        self.normalise()
+        self.x.mul_(self.norm_gain)
+        self.output()
+        return self.logits_buffer.clone()  # the buffer is written again at the next step

@@ -1,12 +1,12 @@
 """blocked_linear.BlockedLinear: the product of nn.Linear without bias, whatever the threads and row counts, and the
-same parameter and state dict; FewRowsProduct: the same product, plus an addend, by a kernel chosen once."""
+same parameter and state dict; product_into: the same product into a buffer, or added to it, by a kernel chosen once."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import blocked_linear
-from blocked_linear import MAX_BLOCKED_ROWS, BlockedLinear, FewRowsProduct
+from blocked_linear import MAX_BLOCKED_ROWS, BlockedLinear, product_into
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -50,15 +50,18 @@ def test_is_an_nn_linear_with_its_state_dict():
 
 @pytest.mark.parametrize("kernel", ["blocked", "F.linear"])
 @pytest.mark.parametrize("rows", [1, 3])
-def test_few_rows_product_with_and_without_an_addend(monkeypatch, kernel, rows):
-    """add + x·Wᵀ by the kernel chosen once at construction, for the rows it was built for and for any others."""
+def test_product_into_sets_or_adds_to_its_buffer(monkeypatch, kernel, rows):
+    """The bound call writes x·Wᵀ into y, or adds it there, for whatever x holds at the time of the call."""
     monkeypatch.setattr(blocked_linear, "fastest_kernel", lambda *shape: kernel)
-    weight = torch.randn(64, 48)
-    product = FewRowsProduct(weight, rows)
-    assert (product.blocks is not None) == (kernel == "blocked")
-    for shape in [(rows, 48), (rows, 1, 48), (rows + 2, 1, 48)]:
-        x, add = torch.randn(shape), torch.randn(*shape[:-1], 64)
-        torch.testing.assert_close(product(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
-        got = product(x, add=add)
-        assert got.shape == add.shape and got.is_contiguous()
-        torch.testing.assert_close(got, add + F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    cut = []  # the weights cut into blocks, which only the blocked kernel does
+    monkeypatch.setattr(blocked_linear, "blocks", lambda w, blocks=blocked_linear.blocks: cut.append(w) or blocks(w))
+    weight, x, y = torch.randn(64, 48), torch.empty(rows, 48), torch.empty(rows, 64)
+    into, add_into = product_into(weight, x, y), product_into(weight, x, y, accumulate=True)
+    assert len(cut) == (2 if kernel == "blocked" else 0)
+    for _ in range(2):  # the buffers refilled in place, as a decoding loop does
+        x.normal_()
+        into()
+        torch.testing.assert_close(y, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+        before = y.clone()
+        add_into()
+        torch.testing.assert_close(y, before + F.linear(x, weight), rtol=1e-5, atol=1e-5)

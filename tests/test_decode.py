@@ -44,7 +44,7 @@ def test_decoder_gives_the_tokens_of_llamas_own_cache(kernel, prompt_len):
     assert torch.equal(model.generate(prompt, 8, temperature=0.0, use_cache=False), fast)
 
 
-def test_decoder_logits_equal_the_models():
+def test_decoder_logits_equal_the_models(kernel):
     model = random_model()
     tokens = torch.randint(0, CONFIG.vocab_size, (3, 9), generator=torch.Generator().manual_seed(4))
     decoder = decode.Decoder(model, batch_size=3, positions=9)
