@@ -31,8 +31,11 @@ Workloads (batch sizes are the course's):
              process start or loading. The table gives the ratio of the medians and the lowest and highest of the
              rounds' ratios. Without a C compiler the rows are left out, with one line saying so.
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
-             causal minllama with its KV cache and with its plain loop (use_cache=False), course minllama (which
-             recomputes the context at every step, as it must without a mask), transformers' generate (cached)
+             causal minllama with its KV cache, transformers' generate (cached), and in one process, a call of
+             each in turn, course minllama (which recomputes the context at every step, as it must without a mask)
+             and causal minllama's plain loop (use_cache=False): the two do the same work, so the table gives the
+             median of their call-by-call ratios, with the lowest and highest (and, for both, the peak RSS of the
+             two models together)
   finetune   examples/s of one training step on 80 × 64 tokens, forward + backward + AdamW: classifier.py's
              LlamaEmbeddingClassifier + optimizer.AdamW in both semantics, against transformers' LlamaModel +
              nn.Linear head + torch.optim.AdamW
@@ -71,7 +74,7 @@ from metrics import machine
 
 WORKLOADS = {  # workload -> its implementations, in the order they take turns
     "llama2c": ("causal", "runomp"),
-    "generate": ("causal", "causal-nocache", "course", "transformers"),
+    "generate": ("causal", "recompute", "transformers"),
     "finetune": ("causal", "course", "transformers"),
     "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
@@ -196,31 +199,34 @@ def bench_llama2c(impl: str, checkpoint: str, repeats: int) -> dict:
 
 
 def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
+    """Samples of "generate N" (tokens/s) and "tokens N" for N in GEN_TOKENS; for impl "recompute" two sets, "course
+    …" and "plain …", the course's semantics and the causal plain loop called in turn within one process."""
     from llama import load_pretrained
 
     prompt = prefix_tokens()
     if impl == "transformers":
         model = hf_llama(checkpoint)
         mask = torch.ones_like(prompt)
-
-        def generate(n: int) -> torch.Tensor:
-            return model.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-    else:
-        model = load_pretrained(checkpoint, causal=impl.startswith("causal"))
-
-        def generate(n: int) -> torch.Tensor:
-            return model.generate(prompt, n, temperature=0.0, use_cache=impl == "causal")
+        generators = {"": lambda n: model.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                                   do_sample=False)}
+    elif impl == "causal":
+        model = load_pretrained(checkpoint, causal=True)
+        generators = {"": lambda n: model.generate(prompt, n, temperature=0.0)}
+    else:  # the same work (both recompute the context at each step), so that their ratio is measured call by call
+        course, plain = load_pretrained(checkpoint), load_pretrained(checkpoint, causal=True)
+        generators = {"course ": lambda n: course.generate(prompt, n, temperature=0.0),
+                      "plain ": lambda n: plain.generate(prompt, n, temperature=0.0, use_cache=False)}
     reset_peak_rss()
-    generate(8)  # warm-up
-    result = {}
+    for generate in generators.values():
+        generate(8)  # warm-up
+    result: dict[str, list] = {}
     for n in GEN_TOKENS:
-        samples = []
-        for _ in range(repeats if impl in ("causal", "transformers") or n < 100 else 1):  # the plain loop is slow
-            tokens, seconds, contested = timed(lambda: generate(n))
-            samples.append((n / seconds, contested))
-            assert tokens.shape == (1, prompt.shape[1] + n), tokens.shape
-        result[f"generate {n}"] = samples
-        result[f"tokens {n}"] = tokens[0, prompt.shape[1]:].tolist()
+        for _ in range(repeats if impl != "recompute" or n < 100 else 1):  # the recomputing loops are slow
+            for name in random.sample(list(generators), len(generators)):
+                tokens, seconds, contested = timed(lambda: generators[name](n))
+                assert tokens.shape == (1, prompt.shape[1] + n), tokens.shape
+                result.setdefault(f"{name}generate {n}", []).append((n / seconds, contested))
+                result[f"{name}tokens {n}"] = tokens[0, prompt.shape[1]:].tolist()
     return result
 
 
@@ -463,17 +469,19 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         for n in GEN_TOKENS:
             against_baseline(f"{n} tokens", "generate", f"generate {n}")
         for n in GEN_TOKENS:
-            (cached, _), (plain, clean) = (stat("generate", impl, f"generate {n}")
-                                           for impl in ("causal", "causal-nocache"))
+            (cached, _), (plain, clean) = stat("generate", "causal", f"generate {n}"), stat(
+                "generate", "recompute", f"plain generate {n}")
             rows.append((f"  causal, use_cache=False, {n} tokens", f"{plain:.1f}", "", f"{cached / plain:.2f}×",
                          "cached / no cache" + (": " + verdict(cached / plain, 5) if n == 256 else ""),
-                         rss("generate", "causal-nocache"), clean))
+                         rss("generate", "recompute"), clean))
         for n in GEN_TOKENS:
-            (recompute, clean), (plain, _) = (stat("generate", impl, f"generate {n}")
-                                              for impl in ("course", "causal-nocache"))
-            rows.append((f"  course (recompute), {n} tokens", f"{recompute:.1f}", "", f"{recompute / plain:.2f}×",
-                         "course / causal no cache: " + verdict(recompute / plain, 1.0), rss("generate", "course"),
-                         clean))
+            recompute, clean = stat("generate", "recompute", f"course generate {n}")
+            pairs = [course / plain for run in results["generate"]["recompute"]
+                     for (course, _), (plain, _) in zip(run[f"course generate {n}"], run[f"plain generate {n}"])]
+            ratio = statistics.median(pairs)
+            rows.append((f"  course (recompute), {n} tokens", f"{recompute:.1f}", "", f"{ratio:.2f}×",
+                         f"course / causal no cache, call by call: {verdict(ratio, 1.0)} "
+                         f"(calls {min(pairs):.2f}–{max(pairs):.2f})", rss("generate", "recompute"), clean))
     if "finetune" in results:
         versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, causal, examples/s", "finetune", "finetune", 1.0)
         against_baseline("examples/s", "finetune", "finetune")
@@ -499,7 +507,7 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         for n in GEN_TOKENS:
             ours, theirs = (results["generate"][impl][0][f"tokens {n}"] for impl in ("causal", "transformers"))
             lines.append(f"greedy {n} new tokens identical in causal minllama and transformers: {ours == theirs}")
-            plain = results["generate"]["causal-nocache"][0][f"tokens {n}"]
+            plain = results["generate"]["recompute"][0][f"plain tokens {n}"]
             lines.append(f"greedy {n} new tokens identical in causal minllama with and without its cache: "
                          f"{ours == plain}")
             if "baseline" in results["generate"]:

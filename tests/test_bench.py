@@ -54,6 +54,27 @@ def test_llama2c_rows_give_the_ratio_of_medians_and_the_rounds_range():
     assert "104.0" in next(line for line in lines if "llama2.c runomp" in line)
 
 
+def test_course_rows_give_the_median_of_call_by_call_ratios():
+    def samples(*values: float) -> list[list]:
+        return [[v, False] for v in values]
+
+    short, long = bench.GEN_TOKENS
+    tokens = {f"{name}tokens {n}": [1, 2] for name in ("", "course ", "plain ") for n in bench.GEN_TOKENS}
+    recompute = [{f"course generate {short}": samples(9.0, 12.0, 10.0), f"plain generate {short}": samples(10, 10, 8),
+                  f"course generate {long}": samples(5.0), f"plain generate {long}": samples(4.0),
+                  "peak_rss_mb": 300.0} | tokens for _ in range(2)]
+    cached = [{f"generate {n}": samples(60.0) for n in bench.GEN_TOKENS} | {"peak_rss_mb": 150.0} | tokens]
+    lines = bench.table({"generate": {"causal": cached, "recompute": recompute, "transformers": cached}}, "")
+    course_short, course_long = (next(line for line in lines if line.startswith(f"  course (recompute), {n} "))
+                                 for n in bench.GEN_TOKENS)
+    # call by call 0.9, 1.2 and 1.25 in each round, median 1.2, where the medians of the rates give 10 / 10
+    assert "1.20×" in course_short and "≥ 1.0× met (calls 0.90–1.25)" in course_short and " 300 " in course_short
+    assert "1.25×" in course_long and "(calls 1.25–1.25)" in course_long
+    plain = next(line for line in lines if line.startswith(f"  causal, use_cache=False, {long} "))
+    assert " 4.0 " in plain and "15.00×" in plain and "≥ 5× met" in plain
+    assert f"greedy {long} new tokens identical in causal minllama with and without its cache: True" in lines
+
+
 def test_without_a_c_compiler_runomp_is_not_built(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     assert bench.build_runomp(tmp_path) == f"no C compiler found ({tmp_path / 'no-such-cc'}; set CC to name one)"
