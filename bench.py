@@ -9,8 +9,8 @@ Every model holds the same random weights of stories42M's shapes (LlamaConfig's 
 through convert.to_hf. Each workload × implementation runs in a fresh subprocess, so that its peak RSS
 (getrusage's ru_maxrss, its high-water mark reset once the models are built) is its own, and the implementations
 take turns, round after round and in a new random order each round, so that all see the same machine. The table
-gives medians; a sample during which other processes used the CPU is left out of them ("clean samples" counts the
-rest). The subprocesses run with glibc's malloc settings MALLOC (see there) unless --default-malloc.
+gives medians, and beside each ratio the lowest and highest of the rounds' ratios; a sample during which other
+processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with glibc's malloc settings MALLOC (see there) unless --default-malloc.
 
 minllama runs in both semantics: "causal" (--causal: Llama 2, what transformers computes, so the comparison
 with transformers is made there) and "course" (the default: the course's reference, attention without a mask).
@@ -430,19 +430,24 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
     def verdict(ratio: float, target: float) -> str:
         return f"≥ {target}× {'met' if ratio >= target else 'NOT MET'}"
 
+    def spread(workload: str, impl: str, other: str, key: str, other_key: str | None = None) -> str:
+        """The lowest and highest of the rounds' ratios impl / other (of each round's medians)."""
+        rounds = [median(a[key])[0] / median(b[other_key or key])[0]
+                  for a, b in zip(results[workload][impl], results[workload][other])]
+        return f"rounds {min(rounds):.2f}–{max(rounds):.2f}"
+
     def versus(name: str, workload: str, key: str, target: float, impl: str = "causal") -> None:
         (ours, n_ours), (theirs, n_theirs) = stat(workload, impl, key), stat(workload, "transformers", key)
-        rows.append((name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}×", verdict(ours / theirs, target),
+        rows.append((name, f"{ours:.1f}", f"{theirs:.1f}", f"{ours / theirs:.2f}×",
+                     f"{verdict(ours / theirs, target)} ({spread(workload, impl, 'transformers', key)})",
                      rss(workload, impl, "transformers"), f"{n_ours}, {n_theirs}"))
 
     def against_baseline(name: str, workload: str, key: str) -> None:
         if "baseline" not in results[workload]:
             return
         (ours, _), (theirs, clean) = stat(workload, "causal", key), stat(workload, "baseline", key)
-        rounds = [median(a[key])[0] / median(b[key])[0]
-                  for a, b in zip(results[workload]["causal"], results[workload]["baseline"])]
         rows.append((f"  causal, baseline {baseline}, {name}", f"{theirs:.1f}", "", f"{ours / theirs:.2f}×",
-                     f"this / baseline (rounds {min(rounds):.2f}–{max(rounds):.2f})", rss(workload, "baseline"),
+                     f"this / baseline ({spread(workload, 'causal', 'baseline', key)})", rss(workload, "baseline"),
                      clean))
 
     def course(name: str, workload: str, key: str) -> None:
@@ -451,16 +456,14 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
                      n_ours))
 
     if "llama2c" in results:
-        runs = results["llama2c"]
         theirs, n_theirs = stat("llama2c", "runomp", "decode")
         for key, name, target in [("decode", f"decode {DECODE_TOKENS} tokens, causal, tokens/s", 0.8),
                                   ("call", "  the same, whole generate calls (prompt, set-up)", None)]:
             ours, n_ours = stat("llama2c", "causal", key)
-            rounds = [median(a[key])[0] / median(b["decode"])[0] for a, b in zip(runs["causal"], runs["runomp"])]
-            spread = f"rounds {min(rounds):.2f}–{max(rounds):.2f}"
+            rounds = spread("llama2c", "causal", "runomp", key, "decode")
             rows.append((name, f"{ours:.1f}", "", f"{ours / theirs:.2f}×",
-                         f"minllama / runomp: {verdict(ours / theirs, target)} ({spread})" if target else
-                         f"minllama / runomp ({spread})", rss("llama2c", "causal"), n_ours))
+                         f"minllama / runomp: {verdict(ours / theirs, target)} ({rounds})" if target else
+                         f"minllama / runomp ({rounds})", rss("llama2c", "causal"), n_ours))
         rows.append(("  llama2.c runomp (C, OpenMP), tokens/s", f"{theirs:.1f}", "", "", "", rss("llama2c", "runomp"),
                      n_theirs))
     if "generate" in results:

@@ -25,6 +25,8 @@ def test_baseline_row_gives_the_ratio_and_the_rounds_range():
     # medians of all six samples: ours 9.45 (9.0 and 9.9 in the middle), the baseline's 8.9 (8.8 and 9.0);
     # of each round's: 10 / 8 and 9 / 10
     assert " 8.9 " in row and f"{9.45 / 8.9:.2f}×" in row and "(rounds 0.90–1.25)" in row
+    versus = next(line for line in lines if line.startswith("fine-tune step"))  # 10 / 8 and 9 / 8
+    assert f"{9.45 / 8.0:.2f}×" in versus and "≥ 1.0× met (rounds 1.12–1.25)" in versus
     assert not any("baseline" in line for line in bench.table({"finetune": {
         impl: results["finetune"][impl] for impl in ("causal", "course", "transformers")}}, ""))
 
