@@ -67,6 +67,7 @@ class Decoder:
         # one step's buffers, batch_size rows each: h the residual stream, x̂ its normalised copy
         self.h, self.x, self.mean_square = new(batch_size, dim), new(batch_size, dim), new(batch_size, 1, 1)
         self.h_rows, self.mean_square_rows = self.h.view(batch_size, 1, dim), self.mean_square.view(batch_size, 1)
+        self.h_columns = self.h_rows.mT
         self.qkv, self.attended = new(batch_size, (nq + 2 * nkv) * head_dim), new(batch_size, nq * head_dim)
         self.gate_up, self.gated = new(batch_size, 2 * hidden_dim), new(batch_size, hidden_dim)
         self.logits_buffer = new(batch_size, config.vocab_size)
@@ -99,7 +100,7 @@ class Decoder:
     def normalise(self) -> None:
         """x̂ = h / sqrt(mean(h²) + eps) over each row: llama.RMSNorm without its gain (folded into the products),
         the mean square of each row by one batched product, eps + (1/dim)·h·hᵀ."""
-        torch.baddbmm(self.eps, self.h_rows, self.h_rows.mT, alpha=self.alpha, out=self.mean_square)
+        torch.baddbmm(self.eps, self.h_rows, self.h_columns, alpha=self.alpha, out=self.mean_square)
         torch.mul(self.h, self.mean_square_rows.rsqrt_(), out=self.x)
 
     def logits(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
