@@ -10,7 +10,8 @@ through convert.to_hf. Each workload × implementation runs in a fresh subproces
 (getrusage's ru_maxrss, its high-water mark reset once the models are built) is its own, and the implementations
 take turns, round after round and in a new random order each round, so that all see the same machine. The table
 gives medians, and beside each ratio the lowest and highest of the rounds' ratios; a sample during which other
-processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with glibc's malloc settings MALLOC (see there) unless --default-malloc.
+processes used the CPU is left out of them ("clean samples" counts the rest). The subprocesses run with glibc's
+malloc settings MALLOC (see there) unless --default-malloc.
 
 minllama runs in both semantics: "causal" (--causal: Llama 2, what transformers computes, so the comparison
 with transformers is made there) and "course" (the default: the course's reference, attention without a mask).
