@@ -29,8 +29,10 @@ Workloads (batch sizes are the course's):
              every step costs the same). minllama's "decode" is counted alike, its steps after the first new token
              (drawn at the end of the prompt's one forward pass) over the time since it; its "call" row is all
              new tokens over the whole generate call, the prompt and the stacked copies included. Neither counts
-             process start or loading. The table gives the ratio of the medians and the lowest and highest of the
-             rounds' ratios. Without a C compiler the rows are left out, with one line saying so.
+             process start or loading. This host's memory bandwidth drifts by up to 1.5× from one ten seconds to
+             the next, for both, so each child (a round) holds the model and calls generate and runomp in turn,
+             pair by pair: the table gives the median of the pairs' ratios, and the lowest and highest of the
+             rounds' medians. Without a C compiler the rows are left out, with one line saying so.
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
              causal minllama with its KV cache, transformers' generate (cached), and in one process, a call of
              each in turn, course minllama (which recomputes the context at every step, as it must without a mask)
@@ -74,12 +76,13 @@ from torch import nn
 from metrics import machine
 
 WORKLOADS = {  # workload -> its implementations, in the order they take turns
-    "llama2c": ("causal", "runomp"),
+    "llama2c": ("causal",),  # with runomp, called in turn by the same child
     "generate": ("causal", "recompute", "transformers"),
     "finetune": ("causal", "course", "transformers"),
     "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
 }
+BASELINE_WORKLOADS = ("generate", "finetune", "zeroshot")  # those that --baseline runs from the other checkout too
 # rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
 ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3}
 GEN_TOKENS = (75, 256)
@@ -180,23 +183,39 @@ def prefix_tokens() -> torch.Tensor:
 
 
 def bench_llama2c(impl: str, checkpoint: str, repeats: int) -> dict:
-    """minllama's side of the llama2c workload (runomp's is run_runomp): per generate call, its steps after the
-    first new token over the time since that token ("decode", as runomp counts) and all new tokens over the whole
-    call, prompt and set-up included ("call")."""
+    """The llama2c workload in one process: `repeats` pairs of a generate call of causal minllama and a run of
+    runomp (built and given the weights beside the checkpoint, by the parent), the two in random order within each
+    pair, so that both sides of a pair see the same moment of the machine. minllama's samples are, per call, its
+    steps after the first new token over the time since that token ("decode", as runomp counts) and all new tokens
+    over the whole call, prompt and set-up included ("call"); runomp's the "achieved tok/s" it prints."""
     from llama import load_pretrained
+    from run_llama import PREFIX
 
     prompt = prefix_tokens()
+    folder = Path(checkpoint).parent
     model = load_pretrained(checkpoint, causal=True)
     reset_peak_rss()
     model.generate(prompt, 8, temperature=0.0)  # warm-up
-    decode, call = [], []
-    for _ in range(repeats):
+    result: dict[str, Any] = {"decode": [], "call": [], "runomp": [], "runomp_peak_rss_mb": 0.0}
+
+    def ours() -> None:
         drawn: list[float] = []  # when each new token was drawn
         tokens, seconds, contested = timed(lambda: model.generate(
             prompt, DECODE_TOKENS, temperature=0.0, on_token=lambda _: drawn.append(time.perf_counter())))
-        decode.append(((DECODE_TOKENS - 1) / (drawn[-1] - drawn[0]), contested))
-        call.append((DECODE_TOKENS / seconds, contested))
-    return {"decode": decode, "call": call, "tokens": tokens[0, prompt.shape[1]:].tolist()}
+        result["decode"].append(((DECODE_TOKENS - 1) / (drawn[-1] - drawn[0]), contested))
+        result["call"].append((DECODE_TOKENS / seconds, contested))
+        result["tokens"] = tokens[0, prompt.shape[1]:].tolist()
+
+    def theirs() -> None:
+        run = run_runomp(folder / "runomp", Path(checkpoint).with_suffix(".bin"), PREFIX, prompt.shape[1], 1,
+                         torch.get_num_threads())
+        result["runomp"] += run["decode"]
+        result["runomp_peak_rss_mb"] = max(result["runomp_peak_rss_mb"], run["peak_rss_mb"])
+
+    for _ in range(repeats):
+        for side in random.sample([ours, theirs], 2):
+            side()
+    return result
 
 
 def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
@@ -370,7 +389,8 @@ def build_runomp(folder: Path) -> Path | str:
 
 def run_runomp(runomp: Path, weights: Path, prompt: str, prompt_len: int, repeats: int, threads: int) -> dict:
     """runomp's side of the llama2c workload: `repeats` greedy runs of DECODE_TOKENS new tokens after prompt (of
-    prompt_len tokens), each sample the "achieved tok/s" it prints; its peak RSS is the largest of the runs'."""
+    prompt_len tokens), each sample the "achieved tok/s" it prints; its peak RSS is the largest of the runs' (Linux:
+    VmHWM, read while it runs; wait4's ru_maxrss would count the Python process it was forked from)."""
     cmd = [str(runomp), str(weights), "-t", "0", "-n", str(prompt_len + DECODE_TOKENS), "-i", prompt,
            "-z", str(asset("llama2c/tokenizer.bin"))]
     samples, peak_kb = [], 0
@@ -378,19 +398,30 @@ def run_runomp(runomp: Path, weights: Path, prompt: str, prompt_len: int, repeat
         def run() -> tuple[str, int]:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                     env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+            high_water = 0
+            while proc.poll() is None:  # it prints a line or two to stderr, at the end: the pipe cannot fill
+                high_water = max(high_water, vm_hwm_kb(proc.pid))
+                time.sleep(0.02)
             stderr = proc.stderr.read()
-            _, status, usage = os.wait4(proc.pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
             if proc.returncode:
                 sys.exit(f"llama2c/runomp failed: {' '.join(cmd)}\n{stderr}")
-            return stderr, usage.ru_maxrss
-        (stderr, maxrss), _, contested = timed(run)
+            return stderr, high_water
+        (stderr, high_water), _, contested = timed(run)
         match = re.search(r"achieved tok/s: ([0-9.]+)", stderr)
         if match is None:
             sys.exit(f"llama2c/runomp printed no \"achieved tok/s\": {' '.join(cmd)}\n{stderr}")
         samples.append((float(match.group(1)), contested))
-        peak_kb = max(peak_kb, maxrss)
+        peak_kb = max(peak_kb, high_water)
     return {"decode": samples, "peak_rss_mb": peak_kb / 2**10}
+
+
+def vm_hwm_kb(pid: int) -> int:
+    """The peak RSS so far of process pid, in kB (Linux's /proc; 0 where it cannot be read)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
 def write_checkpoint(path: Path) -> None:
@@ -402,6 +433,14 @@ def write_checkpoint(path: Path) -> None:
     torch.manual_seed(0)
     model = Llama(LlamaConfig())
     save_checkpoint(path, asdict(model.config), model.state_dict())
+
+
+def call_ratios(run: dict, key: str, other: str) -> list[float]:
+    """The ratios of one child's samples `key` to its samples `other`, taken in turn, pair by pair: those of the
+    pairs where neither sample was contested (of all pairs, if each had one)."""
+    pairs = [(a, b) for (a, a_contested), (b, b_contested) in zip(run[key], run[other])
+             if not (a_contested or b_contested)]
+    return [a / b for a, b in pairs or [(a, b) for (a, _), (b, _) in zip(run[key], run[other])]]
 
 
 def median(samples: list[list]) -> tuple[float, str]:
@@ -457,16 +496,18 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
                      n_ours))
 
     if "llama2c" in results:
-        theirs, n_theirs = stat("llama2c", "runomp", "decode")
+        runs = results["llama2c"]["causal"]
+        theirs, n_theirs = median([sample for run in runs for sample in run["runomp"]])
         for key, name, target in [("decode", f"decode {DECODE_TOKENS} tokens, causal, tokens/s", 0.8),
                                   ("call", "  the same, whole generate calls (prompt, set-up)", None)]:
             ours, n_ours = stat("llama2c", "causal", key)
-            rounds = spread("llama2c", "causal", "runomp", key, "decode")
-            rows.append((name, f"{ours:.1f}", "", f"{ours / theirs:.2f}×",
-                         f"minllama / runomp: {verdict(ours / theirs, target)} ({rounds})" if target else
-                         f"minllama / runomp ({rounds})", rss("llama2c", "causal"), n_ours))
-        rows.append(("  llama2.c runomp (C, OpenMP), tokens/s", f"{theirs:.1f}", "", "", "", rss("llama2c", "runomp"),
-                     n_theirs))
+            ratios = [call_ratios(run, key, "runomp") for run in runs]
+            ratio, rounds = statistics.median(sum(ratios, [])), [statistics.median(r) for r in ratios]
+            rows.append((name, f"{ours:.1f}", "", f"{ratio:.2f}×",
+                         f"minllama / runomp, call by call: {verdict(ratio, target) if target else 'no target'} "
+                         f"(rounds {min(rounds):.2f}–{max(rounds):.2f})", rss("llama2c", "causal"), n_ours))
+        rows.append(("  llama2.c runomp (C, OpenMP), tokens/s", f"{theirs:.1f}", "", "", "",
+                     f"{max(run['runomp_peak_rss_mb'] for run in runs):.0f}", n_theirs))
     if "generate" in results:
         for n in GEN_TOKENS:
             versus(f"generate {n} tokens, causal, tokens/s", "generate", f"generate {n}", 1.5)
@@ -480,8 +521,8 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
                          rss("generate", "recompute"), clean))
         for n in GEN_TOKENS:
             recompute, clean = stat("generate", "recompute", f"course generate {n}")
-            pairs = [course / plain for run in results["generate"]["recompute"]
-                     for (course, _), (plain, _) in zip(run[f"course generate {n}"], run[f"plain generate {n}"])]
+            pairs = [ratio for run in results["generate"]["recompute"]
+                     for ratio in call_ratios(run, f"course generate {n}", f"plain generate {n}")]
             ratio = statistics.median(pairs)
             rows.append((f"  course (recompute), {n} tokens", f"{recompute:.1f}", "", f"{ratio:.2f}×",
                          f"course / causal no cache, call by call: {verdict(ratio, 1.0)} "
@@ -548,7 +589,6 @@ def main() -> None:
         return
 
     from checkpoint import read_checkpoint, write_llama2c_bin
-    from run_llama import PREFIX
 
     if args.baseline and not (args.baseline / "bench.py").is_file():
         sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
@@ -570,19 +610,16 @@ def main() -> None:
                 print(f"llama2c: {runomp}; the runomp row is left out", flush=True)
                 workloads = [w for w in workloads if w != "llama2c"]
             else:
-                weights, prompt_len = Path(tmp) / "random42M.bin", prefix_tokens().shape[1]
-                write_llama2c_bin(weights, *read_checkpoint(checkpoint), version=0)
+                # the llama2c child finds both beside the checkpoint
+                write_llama2c_bin(checkpoint.with_suffix(".bin"), *read_checkpoint(checkpoint), version=0)
         for workload in workloads:
-            impls = WORKLOADS[workload] + (("baseline",) if args.baseline and "causal" in WORKLOADS[workload] else ())
+            impls = WORKLOADS[workload] + (("baseline",) if args.baseline and workload in BASELINE_WORKLOADS else ())
             results[workload] = {impl: [] for impl in impls}
             rounds = args.rounds or ROUNDS[workload]
             for r in range(rounds):
                 for impl in random.sample(impls, len(impls)):
                     repeats = 1 if workload == "epoch" else args.repeats
-                    if impl == "runomp":
-                        run = run_runomp(runomp, weights, PREFIX, prompt_len, repeats, args.threads)
-                    else:
-                        run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env, args.baseline)
+                    run = run_child(workload, impl, str(checkpoint), repeats, args.threads, env, args.baseline)
                     results[workload][impl].append(run)
                     print(f"  {workload} round {r + 1}/{rounds} {impl}: done at "
                           f"{time.perf_counter() - start:.0f}s", file=sys.stderr)

@@ -38,22 +38,24 @@ def test_baseline_without_bench_py_is_refused_in_one_line(tmp_path):
     assert result.stderr.strip() == f"--baseline {tmp_path}: no bench.py there; name a checkout of minllama"
 
 
-def test_llama2c_rows_give_the_ratio_of_medians_and_the_rounds_range():
-    def runs(*medians: float, whole_call: float | None = None) -> list[dict]:
-        def samples(m: float) -> list[list]:
-            return [[m * 0.9, False], [m, False], [m * 1.1, True]]
-        extra = (lambda m: {"call": samples(m * whole_call)}) if whole_call else (lambda m: {})
-        return [{"decode": samples(m), **extra(m), "peak_rss_mb": 50.0} for m in medians]
+def test_llama2c_rows_give_the_median_of_call_by_call_ratios_and_the_rounds_range():
+    def samples(*values: float, contested: int | None = None) -> list[list]:
+        return [[v, i == contested] for i, v in enumerate(values)]
 
-    results = {"llama2c": {"causal": runs(100.0, 90.0, whole_call=0.5), "runomp": runs(100.0, 120.0)}}
-    lines = bench.table(results, "")
+    # a pair with a contested sample on either side is left out: per round the ratios 0.9, 1.0 and 0.8, 0.8
+    runs = [{"decode": samples(90, 100, 110, contested=2), "call": samples(45, 50, 55),
+             "runomp": samples(100, 100, 90), "runomp_peak_rss_mb": 180.0, "peak_rss_mb": 700.0},
+            {"decode": samples(80, 72, 88), "call": samples(40, 36, 44),
+             "runomp": samples(100, 90, 100, contested=2), "runomp_peak_rss_mb": 190.0, "peak_rss_mb": 720.0}]
+    lines = bench.table({"llama2c": {"causal": runs}}, "")
     row = next(line for line in lines if line.startswith("decode 256 tokens"))
-    # uncontested samples: ours 90, 100, 81, 90 (median 90), runomp's 90, 100, 108, 120 (median 104); per round,
-    # the medians of the uncontested ones: 95 / 95 and 85.5 / 114
-    assert f"{90 / 104:.2f}×" in row and "≥ 0.8× met (rounds 0.75–1.00)" in row and "4/6" in row
-    call = next(line for line in lines if "whole generate calls" in line)  # the same at half the speed, no target
-    assert f"{45 / 104:.2f}×" in call and "minllama / runomp (rounds 0.38–0.50)" in call and "met" not in call
-    assert "104.0" in next(line for line in lines if "llama2.c runomp" in line)
+    # the median of 0.9, 1.0, 0.8 and 0.8, the rounds' 0.95 and 0.8; minllama's the median of 90, 100, 80, 72, 88
+    assert " 88.0 " in row and "0.85×" in row and "call by call: ≥ 0.8× met (rounds 0.80–0.95)" in row
+    assert " 720 " in row and "5/6" in row
+    call = next(line for line in lines if "whole generate calls" in line)  # 0.45, 0.5, 0.61 and 0.4, 0.4: no target
+    assert "0.45×" in call and "call by call: no target (rounds 0.40–0.50)" in call and "met" not in call
+    runomp = next(line for line in lines if "llama2.c runomp" in line)  # 100, 100, 90, 100, 90 uncontested
+    assert " 100.0 " in runomp and " 190 " in runomp and "5/6" in runomp
 
 
 def test_course_rows_give_the_median_of_call_by_call_ratios():
