@@ -29,8 +29,8 @@ Workloads (batch sizes are the course's):
              every step costs the same). minllama's "decode" is counted alike, its steps after the first new token
              (drawn at the end of the prompt's one forward pass) over the time since it; its "call" row is all
              new tokens over the whole generate call, the prompt and the stacked copies included. Neither counts
-             process start or loading. This host's memory bandwidth drifts by up to 1.5× from one ten seconds to
-             the next, for both, so each child (a round) holds the model and calls generate and runomp in turn,
+             process start or loading. A shared host's memory bandwidth can drift by 1.5× within minutes, for
+             both (BENCHMARKS.md), so each child (a round) holds the model and calls generate and runomp in turn,
              pair by pair: the table gives the median of the pairs' ratios, and the lowest and highest of the
              rounds' medians. Without a C compiler the rows are left out, with one line saying so.
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
@@ -363,6 +363,11 @@ def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int)
 
 
 # ---- the parent: rounds of children, then the table ----
+def implementations(workload: str, baseline: bool) -> tuple[str, ...]:
+    """The implementations that take turns in `workload`, with "baseline" for those --baseline runs too."""
+    return WORKLOADS[workload] + (("baseline",) if baseline and workload in BASELINE_WORKLOADS else ())
+
+
 def run_child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int, env: dict[str, str],
               baseline: Path | None) -> dict:
     """One child's result; impl "baseline" is the causal implementation run by the baseline checkout's bench.py."""
@@ -613,7 +618,7 @@ def main() -> None:
                 # the llama2c child finds both beside the checkpoint
                 write_llama2c_bin(checkpoint.with_suffix(".bin"), *read_checkpoint(checkpoint), version=0)
         for workload in workloads:
-            impls = WORKLOADS[workload] + (("baseline",) if args.baseline and workload in BASELINE_WORKLOADS else ())
+            impls = implementations(workload, args.baseline is not None)
             results[workload] = {impl: [] for impl in impls}
             rounds = args.rounds or ROUNDS[workload]
             for r in range(rounds):

@@ -31,6 +31,14 @@ def test_baseline_row_gives_the_ratio_and_the_rounds_range():
         impl: results["finetune"][impl] for impl in ("causal", "course", "transformers")}}, ""))
 
 
+def test_baseline_runs_beside_the_workloads_that_have_a_causal_child_of_their_own():
+    assert bench.implementations("generate", baseline=True) == ("causal", "recompute", "transformers", "baseline")
+    assert bench.implementations("generate", baseline=False) == ("causal", "recompute", "transformers")
+    # llama2c's child runs runomp itself, which an older checkout's does not; epoch has no causal child
+    assert bench.implementations("llama2c", baseline=True) == ("causal",)
+    assert bench.implementations("epoch", baseline=True) == ("random", "grouped")
+
+
 def test_baseline_without_bench_py_is_refused_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "bench.py"), "--baseline", str(tmp_path)], capture_output=True,
                             text=True, timeout=120)
