@@ -34,11 +34,12 @@ Workloads (batch sizes are the course's):
              pair by pair: the table gives the median of the pairs' ratios, and the lowest and highest of the
              rounds' medians. Without a C compiler the rows are left out, with one line saying so.
   generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
-             causal minllama with its KV cache, transformers' generate (cached), and in one process, a call of
-             each in turn, course minllama (which recomputes the context at every step, as it must without a mask)
-             and causal minllama's plain loop (use_cache=False): the two do the same work, so the table gives the
-             median of their call-by-call ratios, with the lowest and highest (and, for both, the peak RSS of the
-             two models together)
+             causal minllama with its KV cache, transformers' generate (cached), and in one process, course
+             minllama (which recomputes the context at every step, as it must without a mask, less layer 0's
+             queries, keys and values) and causal minllama's plain loop (use_cache=False), a pair of calls taking
+             turns token by token (in_turns, by greenlet: at a call's time scale this host's speed swings by 20%,
+             at a step's far less). The table gives the median of the pairs' ratios, with the lowest and highest
+             (and, for both, the peak RSS of the two models together)
   finetune   examples/s of one training step on 80 × 64 tokens, forward + backward + AdamW: classifier.py's
              LlamaEmbeddingClassifier + optimizer.AdamW in both semantics, against transformers' LlamaModel +
              nn.Linear head + torch.optim.AdamW
@@ -48,8 +49,8 @@ Workloads (batch sizes are the course's):
              run_llama's own LlamaDataset, batch_order and train_epoch (course semantics), without and with
              --group_by_length
 
-Needs transformers (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as run_llama.py does, or
-read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
+Needs transformers and greenlet (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as
+run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
 """
 import argparse
 import ctypes
@@ -66,6 +67,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -218,32 +220,61 @@ def bench_llama2c(impl: str, checkpoint: str, repeats: int) -> dict:
     return result
 
 
+def in_turns(*calls: Callable[[Callable[[Any], None]], Any]) -> list[tuple[Any, float]]:
+    """Run the calls, each given an on_token callback, taking turns token by token; return each one's result and
+    the seconds it ran. Each token of one call is computed right after one of every other's, so all see the same
+    moments of the machine. The calls run as greenlets in this thread, inside inference mode (which each may enter
+    and leave in turn): threads would each bring their own OpenMP team, and with more threads than cores every
+    parallel region's barrier slows (by ~20% here)."""
+    from greenlet import getcurrent, greenlet
+
+    scheduler = getcurrent()
+    workers = [greenlet(partial(call, lambda _: scheduler.switch())) for call in calls]
+    results, seconds = [None] * len(calls), [0.0] * len(calls)
+    with torch.inference_mode():
+        while not all(worker.dead for worker in workers):
+            for i, worker in enumerate(workers):
+                if not worker.dead:
+                    start = time.perf_counter()
+                    value = worker.switch()  # runs until its next token, or to its end
+                    seconds[i] += time.perf_counter() - start
+                    if worker.dead:
+                        results[i] = value
+    return list(zip(results, seconds))
+
+
 def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
     """Samples of "generate N" (tokens/s) and "tokens N" for N in GEN_TOKENS; for impl "recompute" two sets, "course
-    …" and "plain …", the course's semantics and the causal plain loop called in turn within one process."""
+    …" and "plain …", the course's semantics and the causal plain loop taking turns token by token (in_turns)."""
     from llama import load_pretrained
 
     prompt = prefix_tokens()
     if impl == "transformers":
         model = hf_llama(checkpoint)
         mask = torch.ones_like(prompt)
-        generators = {"": lambda n: model.generate(prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                                   do_sample=False)}
+        generators = {"": lambda n, _: model.generate(prompt, attention_mask=mask, max_new_tokens=n,
+                                                      min_new_tokens=n, do_sample=False)}
     elif impl == "causal":
         model = load_pretrained(checkpoint, causal=True)
-        generators = {"": lambda n: model.generate(prompt, n, temperature=0.0)}
-    else:  # the same work (both recompute the context at each step), so that their ratio is measured call by call
+        generators = {"": lambda n, _: model.generate(prompt, n, temperature=0.0)}
+    else:  # both recompute the context at each step, so that their ratio is measured token by token
         course, plain = load_pretrained(checkpoint), load_pretrained(checkpoint, causal=True)
-        generators = {"course ": lambda n: course.generate(prompt, n, temperature=0.0),
-                      "plain ": lambda n: plain.generate(prompt, n, temperature=0.0, use_cache=False)}
+        generators = {"course ": lambda n, on_token: course.generate(prompt, n, temperature=0.0, on_token=on_token),
+                      "plain ": lambda n, on_token: plain.generate(prompt, n, temperature=0.0, use_cache=False,
+                                                                   on_token=on_token)}
     reset_peak_rss()
     for generate in generators.values():
-        generate(8)  # warm-up
+        generate(8, None)  # warm-up
     result: dict[str, list] = {}
     for n in GEN_TOKENS:
         for _ in range(repeats if impl != "recompute" or n < 100 else 1):  # the recomputing loops are slow
-            for name in random.sample(list(generators), len(generators)):
-                tokens, seconds, contested = timed(lambda: generators[name](n))
+            names = random.sample(list(generators), len(generators))
+            if impl == "recompute":
+                turns, _, contested = timed(lambda: in_turns(*(partial(generators[name], n) for name in names)))
+            else:
+                tokens, seconds, contested = timed(lambda: generators[""](n, None))
+                turns = [(tokens, seconds)]
+            for name, (tokens, seconds) in zip(names, turns):
                 assert tokens.shape == (1, prompt.shape[1] + n), tokens.shape
                 result.setdefault(f"{name}generate {n}", []).append((n / seconds, contested))
                 result[f"{name}tokens {n}"] = tokens[0, prompt.shape[1]:].tolist()
@@ -530,8 +561,8 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
                      for ratio in call_ratios(run, f"course generate {n}", f"plain generate {n}")]
             ratio = statistics.median(pairs)
             rows.append((f"  course (recompute), {n} tokens", f"{recompute:.1f}", "", f"{ratio:.2f}×",
-                         f"course / causal no cache, call by call: {verdict(ratio, 1.0)} "
-                         f"(calls {min(pairs):.2f}–{max(pairs):.2f})", rss("generate", "recompute"), clean))
+                         f"course / causal no cache, token by token: {verdict(ratio, 1.0)} "
+                         f"(pairs {min(pairs):.2f}–{max(pairs):.2f})", rss("generate", "recompute"), clean))
     if "finetune" in results:
         versus(f"fine-tune step {FINETUNE_BATCH}×{SEQLEN}, causal, examples/s", "finetune", "finetune", 1.0)
         against_baseline("examples/s", "finetune", "finetune")

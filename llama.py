@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import decode
+import recompute
 from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
 from checkpoint import is_tied, read_llama
 from config import LlamaConfig, swiglu_hidden_dim
@@ -100,24 +101,35 @@ class Attention(nn.Module):
         probs = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(query))
         return probs @ value
 
-    def forward(
+    def project(
         self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
-    ) -> torch.Tensor:
-        """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries (batch, n_heads, seqlen, head_dim), keys and values (batch, n_kv_heads, seqlen, head_dim) of
+        x (batch, seqlen, dim) at positions start_pos…, the queries and keys turned by RoPE; freqs: its tables."""
         batch_size, seqlen, _ = x.shape
         query = self.compute_query(x).view(batch_size, seqlen, self.n_local_heads, self.head_dim)
         key = self.compute_key(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
         value = self.compute_value(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
         query, key = apply_rotary_emb(query, key, self.head_dim, self.max_seq_len, start_pos=start_pos, freqs=freqs)
-        query, key, value = (t.transpose(1, 2) for t in (query, key, value))  # heads first
-        if self.cache is not None:
-            key, value = self.cache.update(start_pos, key, value)
+        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # heads first
+
+    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """The attention output (batch, seqlen, dim) of the queries over the keys and values (as project gives)."""
         # key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1
         key = key.repeat_interleave(self.n_rep, dim=1)
         value = value.repeat_interleave(self.n_rep, dim=1)
         output = self.compute_query_key_value_scores(query, key, value)
-        output = output.transpose(1, 2).reshape(batch_size, seqlen, -1)
+        output = output.transpose(1, 2).flatten(2)
         return self.resid_dropout(self.compute_output(output))
+
+    def forward(
+        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
+    ) -> torch.Tensor:
+        """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables."""
+        query, key, value = self.project(x, freqs, start_pos)
+        if self.cache is not None:
+            key, value = self.cache.update(start_pos, key, value)
+        return self.attend(query, key, value)
 
 
 class FeedForward(nn.Module):
@@ -235,10 +247,11 @@ class Llama(LlamaPreTrainedModel):
         at most the last max_seq_len tokens.
 
         Without a mask (the course's semantics) every position sees the newest token, so each step recomputes the
-        whole context. A causal model keeps the keys and values of earlier positions (use_cache), so each step runs
-        only the new token (by decode.Decoder, where it applies); once the context no longer fits, the window
-        slides, every position changes, and the step is recomputed in full. Either way the result is that of the
-        plain loop (use_cache=False). `on_token`, if given, is called with each new token (batch, 1) as it is drawn.
+        whole context, keeping only layer 0's queries, keys and values (use_cache; recompute.py). A causal model
+        keeps the keys and values of earlier positions (use_cache), so each step runs only the new token (by
+        decode.Decoder, where it applies); once the context no longer fits, the window slides, every position
+        changes, and the step is recomputed in full. Either way the result is that of the plain loop
+        (use_cache=False). `on_token`, if given, is called with each new token (batch, 1) as it is drawn.
         """
         if temperature < 0.0:
             raise ValueError(f"temperature must be >= 0.0, got {temperature}")
@@ -253,6 +266,8 @@ class Llama(LlamaPreTrainedModel):
             last_logits = decode.Decoder(self, idx.shape[0], positions).logits
         elif cached:
             self.setup_cache()
+        elif use_cache and recompute.applies_to(self):  # layer 0's queries, keys and values kept (recompute.py)
+            last_logits = recompute.Recompute(self).logits
         try:
             for _ in range(max_new_tokens):
                 if cached and idx.shape[1] <= max_seq_len:

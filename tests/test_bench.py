@@ -3,9 +3,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 import bench
 
@@ -79,12 +81,31 @@ def test_course_rows_give_the_median_of_call_by_call_ratios():
     lines = bench.table({"generate": {"causal": cached, "recompute": recompute, "transformers": cached}}, "")
     course_short, course_long = (next(line for line in lines if line.startswith(f"  course (recompute), {n} "))
                                  for n in bench.GEN_TOKENS)
-    # call by call 0.9, 1.2 and 1.25 in each round, median 1.2, where the medians of the rates give 10 / 10
-    assert "1.20×" in course_short and "≥ 1.0× met (calls 0.90–1.25)" in course_short and " 300 " in course_short
-    assert "1.25×" in course_long and "(calls 1.25–1.25)" in course_long
+    # pair by pair 0.9, 1.2 and 1.25 in each round, median 1.2, where the medians of the rates give 10 / 10
+    assert "1.20×" in course_short and "≥ 1.0× met (pairs 0.90–1.25)" in course_short and " 300 " in course_short
+    assert "1.25×" in course_long and "(pairs 1.25–1.25)" in course_long
     plain = next(line for line in lines if line.startswith(f"  causal, use_cache=False, {long} "))
     assert " 4.0 " in plain and "15.00×" in plain and "≥ 5× met" in plain
     assert f"greedy {long} new tokens identical in causal minllama with and without its cache: True" in lines
+
+
+def test_calls_in_turns_alternate_token_by_token_each_timed_alone():
+    log = []
+
+    def call(name: str, tokens: int, pause: float):
+        def run(on_token):
+            for t in range(tokens):
+                time.sleep(pause)
+                log.append((name, torch.is_inference_mode_enabled()))
+                on_token(t)
+            return name * 2
+        return run
+
+    (a, a_seconds), (b, b_seconds), (c, _) = bench.in_turns(call("a", 3, 0.05), call("b", 5, 0.0), call("c", 1, 0.0))
+    assert (a, b, c) == ("aa", "bb", "cc")
+    assert [name for name, _ in log] == ["a", "b", "c", "a", "b", "a", "b", "b", "b"]
+    assert all(inference for _, inference in log) and not torch.is_inference_mode_enabled()
+    assert a_seconds >= 0.15 > b_seconds  # each call's own time only: b never waits for a's pauses
 
 
 def test_without_a_c_compiler_runomp_is_not_built(tmp_path, monkeypatch):
