@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import recompute
+from llama import load_pretrained
 from lora import add_lora
 from test_llama import COURSE, CONFIG, random_model
 
@@ -43,6 +44,14 @@ def test_course_generation_projects_layer_0_for_the_new_token_only():
     first.clear(), second.clear()
     assert torch.equal(model.generate(prompt, 4, temperature=0.0, use_cache=False), cached)
     assert first == second == [3, 4, 5, 6]
+
+
+def test_real_weights_give_the_tokens_of_the_plain_loop(asset):
+    model = load_pretrained(str(asset("stories260K.bin")))  # the course's semantics, grouped-query attention
+    assert recompute.applies_to(model) and model.config.n_kv_heads < model.config.n_heads
+    bos = torch.tensor([[1]])
+    assert torch.equal(model.generate(bos, 200, temperature=0.0), model.generate(bos, 200, temperature=0.0,
+                                                                                use_cache=False))
 
 
 @pytest.mark.parametrize("prompt_len", [30, 32, 40])  # the window slides past max_seq_len = 32 (from the start)
