@@ -26,11 +26,12 @@ def test_logits_equal_the_full_computation_as_the_context_grows_or_changes():
     steps = recompute.Recompute(model)
     projected = widths(model.layers[0].attention.compute_query)
     with torch.inference_mode():
-        for context in [tokens[:, :4], tokens[:, :5], tokens[:, :9], other[:, :6], other[:, :7], other[:1, :8]]:
+        for context in [tokens[:, :4], tokens[:, :5], tokens[:, :5], tokens[:, :9], other[:, :6], other[:, :7],
+                        other[:1, :8]]:
             expected = model.last_logits(context)
             assert expected.abs().max() > 1.0  # the comparison is not between near-zero numbers
             torch.testing.assert_close(steps.logits(context), expected, atol=1e-5, rtol=1e-5)
-    assert projected[1::2] == [4, 1, 4, 6, 1, 8]  # its own calls (last_logits projects every position)
+    assert projected[1::2] == [4, 1, 0, 4, 6, 1, 8]  # its own calls (last_logits projects every position)
     with pytest.raises(ValueError, match="from position 0"):
         steps.logits(tokens[:, 9:10], 9)
 
