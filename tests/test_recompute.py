@@ -63,7 +63,7 @@ def test_tokens_of_the_plain_loop_when_the_window_slides(prompt_len):
                        model.generate(prompt, 8, temperature=0.0, use_cache=False))
 
 
-def test_tokens_of_the_plain_loop_with_lora_adapters_and_under_autocast():
+def test_lora_adapters_and_autocast_apply():
     model = add_lora(random_model(COURSE), rank=2)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -73,9 +73,15 @@ def test_tokens_of_the_plain_loop_with_lora_adapters_and_under_autocast():
     assert recompute.applies_to(model)
     assert torch.equal(model.generate(prompt, 10, temperature=0.0),
                        model.generate(prompt, 10, temperature=0.0, use_cache=False))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(model.generate(prompt, 10, temperature=0.0),
-                           model.generate(prompt, 10, temperature=0.0, use_cache=False))
+    tokens = torch.randint(0, CONFIG.vocab_size, (2, 12), generator=torch.Generator().manual_seed(8))
+    steps = recompute.Recompute(model)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        steps.logits(tokens[:, :8])
+        ours, full = steps.logits(tokens), model.last_logits(tokens)
+    assert ours.dtype == full.dtype == torch.bfloat16
+    # within bfloat16's rounding (8 bits of mantissa; the logits are of order one to ten), not the float32 logits'
+    torch.testing.assert_close(ours, full, atol=0.1, rtol=0.02)
+    assert (full.float() - model.last_logits(tokens).detach()).abs().max() > 1e-3  # autocast was at work
 
 
 def test_applies_only_where_it_computes_the_models_function():
