@@ -11,7 +11,6 @@ import argparse
 import hashlib
 import http.client
 import os
-import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 import files
+from files import InputError
 
 MIRROR_ENV = "MINLLAMA_ASSET_MIRROR"
 _COURSE = "https://raw.githubusercontent.com/neubig/minllama-assignment/master/"
@@ -74,10 +74,6 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
 ]}
 
 
-class AssetError(RuntimeError):
-    """A missing asset could not be fetched."""
-
-
 def find(path: str | os.PathLike) -> Asset | None:
     """The known asset whose relative name `path` ends with (whole path components only), or None."""
     parts = Path(path).parts
@@ -89,25 +85,25 @@ def find(path: str | os.PathLike) -> Asset | None:
 
 
 def ensure(path: str | os.PathLike) -> Path:
-    """Return `path`, fetching it first if it is missing and is a known asset. Raise FileNotFoundError otherwise,
-    and for a URL or a link to a missing file, which is the user's to mend, not to be replaced."""
+    """Return `path`, fetching it first if it is missing and is a known asset. Raise InputError otherwise, and for a
+    URL or a link to a missing file, which is the user's to mend, not to be replaced."""
     if "://" in os.fspath(path):
-        raise FileNotFoundError(f"{os.fspath(path)}: a URL is not a path: download the file and give its path")
+        raise InputError(f"{os.fspath(path)}: a URL is not a path: download the file and give its path")
     path = Path(path)
     if path.exists():
         return path
     if path.is_symlink():
-        raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
+        raise InputError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
                                 "link")
     asset = find(path)
     if asset is None:
-        raise FileNotFoundError(f"{path} does not exist, and it is not a known asset ({', '.join(ASSETS)})")
+        raise InputError(f"{path} does not exist, and it is not a known asset ({', '.join(ASSETS)})")
     fetch(asset, path)
     return path
 
 
 def fetch(asset: Asset, dest: Path) -> None:
-    """Download `asset` to `dest` from its URLs in order, or copy it from the mirror; raise AssetError on failure."""
+    """Download `asset` to `dest` from its URLs in order, or copy it from the mirror; raise InputError on failure."""
     mirror = os.environ.get(MIRROR_ENV)
     sources: list[str | Path] = [Path(mirror) / asset.name] if mirror else list(asset.urls)
     failures = []
@@ -115,10 +111,10 @@ def fetch(asset: Asset, dest: Path) -> None:
         try:
             _copy(source, dest, asset)
             return
-        except (OSError, ValueError, http.client.HTTPException) as e:  # HTTPError, URLError are OSErrors
+        except (OSError, ValueError, http.client.HTTPException, InputError) as e:  # HTTPError, URLError: OSErrors
             failures.append(f"  {source}: {e}")
     where = f"the mirror {MIRROR_ENV}={mirror}" if mirror else f"any URL (or set {MIRROR_ENV} to a folder that has it)"
-    raise AssetError(f"could not fetch {asset.name} from {where}:\n" + "\n".join(failures) +
+    raise InputError(f"could not fetch {asset.name} from {where}:\n" + "\n".join(failures) +
                      f"\nDownload it by hand from {' or '.join(asset.urls)} and put it at {dest.absolute()}")
 
 
@@ -176,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [n for n in args.names if n not in ASSETS]:
         parser.error(f"unknown asset(s) {', '.join(unknown)}; known: {', '.join(ASSETS)}")
     for name in args.names or [n for n, a in ASSETS.items() if args.all or not a.large]:
-        try:
-            ensure(name)
-        except AssetError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        ensure(name)
     return 0
 
 

@@ -21,7 +21,7 @@ the rest: the table adds a row "this / baseline" for each, with the lowest and h
 shows whether a change made minllama slower and how far one round's processes differ from the next's.
 
 Workloads (batch sizes are the course's):
-  llama2c    tokens/s of greedy decoding, batch 1, 256 new tokens after run_llama's PREFIX: causal minllama against
+  llama2c    tokens/s of greedy decoding, batch 1, 256 new tokens after the course's PREFIX: causal minllama against
              llama2.c's run.c (llama2c/run.c, a known asset), built in a temporary folder as its Makefile builds
              `runomp` (RUNOMP_BUILD, with $CC or cc) and run on the same weights, written as a legacy version-0 .bin,
              with OMP_NUM_THREADS=--threads and -t 0 (greedy). runomp's figure is the "achieved tok/s" it prints:
@@ -33,7 +33,7 @@ Workloads (batch sizes are the course's):
              both (BENCHMARKS.md), so each child (a round) holds the model and calls generate and runomp in turn,
              pair by pair: the table gives the median of the pairs' ratios, and the lowest and highest of the
              rounds' medians. Without a C compiler the rows are left out, with one line saying so.
-  generate   tokens/s of greedy continuations of run_llama's PREFIX by exactly 75 and 256 new tokens, batch 1:
+  generate   tokens/s of greedy continuations of the course's PREFIX by exactly 75 and 256 new tokens, batch 1:
              causal minllama with its KV cache, transformers' generate (cached), and in one process, course
              minllama (which recomputes the context at every step, as it must without a mask, less layer 0's
              queries, keys and values) and causal minllama's plain loop (use_cache=False), a pair of calls taking
@@ -46,8 +46,8 @@ Workloads (batch sizes are the course's):
   zeroshot   examples/s of scoring 10 × 64 tokens, the vocabulary projected at one position per row:
              classifier.py's LlamaZeroShotClassifier in both semantics, against LlamaForCausalLM(logits_to_keep=1)
   epoch      seconds per training epoch over the first 800 sentences of data/sst-train.txt at batch 80, by
-             run_llama's own LlamaDataset, batch_order and train_epoch (course semantics), without and with
-             --group_by_length
+             run_llama's own LlamaDataset (splits.py) and train_epoch (trainer.py), course semantics, without and
+             with --group_by_length
 
 Needs transformers and greenlet (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as
 run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
@@ -177,8 +177,8 @@ def hf_llama(checkpoint: str):
 
 # ---- the workloads, each run in a child process; each returns its samples ----
 def prefix_tokens() -> torch.Tensor:
-    """run_llama's PREFIX as token ids (1, seqlen), with the BOS token."""
-    from run_llama import PREFIX
+    """The course's PREFIX (options.py) as token ids (1, seqlen), with the BOS token."""
+    from options import PREFIX
     from tokenizer import Tokenizer
 
     return torch.tensor([Tokenizer(tokenizer_model=str(asset("tokenizer.model"))).encode(PREFIX, True, False)])
@@ -190,12 +190,13 @@ def bench_llama2c(impl: str, checkpoint: str, repeats: int) -> dict:
     pair, so that both sides of a pair see the same moment of the machine. minllama's samples are, per call, its
     steps after the first new token over the time since that token ("decode", as runomp counts) and all new tokens
     over the whole call, prompt and set-up included ("call"); runomp's the "achieved tok/s" it prints."""
+    from fast import install
     from llama import load_pretrained
-    from run_llama import PREFIX
+    from options import PREFIX
 
     prompt = prefix_tokens()
     folder = Path(checkpoint).parent
-    model = load_pretrained(checkpoint, causal=True)
+    model = install(load_pretrained(checkpoint, causal=True))
     reset_peak_rss()
     model.generate(prompt, 8, temperature=0.0)  # warm-up
     result: dict[str, Any] = {"decode": [], "call": [], "runomp": [], "runomp_peak_rss_mb": 0.0}
@@ -246,6 +247,7 @@ def in_turns(*calls: Callable[[Callable[[Any], None]], Any]) -> list[tuple[Any, 
 def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
     """Samples of "generate N" (tokens/s) and "tokens N" for N in GEN_TOKENS; for impl "recompute" two sets, "course
     …" and "plain …", the course's semantics and the causal plain loop taking turns token by token (in_turns)."""
+    from fast import install
     from llama import load_pretrained
 
     prompt = prefix_tokens()
@@ -255,10 +257,10 @@ def bench_generate(impl: str, checkpoint: str, repeats: int) -> dict:
         generators = {"": lambda n, _: model.generate(prompt, attention_mask=mask, max_new_tokens=n,
                                                       min_new_tokens=n, do_sample=False)}
     elif impl == "causal":
-        model = load_pretrained(checkpoint, causal=True)
+        model = install(load_pretrained(checkpoint, causal=True))
         generators = {"": lambda n, _: model.generate(prompt, n, temperature=0.0)}
     else:  # both recompute the context at each step, so that their ratio is measured token by token
-        course, plain = load_pretrained(checkpoint), load_pretrained(checkpoint, causal=True)
+        course, plain = install(load_pretrained(checkpoint)), install(load_pretrained(checkpoint, causal=True))
         generators = {"course ": lambda n, on_token: course.generate(prompt, n, temperature=0.0, on_token=on_token),
                       "plain ": lambda n, on_token: plain.generate(prompt, n, temperature=0.0, use_cache=False,
                                                                    on_token=on_token)}
@@ -300,7 +302,7 @@ def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
         from optimizer import AdamW
 
         model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS, causal=impl == "causal"))
-        optimizer = AdamW(model.parameters(), lr=LR)  # as run_llama.train
+        optimizer = AdamW(model.parameters(), lr=LR)  # as trainer.fit
 
         def forward() -> torch.Tensor:
             return model(token_ids, lengths)
@@ -309,7 +311,7 @@ def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
 
     def step() -> None:
         optimizer.zero_grad()
-        loss = F.nll_loss(forward(), labels, reduction="sum") / FINETUNE_BATCH  # run_llama.train_epoch's loss
+        loss = F.nll_loss(forward(), labels, reduction="sum") / FINETUNE_BATCH  # trainer.train_epoch's loss
         loss.backward()
         optimizer.step()
 
@@ -322,7 +324,7 @@ def bench_finetune(impl: str, checkpoint: str, repeats: int) -> dict:
 
 
 def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
-    from run_llama import read_label_names
+    from splits import read_label_names
     from tokenizer import Tokenizer
 
     token_ids, lengths, _ = random_batch(ZEROSHOT_BATCH, seed=2)
@@ -347,7 +349,7 @@ def bench_zeroshot(impl: str, checkpoint: str, repeats: int) -> dict:
             return model(token_ids, lengths)
     reset_peak_rss()
     samples = []
-    with torch.inference_mode():  # as run_llama.model_eval
+    with torch.inference_mode():  # as trainer.model_eval
         score()  # warm-up
         for _ in range(repeats):
             scores, seconds, contested = timed(score)
@@ -359,20 +361,22 @@ def bench_epoch(impl: str, checkpoint: str, repeats: int) -> dict:
     from classifier import LlamaEmbeddingClassifier
     from config import ClassifierConfig
     from optimizer import AdamW
-    from run_llama import LlamaDataset, create_data, get_args, seed_everything, train_epoch
+    from options import parse_args, seed_everything
+    from splits import LlamaDataset, create_data
     from tokenizer import Tokenizer
+    from trainer import train_epoch
 
     tokenizer = Tokenizer(tokenizer_model=str(asset("tokenizer.model")))
     lines = asset("data/sst-train.txt").read_text(encoding="utf-8").splitlines(keepends=True)[:EPOCH_SENTENCES]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sst-train.txt"
         path.write_text("".join(lines), encoding="utf-8")
-        args = get_args(["--option", "finetune", "--train", str(path), "--batch_size", str(EPOCH_BATCH)] +
-                        (["--group_by_length"] if impl == "grouped" else []))
+        args = parse_args(["--option", "finetune", "--train", str(path), "--batch_size", str(EPOCH_BATCH)] +
+                          (["--group_by_length"] if impl == "grouped" else []), check_files=False)
         data = LlamaDataset(create_data(str(path), tokenizer, NUM_LABELS), tokenizer.pad_id, torch.device("cpu"))
     seed_everything(args.seed)
     model = LlamaEmbeddingClassifier(ClassifierConfig(checkpoint, NUM_LABELS))
-    optimizer = AdamW(model.parameters(), lr=args.lr)  # as run_llama.train
+    optimizer = AdamW(model.parameters(), lr=args.lr)  # as trainer.fit
     reset_peak_rss()
     samples, padded = [], []
     for epoch in range(repeats):  # the parent asks for one epoch: an epoch is long, its samples come from rounds
@@ -624,7 +628,7 @@ def main() -> None:
         child(*args.child, args.checkpoint, args.repeats, args.threads)
         return
 
-    from checkpoint import read_checkpoint, write_llama2c_bin
+    from checkpoint import read_llama, write_llama2c_bin
 
     if args.baseline and not (args.baseline / "bench.py").is_file():
         sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
@@ -647,7 +651,8 @@ def main() -> None:
                 workloads = [w for w in workloads if w != "llama2c"]
             else:
                 # the llama2c child finds both beside the checkpoint
-                write_llama2c_bin(checkpoint.with_suffix(".bin"), *read_checkpoint(checkpoint), version=0)
+                saved = read_llama(checkpoint)
+                write_llama2c_bin(checkpoint.with_suffix(".bin"), saved.model_args, saved.state_dict, version=0)
         for workload in workloads:
             impls = implementations(workload, args.baseline is not None)
             results[workload] = {impl: [] for impl in impls}

@@ -1,13 +1,15 @@
-"""A bias-free linear layer whose product with an input of a few rows uses the kernel found fastest on this machine.
+"""A bias-free linear layer whose product with an input of a few rows uses the kernel found fastest on this host.
 
 For a few rows (one decoding step, a classifier's output), x·Wᵀ reads all of W for little arithmetic, so its speed
 is that at which W streams from memory, and that depends on the host's BLAS. F.linear hands it to one
 matrix-vector call; cutting W into blocks of rows multiplied as one batch (torch.bmm) lets every thread stream whole
 blocks. On one AMD EPYC the blocks stream at ~27 GB/s and F.linear at ~10 GB/s (one thread); on one Intel Xeon
 F.linear streams at ~39 GB/s and the blocks at ~13 GB/s (BENCHMARKS.md). So neither is chosen in advance: the first
-product of each shape times both, on more matrices than the caches hold, and keeps the faster for the process. Both
-compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go to F.linear. BlockedLinear looks the
-choice up at every product; product_into, for a W that one decoding loop uses many times, makes it once.
+few-row product of a process times both, once, on one matrix shape streamed from beyond the caches (a property of
+the host's memory system and BLAS, not of a shape), within ~100 ms, and that kernel serves every few-row product
+of that dtype and thread count. Both compute the same x·Wᵀ (to rounding); more rows than MAX_BLOCKED_ROWS always go
+to F.linear. BlockedLinear looks the choice up at every product; product_into, for a W that one decoding loop uses
+many times, makes it once.
 """
 import math
 import time
@@ -20,17 +22,20 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_BLOCKED_ROWS = 16  # beyond this F.linear's matrix-matrix kernel is as fast (BENCHMARKS.md)
-MAX_TIMED = 256  # the products are timed over at most this many matrices (small ones fit in the caches anyway)
+CLEARLY_FASTER = 1.2  # the blocks are chosen only when at least this much faster: a choice that noise cannot flip
+TIMED_SHAPE = (1024, 512)  # the matrix the kernels are timed on: 2 MiB in float32, as one projection of stories42M
+MAX_TIMED_BYTES = 64 << 20  # the weights streamed per pass are capped (a host with a larger cache times on less)
 
 
 def timed_bytes() -> int:
-    """How much weight the kernels are timed over: twice the largest CPU cache (Linux's sysfs), else 128 MiB."""
+    """How much weight the kernels are timed over: 1.25 × the largest CPU cache (Linux's sysfs), else 64 MiB, at
+    most MAX_TIMED_BYTES. Streamed in a cycle, more than the cache holds is read from memory every pass."""
     sizes = []
     for path in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
         text = path.read_text().strip()  # such as "32768K"
         if text[:-1].isdigit() and text[-1] in "KM":
             sizes.append(int(text[:-1]) << (10 if text[-1] == "K" else 20))
-    return 2 * max(sizes) if sizes else 128 << 20
+    return min(5 * max(sizes) // 4, MAX_TIMED_BYTES) if sizes else MAX_TIMED_BYTES
 
 
 def blocks(weight: torch.Tensor) -> torch.Tensor:
@@ -51,20 +56,22 @@ def blocked(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 KERNELS = {"F.linear": F.linear, "blocked": blocked}
-chosen: dict[tuple, str] = {}  # (rows, out_features, in_features, dtype, threads) -> the faster kernel's name
+chosen: dict[tuple, str] = {}  # (dtype, threads) -> the faster kernel's name
 
 
-def fastest_kernel(rows: int, out_features: int, in_features: int, dtype: torch.dtype) -> str:
-    """The name of the kernel that multiplies `rows` rows by an (out_features, in_features) matrix fastest here,
-    timed once per process: each kernel streams the same set of matrices (timed_bytes() in all) three times, in
-    turns with the others, and its fastest pass counts."""
-    key = (rows, out_features, in_features, dtype, torch.get_num_threads())
+def fastest_kernel(dtype: torch.dtype) -> str:
+    """The name of the kernel that multiplies one row by a matrix fastest on this host, timed once per process (and
+    dtype and thread count): each kernel streams the same set of TIMED_SHAPE matrices (timed_bytes() in all) three
+    times, in turns with the other, and its fastest pass counts. F.linear, PyTorch's own, unless the blocks are
+    CLEARLY_FASTER: the two round differently, so a choice that a busy moment could flip would make two runs of one
+    command on one host differ (2.3× on the AMD EPYC of BENCHMARKS.md, 3× the other way on an Intel Xeon)."""
+    key = (dtype, torch.get_num_threads())
     if key not in chosen:
-        size = out_features * in_features
-        n = min(MAX_TIMED, max(2, timed_bytes() // (size * torch.finfo(dtype).bits // 8)))
+        out_features, in_features = TIMED_SHAPE
+        n = max(2, timed_bytes() // (out_features * in_features * torch.finfo(dtype).bits // 8))
         with torch.no_grad():
             weights = torch.empty(n, out_features, in_features, dtype=dtype).fill_(0.5)  # every page touched
-            x = torch.ones(rows, in_features, dtype=dtype)
+            x = torch.ones(1, in_features, dtype=dtype)
             best = dict.fromkeys(KERNELS, float("inf"))
             for kernel in KERNELS.values():
                 kernel(x, weights[0])  # warm-up
@@ -74,7 +81,7 @@ def fastest_kernel(rows: int, out_features: int, in_features: int, dtype: torch.
                     for w in weights:
                         kernel(x, w)
                     best[name] = min(best[name], time.perf_counter() - start)
-        chosen[key] = min(best, key=best.get)
+        chosen[key] = "blocked" if best["blocked"] * CLEARLY_FASTER < best["F.linear"] else "F.linear"
     return chosen[key]
 
 
@@ -83,7 +90,7 @@ def kernel_for(rows: int, weight: torch.Tensor) -> str:
     else F.linear."""
     if not (0 < rows <= MAX_BLOCKED_ROWS and weight.is_cpu and weight.is_contiguous() and weight.shape[0] > 1):
         return "F.linear"
-    return fastest_kernel(rows, *weight.shape, weight.dtype)
+    return fastest_kernel(weight.dtype)
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -122,8 +129,15 @@ class BlockedLinear(nn.Linear):
     out_features, bias=False).
     """
 
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__(in_features, out_features, bias=False)
+    def __init__(self, in_features: int, out_features: int, device: torch.device | str | None = None):
+        super().__init__(in_features, out_features, bias=False, device=device)
+
+    @classmethod
+    def sharing(cls, linear: nn.Linear) -> "BlockedLinear":
+        """A BlockedLinear whose weight is the bias-free `linear`'s own Parameter (a tied weight stays tied)."""
+        layer = cls(linear.in_features, linear.out_features, device="meta")  # allocates nothing
+        layer.weight = linear.weight
+        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return few_rows_linear(x, self.weight)

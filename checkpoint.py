@@ -1,18 +1,22 @@
 """Every kind of checkpoint minllama reads and writes, described here once, with one reader and one writer each.
 
-Llama checkpoints: (model_args, state_dict), with the course's tensor names. Reader: `read_llama` (load_pretrained's;
-`read_checkpoint` and `read_checkpoint_with_classifier` also give a fine-tuned classifier's head); writers:
-`save_checkpoint` (.pt) and `write_llama2c_bin` (.bin). Three formats, told apart by their first bytes, not the name:
+Llama checkpoints: (model_args, state_dict), with the course's tensor names. Reader: `read_llama` (load_pretrained's,
+which also gives a fine-tuned classifier's head); writers: `save_checkpoint` (.pt) and `write_llama2c_bin` (.bin).
+Three formats, told apart by their first bytes, not the name:
   * a torch.save zip of {"model_args": ..., "model": state_dict}: the course's stories42M.pt, a checkpoint of
-    llama2.c's train.py (attention weights wq/wk/wv/wo, `norm_eps`, maybe an `_orig_mod.` prefix), or a fine-tuned
-    classifier of run_llama.py (below), whose Llama is its "llama." tensors, beside the head CLASSIFIER_HEAD;
+    llama2.c's train.py (attention weights wq/wk/wv/wo, `norm_eps`, maybe torch.compile's `_orig_mod.` prefix: the
+    names LLAMA2C_NAMES renames, `_course_names`), or a fine-tuned classifier of run_llama.py (below), whose Llama is
+    its "llama." tensors, beside the head CLASSIFIER_HEAD;
   * a llama2.c legacy `.bin` export: a 7 x int32 header, then float32 tensors;
   * a llama2.c version-1 `.bin` export: a 256-byte header starting with the magic "ak42", then float32 tensors.
 In a `.bin`, each per-layer tensor kind is stored for all layers before the next kind, in the order of BIN_ORDER,
-which drives both the reader and the writer.
+which drives both the reader and the writer. The Hugging Face export (convert.py) holds the same tensors under
+transformers' names (HF_NAMES, HF_LAYER_NAMES: `hf_state_dict`), the query and key rows of each head reordered for
+its rotary layout (`half_split_rows`).
 
 Classifier checkpoints of run_llama.py --option finetune and lora (reader `read_classifier_checkpoint`, writer
-`save_classifier_checkpoint`; trainer.py fills them and loads their weights), named after --option, --epochs, --lr:
+`save_classifier_checkpoint`; trainer.py fills them, classifier.load_weights loads their weights), named after
+--option, --epochs, --lr:
     finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
     finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
 Both are a torch.save of plain data (torch.load(..., weights_only=True) reads them): a dict of SAVED and weights,
@@ -37,15 +41,15 @@ and the last checkpoint also (SAVED_LAST)
 A LoRA checkpoint is not a Llama checkpoint: read_llama refuses it (LoraCheckpointError); convert.py exports its
 base model with the adapters merged in.
 
-Reading trusts nothing in the file and checks each fact once. The file is read once (`read_file`); a torch.save zip
-is unpickled from those bytes, once the CRC-32 of every entry matches, by torch.load(weights_only=True), which
-unpickles tensors and plain data only. Every tensor must be finite (`check_finite`); model_args are checked by
-LlamaConfig.from_model_args (hidden_dim, which llama2.c's train.py leaves out, from w1's rows); the tensors' names and
-shapes by the table TENSORS (`_course_state_dict`). A file that cannot be used raises CheckpointError, naming the
-file and what it is: missing parts, corrupt (damaged or truncated), legacy (torch.save's old non-zip format),
-unsafe (pickled code), another kind of file, tensors that do not fit or that hold NaN or infinity. Writing goes
-through files.write_atomically (a temporary name, then renamed), so a process killed at any moment leaves the
-previous file whole.
+Reading trusts nothing in the file and checks each fact once. The file is read by files.read (`read_file`), so a FIFO
+works too; a torch.save zip is unpickled from those bytes, once the CRC-32 of every entry matches, by
+torch.load(weights_only=True), which unpickles tensors and plain data only. Every tensor must be finite
+(`check_finite`); model_args are checked by LlamaConfig.from_model_args (hidden_dim, which llama2.c's train.py leaves
+out, from w1's rows); the tensors' names and shapes by the table TENSORS (`_course_state_dict`). A file that cannot
+be used raises files.InputError, naming the file and what it is: missing parts, corrupt (damaged or truncated), legacy
+(torch.save's old non-zip format), unsafe (pickled code), another kind of file, tensors that do not fit or that hold
+NaN or infinity. Writing goes through files.write_atomically (a temporary name, then renamed), so a process killed at
+any moment leaves the previous file whole.
 """
 import hashlib
 import io
@@ -65,7 +69,8 @@ import numpy as np
 import torch
 
 from config import ClassifierConfig, LlamaConfig, fits_type
-from files import write_atomically
+import files
+from files import InputError, write_atomically
 from rope import precompute_freqs
 
 # kind: (course name, "{}" standing for the layer index; shape, in terms of the sizes made by `dimension_sizes`)
@@ -96,6 +101,22 @@ V1_MAGIC, V1_HEADER_BYTES = 0x616B3432, 256  # "ak42" read as a little-endian ui
 LLAMA2C_NAMES = {"attention.wq.": "attention.compute_query.", "attention.wk.": "attention.compute_key.",
                  "attention.wv.": "attention.compute_value.", "attention.wo.": "attention.compute_output."}
 LLAMA2C_ARGS = {"norm_eps": "layer_norm_eps"}
+HF_NAMES = {  # course name -> the name in transformers' LlamaForCausalLM
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+HF_LAYER_NAMES = {  # within layers.N -> within model.layers.N
+    "attention.compute_query.weight": "self_attn.q_proj.weight",
+    "attention.compute_key.weight": "self_attn.k_proj.weight",
+    "attention.compute_value.weight": "self_attn.v_proj.weight",
+    "attention.compute_output.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
 COURSE_KINDS = tuple(kind for kind in TENSORS if kind not in ROTARY_TABLES)
 CLASSIFIER_PREFIX = "llama."  # run_llama.py's LlamaEmbeddingClassifier holds its Llama as `self.llama` ...
 CLASSIFIER_HEAD = ("classifier_head.weight", "classifier_head.bias")  # ... beside a linear head of its own
@@ -108,11 +129,7 @@ RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
                   "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model or the run it is loaded into."""
-
-
-class LoraCheckpointError(CheckpointError):
+class LoraCheckpointError(InputError):
     """A LoRA checkpoint of run_llama.py, read where a whole Llama is expected: it holds only adapters and a head."""
 
 
@@ -126,17 +143,6 @@ class LlamaCheckpoint(NamedTuple):
     head: dict[str, torch.Tensor]
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(model_args, state_dict) of a Llama checkpoint of any format; of a fine-tuned classifier, its Llama part."""
-    return read_checkpoint_with_classifier(path)[:2]
-
-
-def read_checkpoint_with_classifier(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """(model_args, Llama state_dict, classifier head) of a Llama checkpoint of any format."""
-    model_args, _, state_dict, head = read_llama(path)
-    return model_args, state_dict, head
-
-
 def read_llama(path: str | os.PathLike, **overrides) -> LlamaCheckpoint:
     """Read a Llama checkpoint of any format, its config taking `overrides` (e.g. causal=True)."""
     data = read_file(path)
@@ -146,19 +152,10 @@ def read_llama(path: str | os.PathLike, **overrides) -> LlamaCheckpoint:
 
 
 def read_file(path: str | os.PathLike) -> bytes:
-    """The bytes of the checkpoint file `path`, read once; a missing, empty or unreadable file is refused."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot be read: {e.strerror}") from None
+    """The bytes of the checkpoint file `path` (files.read); a missing, empty or unreadable file is refused."""
+    data, _ = files.read(path, "a checkpoint file", missing=f"checkpoint not found: {path}")
     if not data:
-        raise CheckpointError(f"{path}: empty file, not a checkpoint")
+        raise InputError(f"{path}: empty file, not a checkpoint")
     return data
 
 
@@ -168,17 +165,17 @@ def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> objec
     tensors are finite."""
     data = read_file(path) if data is None else data
     if data.startswith(LEGACY_MAGIC):
-        raise CheckpointError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
+        raise InputError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
                               "no checksums and is not read: load it with torch.load and save it again")
     if not data.startswith(ZIP_MAGIC):
-        raise CheckpointError(f"{path}: not a torch.save file (it does not start as a zip archive)")
+        raise InputError(f"{path}: not a torch.save file (it does not start as a zip archive)")
     try:  # a damaged archive can make zipfile raise nearly anything
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             bad_entry = archive.testzip()  # every entry's CRC-32, over the bytes in memory (BytesIO copies none)
     except Exception as e:
-        raise CheckpointError(f"{path}: corrupt: a damaged or truncated zip archive ({_first_line(e)})") from None
+        raise InputError(f"{path}: corrupt: a damaged or truncated zip archive ({_first_line(e)})") from None
     if bad_entry is not None:
-        raise CheckpointError(f"{path}: corrupt: the bytes of {bad_entry!r} do not match their CRC-32 checksum")
+        raise InputError(f"{path}: corrupt: the bytes of {bad_entry!r} do not match their CRC-32 checksum")
     try:
         with warnings.catch_warnings():  # torch ≥ 2.14 warns on loading a sparse tensor, which check_finite refuses
             warnings.filterwarnings("ignore", "Validating sparse tensor invariants", UserWarning)
@@ -187,10 +184,10 @@ def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> objec
         message = str(e)
         if "Weights only load failed" in message:
             found = re.search(r"Unsupported global: GLOBAL (\S+)|Unsupported operand \S+", message)
-            raise CheckpointError(f"{path}: unsafe: its pickle holds objects other than tensors and plain data "
+            raise InputError(f"{path}: unsafe: its pickle holds objects other than tensors and plain data "
                                   f"({found[0] if found else 'not allowed by torch.load(weights_only=True)'}), which "
                                   "unpickling could turn into running code; it was not loaded") from None
-        raise CheckpointError(f"{path}: not a readable torch.save file ({_first_line(e)})") from None
+        raise InputError(f"{path}: not a readable torch.save file ({_first_line(e)})") from None
     check_finite(_tensors(saved), path)
     return saved
 
@@ -214,10 +211,10 @@ def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str
     which no checkpoint holds."""
     for name, tensor in tensors:
         if tensor.layout != torch.strided:
-            raise CheckpointError(f"{source}: tensor {name!r} is stored as {tensor.layout}, not as a dense tensor")
+            raise InputError(f"{source}: tensor {name!r} is stored as {tensor.layout}, not as a dense tensor")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
-            raise CheckpointError(f"{source}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s) out of "
+            raise InputError(f"{source}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s) out of "
                                   f"{tensor.numel()}: the weights are damaged")
 
 
@@ -228,14 +225,14 @@ def _course_checkpoint(ckpt: object, path: str | os.PathLike, overrides: dict) -
                                   f"head; `python convert.py {path} --to llama2c OUT.bin` writes its base model with "
                                   "them merged")
     if not isinstance(ckpt, dict) or not {"model_args", "model"} <= ckpt.keys():
-        raise CheckpointError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
+        raise InputError(f"{path}: a torch.save file, but not a checkpoint: not a dict with 'model_args' and "
                               "'model'")
     check_state_dict(ckpt["model"], f"{path}: 'model'")
-    state_dict, head = _split_classifier(ckpt["model"], str(path))
+    state_dict, head = _split_classifier(_course_names(ckpt["model"]), str(path))
     model_args, config, state_dict = _fitting(ckpt["model_args"], state_dict, str(path), overrides)
     weight, bias = (tuple(head[name].shape) if head else None for name in CLASSIFIER_HEAD)
     if head and (len(weight) != 2 or weight[1] != config.dim or bias != weight[:1]):
-        raise CheckpointError(f"{path}: classifier head of shapes {weight} and {bias}; expected (n_labels, "
+        raise InputError(f"{path}: classifier head of shapes {weight} and {bias}; expected (n_labels, "
                               f"dim={config.dim}) and (n_labels,)")
     return LlamaCheckpoint(model_args, config, state_dict, head)
 
@@ -243,7 +240,7 @@ def _course_checkpoint(ckpt: object, path: str | os.PathLike, overrides: dict) -
 def read_classifier_checkpoint(path: str | os.PathLike, last: bool = False) -> dict:
     """What a checkpoint of run_llama.py --option finetune or lora holds (`last`: the last one, which --resume reads),
     laid out as the module docstring says, once read by read_torch_file and checked: its keys, their types, and the
-    weights' names and dtypes. Putting the weights into a classifier is trainer.load_weights'."""
+    weights' names and dtypes. Putting the weights into a classifier is classifier.load_weights'."""
     return _classifier_checkpoint(read_torch_file(path), path, last)
 
 
@@ -260,23 +257,23 @@ def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -
     floating-point tensors, and model_config the fields of a ClassifierConfig."""
     kind = "a last checkpoint" if last else "a checkpoint"
     if not isinstance(saved, dict):
-        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
+        raise InputError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
                               f"{type(saved).__name__}, not a dict")
     weights = "lora" if "lora" in saved else "model"
     expected = {**SAVED, weights: dict, **({"base_digest": str} if weights == "lora" else {}),
                 **(SAVED_LAST if last else {})}
     missing = sorted(expected.keys() - saved.keys())
     if missing and set(missing) <= RECORDED_SINCE.keys():
-        raise CheckpointError(f"{path}: written by an earlier minllama, which did not record "
+        raise InputError(f"{path}: written by an earlier minllama, which did not record "
                               f"{' and '.join(RECORDED_SINCE[key] for key in missing)}: train it again")
     if missing:
-        raise CheckpointError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
+        raise InputError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it lacks {missing}")
     for key, value_type in expected.items():
         if not isinstance(saved[key], value_type):
-            raise CheckpointError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
+            raise InputError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
     config, config_types = saved["model_config"], typing.get_type_hints(ClassifierConfig)
     if config.keys() != config_types.keys() or not all(fits_type(v, config_types[k]) for k, v in config.items()):
-        raise CheckpointError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
+        raise InputError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
     check_state_dict(saved[weights], f"{path}: {weights!r}")
     return saved
 
@@ -284,41 +281,48 @@ def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -
 def check_state_dict(state_dict: object, source: str) -> None:
     """Refuse anything but a dict of floating-point tensors under string names."""
     if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{source}: a {type(state_dict).__name__}, not a dict of tensors")
+        raise InputError(f"{source}: a {type(state_dict).__name__}, not a dict of tensors")
     for name, tensor in state_dict.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
-            raise CheckpointError(f"{source}: entry {name!r} is a {type(tensor).__name__}, not a named tensor")
+            raise InputError(f"{source}: entry {name!r} is a {type(tensor).__name__}, not a named tensor")
         if not tensor.is_floating_point():
-            raise CheckpointError(f"{source}: tensor {name!r} holds {tensor.dtype}, not floating-point weights")
+            raise InputError(f"{source}: tensor {name!r} holds {tensor.dtype}, not floating-point weights")
 
 
 def _split_classifier(state_dict: dict, source: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """A fine-tuned classifier's tensors split into the Llama's (prefix removed) and the head's; any other state
     dict is returned as it is, with an empty head."""
-    names = {key.removeprefix("_orig_mod."): tensor for key, tensor in state_dict.items()}
+    names = dict(state_dict)
     if not any(name.startswith(CLASSIFIER_PREFIX) for name in names):
         return state_dict, {}
     head = {name: names.pop(name) for name in CLASSIFIER_HEAD if name in names}
     unexpected = sorted(name for name in names if not name.startswith(CLASSIFIER_PREFIX))
     if unexpected:
-        raise CheckpointError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors), with unexpected "
+        raise InputError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors), with unexpected "
                               f"tensor(s) {unexpected}; besides the Llama it may hold only {list(CLASSIFIER_HEAD)}")
     missing = [name for name in CLASSIFIER_HEAD if name not in head]
     if missing:
-        raise CheckpointError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
+        raise InputError(f"{source}: a fine-tuned classifier ('{CLASSIFIER_PREFIX}' tensors) without {missing}")
     return {name.removeprefix(CLASSIFIER_PREFIX): tensor for name, tensor in names.items()}, head
 
 
-def _fitting(model_args: object, state_dict: dict, source: str, overrides: dict) -> tuple[dict, LlamaConfig, dict]:
-    """(model_args with llama2.c's names renamed, the config they describe, the state dict under course names),
-    once LlamaConfig.from_model_args accepts them and the tensors fit. Where model_args lack hidden_dim (llama2.c's
-    train.py keeps multiple_of only), the config reads it from w1's rows."""
+def _course_names(state_dict: dict) -> dict:
+    """`state_dict` under course names: without torch.compile's `_orig_mod.` prefix, llama2.c's names renamed."""
     names = {}
     for key, tensor in state_dict.items():
         name = key.removeprefix("_orig_mod.")
         for llama2c, course in LLAMA2C_NAMES.items():
             name = name.replace(llama2c, course)
         names[name] = tensor
+    return names
+
+
+def _fitting(model_args: object, names: dict, source: str, overrides: dict) -> tuple[dict, LlamaConfig, dict]:
+    """(model_args with llama2.c's names renamed, the config they describe, the state dict `names`, under course
+    names (_course_names), with its output), once LlamaConfig.from_model_args accepts them and the tensors fit.
+    Where model_args lack hidden_dim (llama2.c's train.py keeps multiple_of only), the config reads it from w1's
+    rows."""
+    names = dict(names)
     if "output.weight" not in names and "tok_embeddings.weight" in names:
         names["output.weight"] = names["tok_embeddings.weight"]  # tied classifier
     w1, args = names.get(TENSORS["w1"][0].format(0)), model_args
@@ -331,28 +335,28 @@ def _fitting(model_args: object, state_dict: dict, source: str, overrides: dict)
 
 
 def _config(model_args: object, source: str, overrides: dict) -> LlamaConfig:
-    """LlamaConfig.from_model_args, refusing with a CheckpointError."""
+    """LlamaConfig.from_model_args, refusing with an InputError."""
     try:
         return LlamaConfig.from_model_args(model_args, source, **overrides)
     except ValueError as e:
-        raise CheckpointError(str(e)) from None
+        raise InputError(str(e)) from None
 
 
 def _course_state_dict(state_dict: dict, config: LlamaConfig, source: str) -> dict[str, torch.Tensor]:
     """The one check of a state dict's names and shapes (course names) against the sizes of `config`."""
     if config.n_layers > len(state_dict):  # every layer has 9 tensors: most of them would be missing
-        raise CheckpointError(f"{source}: model_args say n_layers={config.n_layers}, but the file holds only "
+        raise InputError(f"{source}: model_args say n_layers={config.n_layers}, but the file holds only "
                               f"{len(state_dict)} tensors")
     expected = _shapes(dimension_sizes(config), COURSE_KINDS)
     unexpected = sorted(state_dict.keys() - expected.keys())
     if unexpected:
-        raise CheckpointError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this "
+        raise InputError(f"{source}: unexpected tensor(s) {unexpected}: not course or llama2.c names for this "
                               "model")
     for name, shape in expected.items():
         tensor = state_dict.get(name)
         if tensor is None or tuple(tensor.shape) != shape:
             found = "is missing" if tensor is None else f"has shape {tuple(tensor.shape)}"
-            raise CheckpointError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
+            raise InputError(f"{source}: tensor {name!r} {found}; expected shape {shape}")
     return state_dict
 
 
@@ -389,18 +393,18 @@ def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaChe
     if len(data) >= 8 and struct.unpack_from("<I", data) == (V1_MAGIC,):
         (version,) = struct.unpack_from("<i", data, 4)
         if version != 1:
-            raise CheckpointError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
+            raise InputError(f"{path}: unsupported llama2.c .bin version {version} (only legacy and version 1, "
                                   "float32, are supported; version 2 is int8-quantized)")
         if len(data) < V1_HEADER_BYTES:
-            raise CheckpointError(f"{path}: truncated llama2.c version-1 header ({len(data)} of 256 bytes)")
+            raise InputError(f"{path}: truncated llama2.c version-1 header ({len(data)} of 256 bytes)")
         model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", data, 8)))
         if data[36] not in (0, 1):
-            raise CheckpointError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {data[36]}")
+            raise InputError(f"{path}: bad llama2.c version-1 header: shared-classifier flag is {data[36]}")
         header_bytes, shared = V1_HEADER_BYTES, bool(data[36])
         source = f"{path}: bad llama2.c version-1 header"
     else:
         if len(data) < 28:
-            raise CheckpointError(f"{path}: not a checkpoint (too short for any known format)")
+            raise InputError(f"{path}: not a checkpoint (too short for any known format)")
         model_args = dict(zip(BIN_HEADER, struct.unpack_from("<7i", data)))
         version, header_bytes, shared = 0, 28, model_args["vocab_size"] > 0
         model_args["vocab_size"] = abs(model_args["vocab_size"])
@@ -411,7 +415,7 @@ def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaChe
     kinds = BIN_ORDER[version][:-1] if shared else BIN_ORDER[version]
     expected = header_bytes + 4 * _n_floats(sizes, kinds)
     if len(data) != expected:
-        raise CheckpointError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
+        raise InputError(f"{path}: wrong size for a llama2.c version-{version} .bin with header {model_args}: "
                               f"expected {expected} bytes, found {len(data)}")
     state_dict, offset = {}, header_bytes
     for name, shape in _shapes(sizes, kinds).items():
@@ -426,14 +430,44 @@ def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaChe
     return LlamaCheckpoint(model_args, config, state_dict, {})
 
 
+def half_split_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a query or key projection (n_heads·head_dim, dim) for transformers' rotary layout.
+
+    In each head, row 2i + c (pair i, component c) moves to row c·head_dim/2 + i: the even rows, then the odd ones.
+    This is the `permute` of transformers' convert_llama_weights_to_hf.py.
+    """
+    rows, dim = weight.shape
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
+
+
+def hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
+    """A Llama state dict (course names) under transformers' LlamaForCausalLM names, the query and key rows
+    reordered by half_split_rows. lm_head.weight is always included (the embedding itself when tied)."""
+    hf = {}
+    for name, tensor in state_dict.items():
+        if name.startswith("layers."):
+            layer, within = name.removeprefix("layers.").split(".", 1)
+            hf_name = f"model.layers.{layer}.{HF_LAYER_NAMES[within]}" if within in HF_LAYER_NAMES else None
+        else:
+            hf_name = HF_NAMES.get(name)
+        if hf_name is None:
+            raise ValueError(f"tensor {name!r} has no counterpart in transformers' LlamaForCausalLM")
+        if name.endswith("attention.compute_query.weight"):
+            tensor = half_split_rows(tensor, config.n_heads)
+        elif name.endswith("attention.compute_key.weight"):
+            tensor = half_split_rows(tensor, config.n_kv_heads)
+        hf[hf_name] = tensor
+    return hf
+
+
 def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dict, version: int = 1) -> None:
     """Export to llama2.c's float32 `.bin` (version 0 = legacy, 1 = "ak42"); the classifier is shared iff equal."""
     if version not in BIN_ORDER:
         raise ValueError(f"{path}: can write llama2.c .bin versions {sorted(BIN_ORDER)}, not {version}")
     source = f"writing {path}"
-    _, config, state_dict = _fitting(model_args, state_dict, source, {})
+    _, config, state_dict = _fitting(model_args, _course_names(state_dict), source, {})
     if config.layer_norm_eps != 1e-5:
-        raise ValueError(f"{source}: a llama2.c .bin cannot store layer_norm_eps={config.layer_norm_eps} "
+        raise InputError(f"{source}: a llama2.c .bin cannot store layer_norm_eps={config.layer_norm_eps} "
                          "(llama2.c always uses 1e-5)")
     sizes = dimension_sizes(config)
     shared = is_tied(state_dict)
@@ -457,7 +491,7 @@ def write_llama2c_bin(path: str | os.PathLike, model_args: dict, state_dict: dic
 
 def save_checkpoint(path: str | os.PathLike, model_args: dict, state_dict: dict) -> None:
     """Save the course's torch.save layout {"model_args": ..., "model": state_dict}, with course names."""
-    model_args, config, state_dict = _fitting(model_args, state_dict, f"writing {path}", {})
+    model_args, config, state_dict = _fitting(model_args, _course_names(state_dict), f"writing {path}", {})
     model_args = {f.name: getattr(config, f.name) for f in fields(config) if f.name in {*model_args, "hidden_dim"}}
     write_atomically(Path(path), lambda f: torch.save({"model_args": model_args, "model": state_dict}, f))
 

@@ -5,13 +5,18 @@ Without a mask (the course's reference) every position has seen the whole row, p
 last column, as the course does. A causal model has seen the sentence's end only from its last real token, so
 there they read each row at that token (given the rows' lengths); a pad column would score something else.
 """
+from dataclasses import asdict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from checkpoint import weights_digest
 from config import ClassifierConfig
-from llama import Llama, finite, load_pretrained
-from lora import add_lora
+from files import InputError
+from fast import finite, hidden_state_at, install, last_column
+from llama import Llama, load_pretrained
+from lora import add_lora, is_adapter, load_lora_state_dict
 from tokenizer import Tokenizer
 
 
@@ -19,7 +24,7 @@ def read_positions(input_ids: torch.Tensor, lengths: torch.Tensor | None, causal
     """The position (batch,) a classifier reads in each row of input_ids (batch, seqlen): the last column without a
     mask or without lengths, else the last real token lengths[b] − 1 of each row b."""
     if not causal or lengths is None:
-        return torch.full((input_ids.shape[0],), input_ids.shape[1] - 1, device=input_ids.device)
+        return last_column(input_ids)
     return lengths.to(input_ids.device) - 1
 
 
@@ -30,8 +35,8 @@ def read_position(h: torch.Tensor, lengths: torch.Tensor | None, causal: bool) -
 
 def hidden_state_read(llama: Llama, input_ids: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     """Llama's final hidden state (batch, dim) at the position read in each row (read_positions); the last layer's
-    feed-forward network runs at that position only."""
-    return llama.hidden_states(input_ids, positions=read_positions(input_ids, lengths, llama.config.causal))[:, 0]
+    feed-forward network runs at that position only (fast.hidden_state_at)."""
+    return hidden_state_at(llama, input_ids, read_positions(input_ids, lengths, llama.config.causal))
 
 
 class LlamaZeroShotClassifier(nn.Module):
@@ -48,7 +53,7 @@ class LlamaZeroShotClassifier(nn.Module):
         self.label_name_ids = [tokenizer.encode(label, bos=False, eos=False) for label in label_names]
         if not all(self.label_name_ids):
             raise ValueError(f"every label name needs at least one token: {label_names}")
-        self.llama = load_pretrained(config.pretrained_model_path, causal=config.causal)
+        self.llama = install(load_pretrained(config.pretrained_model_path, causal=config.causal))
         for param in self.llama.parameters():  # zero-shot classification does not update Llama
             param.requires_grad = False
         # all labels' tokens in one row, and the label each belongs to; buffers, so they move with the model
@@ -81,7 +86,7 @@ class LlamaEmbeddingClassifier(nn.Module):
             raise ValueError(f"option must be 'pretrain' (Llama frozen), 'finetune' (Llama trained) or 'lora' "
                              f"(LoRA adapters trained), not {config.option!r}")
         self.num_labels = config.num_labels
-        self.llama = load_pretrained(config.pretrained_model_path, causal=config.causal)
+        self.llama = install(load_pretrained(config.pretrained_model_path, causal=config.causal))
         for param in self.llama.parameters():
             param.requires_grad = config.option == "finetune"
         if config.option == "lora":
@@ -94,3 +99,40 @@ class LlamaEmbeddingClassifier(nn.Module):
         rows' numbers of real tokens, matter only to a causal model (see read_positions)."""
         h = hidden_state_read(self.llama, input_ids, lengths)
         return F.log_softmax(self.classifier_head(self.dropout(h)), dim=-1)
+
+
+def base_digest(model: LlamaEmbeddingClassifier) -> str:
+    """checkpoint.weights_digest of the base model under the LoRA adapters."""
+    state_dict = model.llama.state_dict()
+    return weights_digest({name: t for name, t in state_dict.items() if not is_adapter(name)})
+
+
+def sizes(model_args: dict) -> dict:
+    """model_args without `causal`: the sizes of the weights, which do not depend on the semantics."""
+    return {key: value for key, value in model_args.items() if key != "causal"}
+
+
+def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> None:
+    """Copy a checkpoint's weights into the classifier built from its model_config: all of them ("model"), or the
+    adapters and head onto the base model ("lora")."""
+    if "model" in saved:
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError as e:
+            raise InputError(f"{path}: its weights do not fit the classifier of its model_config: "
+                             f"{' '.join(str(e).split())}") from None
+        return
+    base = saved["model_config"]["pretrained_model_path"]
+    trained_on, now = (sizes(model_args) for model_args in (saved["model_args"], asdict(model.llama.config)))
+    if trained_on != now:
+        raise InputError(f"{path}: its LoRA adapters were trained on a model of sizes {trained_on}, "
+                         f"but {base} now has {now}")
+    digest = base_digest(model)
+    if saved["base_digest"] != digest:
+        raise InputError(f"{path}: its LoRA adapters were trained on other base weights than those {base} "
+                         f"now holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put "
+                         "back the base model they were trained on")
+    try:
+        load_lora_state_dict(model, saved["lora"], "classifier_head.")
+    except ValueError as e:
+        raise InputError(f"{path}: {e}") from None

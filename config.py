@@ -8,6 +8,9 @@ import sys
 import typing
 from dataclasses import dataclass, fields
 
+DEFAULT_CHECKPOINT = "stories42M.pt"  # the course's pretrained model
+DEFAULT_TOKENIZER = "tokenizer.model"  # Llama 2's sentencepiece model
+DEFAULT_SEED = 1337  # the course's seed
 ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compute_output")
 DEFAULT_TARGETS = ("compute_query", "compute_value")  # LoRA's targets by default: the paper's choice (§7.1, Table 5)
 # model_args that the course's LlamaConfig accepts and that change nothing here: key -> the only value allowed

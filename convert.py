@@ -14,13 +14,13 @@ causal too. Apart from that, transformers' Llama computes ours under other tenso
 layout: its rotary embedding turns the pairs (x[i], x[i + head_dim/2]) of a head ("rotate_half"), ours the neighbours
 (x[2i], x[2i+1]), by the same angles. Reordering the rows of the query and key projections in each head, even rows
 first and odd rows after, makes its pair i hold our pair i; queries and keys are then permuted alike, which leaves
-every dot product q·k, and so the attention, unchanged.
+every dot product q·k, and so the attention, unchanged. The names and that reordering are format knowledge, kept in
+checkpoint.py (hf_state_dict); this module writes the export.
 """
 import argparse
 import importlib
 import os
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,44 +29,29 @@ import torch
 
 import assets
 import files
-from checkpoint import (CheckpointError, LoraCheckpointError, is_tied, read_classifier_checkpoint, read_llama,
+from checkpoint import (LoraCheckpointError, hf_state_dict, is_tied, read_classifier_checkpoint, read_llama,
                         write_llama2c_bin)
-from classifier import LlamaEmbeddingClassifier
+from classifier import LlamaEmbeddingClassifier, load_weights
 from config import ClassifierConfig, LlamaConfig
+from files import InputError
 from llama import Llama
 from lora import merge_lora
-from trainer import load_weights
 
 if TYPE_CHECKING:
     import transformers
 
 ROPE_THETA = 10000.0  # rope.py's default base θ, the one Llama 2 uses
-HF_NAMES = {  # our name -> transformers' name
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-HF_LAYER_NAMES = {  # within layers.N -> within model.layers.N
-    "attention.compute_query.weight": "self_attn.q_proj.weight",
-    "attention.compute_key.weight": "self_attn.k_proj.weight",
-    "attention.compute_value.weight": "self_attn.v_proj.weight",
-    "attention.compute_output.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
 HF_FILES = ("config.json", "model.safetensors")
 
 
 def import_hf(module: str):
-    """Import transformers or safetensors, which only the Hugging Face export (and the tests) need."""
+    """Import transformers or safetensors, which only the Hugging Face export (and the tests) need; without them,
+    an InputError says how to install them."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ImportError(f"the Hugging Face export needs the {module.partition('.')[0]} package: "
-                          "pip install transformers safetensors (or pip install -r requirements-test.txt)") from None
+        raise InputError(f"the Hugging Face export needs the {module.partition('.')[0]} package: "
+                         "pip install transformers safetensors (or pip install -r requirements-test.txt)") from None
 
 
 def hf_config(config: LlamaConfig, tie_word_embeddings: bool) -> "transformers.LlamaConfig":
@@ -90,38 +75,6 @@ def hf_config(config: LlamaConfig, tie_word_embeddings: bool) -> "transformers.L
         bos_token_id=1,  # the Llama 2 tokenizer's <s> and </s>
         eos_token_id=2,
     )
-
-
-def half_split_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Reorder the rows of a query or key projection (n_heads·head_dim, dim) for transformers' rotary layout.
-
-    In each head, row 2i + c (pair i, component c) moves to row c·head_dim/2 + i: the even rows, then the odd ones.
-    This is the `permute` of transformers' convert_llama_weights_to_hf.py.
-    """
-    rows, dim = weight.shape
-    return weight.reshape(n_heads, rows // n_heads // 2, 2, dim).transpose(1, 2).reshape(rows, dim)
-
-
-def hf_state_dict(state_dict: dict[str, torch.Tensor], config: LlamaConfig) -> dict[str, torch.Tensor]:
-    """Our state dict with transformers' LlamaForCausalLM names, query and key rows reordered by half_split_rows.
-
-    lm_head.weight is always included (equal to model.embed_tokens.weight when the embedding is tied).
-    """
-    hf = {}
-    for name, tensor in state_dict.items():
-        if name.startswith("layers."):
-            layer, within = name.removeprefix("layers.").split(".", 1)
-            hf_name = f"model.layers.{layer}.{HF_LAYER_NAMES[within]}" if within in HF_LAYER_NAMES else None
-        else:
-            hf_name = HF_NAMES.get(name)
-        if hf_name is None:
-            raise ValueError(f"tensor {name!r} has no counterpart in transformers' LlamaForCausalLM")
-        if name.endswith("attention.compute_query.weight"):
-            tensor = half_split_rows(tensor, config.n_heads)
-        elif name.endswith("attention.compute_key.weight"):
-            tensor = half_split_rows(tensor, config.n_kv_heads)
-        hf[hf_name] = tensor
-    return hf
 
 
 def to_hf(model: Llama) -> "transformers.LlamaForCausalLM":
@@ -174,12 +127,12 @@ def check_output(out: str, to: str, inputs: list[Path]) -> None:
     for path, folder in [(out, to == "hf"), *inside]:
         problem = files.output_problem(path, folder)
         if problem:
-            raise ValueError(f"cannot write {path}: {problem}"
+            raise InputError(f"cannot write {path}: {problem}"
                              + (" (--to hf writes a folder)" if folder and problem.startswith("it is") else ""))
     for target in targets:
         for path in inputs:
             if target.resolve() == path.resolve():
-                raise ValueError(f"{target} is the input {path}: the export would replace it; write it elsewhere")
+                raise InputError(f"{target} is the input {path}: the export would replace it; write it elsewhere")
 
 
 def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], dict[str, torch.Tensor], list[Path]]:
@@ -192,8 +145,8 @@ def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], d
     saved = read_classifier_checkpoint(path)
     try:
         model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
-    except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(f"{path}: a LoRA checkpoint, whose base model cannot be loaded: {e}") from None
+    except (InputError, ValueError) as e:  # the base checkpoint, or a model_config the classifier refuses
+        raise InputError(f"{path}: a LoRA checkpoint, whose base model cannot be loaded: {e}") from None
     load_weights(model, saved, str(path))
     merge_lora(model)
     head = {f"classifier_head.{name}": t for name, t in model.classifier_head.state_dict().items()}
@@ -201,8 +154,25 @@ def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], d
     return model.llama.config, model.llama.state_dict(), head, [path, base]
 
 
+def export(checkpoint: str, to: str, out: str) -> None:
+    """Write the Llama of `checkpoint` (fetched if missing) to `out` in the format `to`, and say what was written."""
+    path = assets.ensure(checkpoint)
+    check_output(out, to, [path])
+    config, state_dict, classifier, inputs = read_for_export(path)
+    check_output(out, to, inputs)
+    if to == "hf":
+        save_hf(out, config, state_dict)
+    else:
+        write_llama2c_bin(out, asdict(config), state_dict, version=1)
+    print(f"wrote {out} from {path}")
+    if classifier:
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in classifier.items())
+        print(f"note: {path} is a fine-tuned classifier; its Llama was exported, its classifier head ({shapes}) "
+              "was not (neither format can hold it)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit status."""
+    """The command line; returns the exit status (1 once an InputError is reported: files.status)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
     parser.add_argument("checkpoint", metavar="CHECKPOINT",
@@ -213,24 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                              "file (run.c is causal too).")
     parser.add_argument("out", metavar="OUT", help="The folder (hf) or file (llama2c) to write.")
     args = parser.parse_args(argv)
-    try:
-        path = assets.ensure(args.checkpoint)
-        check_output(args.out, args.to, [path])
-        config, state_dict, classifier, inputs = read_for_export(path)
-        check_output(args.out, args.to, inputs)
-        if args.to == "hf":
-            save_hf(args.out, config, state_dict)
-        else:
-            write_llama2c_bin(args.out, asdict(config), state_dict, version=1)
-    except (OSError, ValueError, ImportError, assets.AssetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} from {path}")
-    if classifier:
-        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in classifier.items())
-        print(f"note: {path} is a fine-tuned classifier; its Llama was exported, its classifier head ({shapes}) "
-              "was not (neither format can hold it)")
-    return 0
+    return files.status(lambda: export(args.checkpoint, args.to, args.out))
 
 
 if __name__ == "__main__":

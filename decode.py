@@ -3,20 +3,20 @@
 One decoding step of batch-size rows reads every weight once for little arithmetic, so its speed is that at which
 the weights stream from memory, plus the cost of each eager PyTorch call in between (several microseconds each:
 the weights streaming through have pushed the call's code and data out of the CPU's caches). A Decoder computes
-the same function as Llama.hidden_states and Llama.output with a KV cache (llama.py), with far fewer calls:
+the same function as Llama.forward with a KV cache (llama.py), the next token's logits, with far fewer calls:
 - q|k|v is one matrix product (the three projections' weights stacked, Wqkv = [Wq; Wk; Wv]) and so is w1|w3;
 - each RMSNorm's gain g is folded into the product after it, W·(g ⊙ x̂) = (W·diag g)·x̂ (Zhang & Sennrich 2019,
   eq. 4), so a norm is x̂ = x / sqrt(mean(x²) + eps) alone, its mean square one batched product;
 - a step's activations live in buffers allocated once and written in place, so each product is one call bound to
   its buffers, by the kernel measured fastest here (blocked_linear.product_into), and the residual additions
   h += W·x happen inside it;
-- the queries and keys turn together, in place, as complex numbers times e^{j·p·θ_i} (rope.py's rotation,
-  RoFormer §3.4.2);
-- the keys and values of every layer live in one buffer for the whole generation, a position's written by one copy.
-The prompt (or a window that slid) runs through the model itself, whose keys and values are then copied in.
+- the queries and keys turn together, in place, as complex numbers times rope.turns, e^{j·p·θ_i} (RoFormer
+  §3.4.2);
+- the keys and values go into the model's own KV caches (llama.KVCache), which Llama.generate sets up.
+The prompt (or a window that slid) runs through llama.py's own forward pass, which fills those caches.
 The results equal the model's up to float32 rounding (tested: the same greedy tokens as the plain loop and as
 transformers). The stacked matrices are copies, made from the model's weights when the Decoder is built;
-Llama.generate builds one per call and drops it at the end, so no copy outlives a change of the weights (a
+fast.FastLlama.generate builds one per call and drops it at the end, so no copy outlives a change of the weights (a
 training step, a LoRA merge, load_state_dict).
 """
 from collections.abc import Callable
@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from blocked_linear import BlockedLinear, product_into
+from llama import Llama
+from rope import turns
 
 
-def applies_to(model: nn.Module) -> bool:
-    """Whether a Decoder computes what `model` (a llama.Llama) does: a causal float32 model whose projections are all
+def applies_to(model: Llama) -> bool:
+    """Whether a Decoder computes what `model` does: a causal float32 model whose projections are all
     plain bias-free linear layers (not LoRA adapters, say), which applies no dropout, outside autocast (there
     llama.py's own cached steps run: the Decoder's fused operations would round differently)."""
     projections = [model.output] + [m for layer in model.layers for m in (
@@ -44,20 +46,20 @@ def applies_to(model: nn.Module) -> bool:
 
 class DecoderLayer(NamedTuple):
     """One LlamaLayer's products, each a call bound to the Decoder's buffers: x̂ ↦ q|k|v, h += wo·attended,
-    x̂ ↦ w1|w3, h += w2·gated (q|k|v and w1|w3 with the gain of the RMSNorm before them folded in); and its part of
-    the KV cache, (batch, key heads then value heads, position, head_dim)."""
+    x̂ ↦ w1|w3, h += w2·gated (q|k|v and w1|w3 with the gain of the RMSNorm before them folded in); and the layer's
+    attention, whose KV cache the steps read and write."""
     qkv: Callable[[], object]
     wo: Callable[[], object]
     w13: Callable[[], object]
     w2: Callable[[], object]
-    keys_values: torch.Tensor
+    attention: nn.Module
 
 
 class Decoder:
-    """The logits of a causal Llama, one step after another, with the keys and values of up to `positions`
-    positions of batch_size rows kept between steps."""
+    """The logits of a causal Llama, one step after another, for batch_size rows, the keys and values kept in the
+    model's KV caches (Llama.setup_cache) between steps."""
 
-    def __init__(self, model: nn.Module, batch_size: int, positions: int):  # model: a causal llama.Llama
+    def __init__(self, model: Llama, batch_size: int):
         config = model.config
         self.model, self.norm_gain = model, model.norm.weight.detach()
         nq, nkv, head_dim, dim = config.n_heads, config.n_kv_heads, config.head_dim, config.dim
@@ -75,7 +77,8 @@ class Decoder:
         self.queries_keys = torch.view_as_complex(
             self.qkv[:, :(nq + nkv) * head_dim].view(batch_size, nq + nkv, head_dim // 2, 2))
         self.queries = self.qkv[:, :nq * head_dim].view(batch_size, nq, 1, head_dim)
-        self.new_keys_values = self.qkv[:, nq * head_dim:].view(batch_size, 2 * nkv, head_dim)
+        self.new_keys = self.qkv[:, nq * head_dim:(nq + nkv) * head_dim].view(batch_size, nkv, head_dim)
+        self.new_values = self.qkv[:, (nq + nkv) * head_dim:].view(batch_size, nkv, head_dim)
         self.attended_heads = self.attended.view(batch_size, nq, 1, head_dim)
         self.gate, self.up = self.gate_up.chunk(2, dim=-1)
 
@@ -83,7 +86,6 @@ class Decoder:
             """The copy [W₁; W₂; …]·diag g, g the preceding RMSNorm's gain: W·(g ⊙ x) = (W·diag g)·x."""
             return torch.cat([linear.weight.detach() for linear in linears]).mul_(gain.detach())
 
-        cache = new(config.n_layers, batch_size, 2 * nkv, positions, head_dim)
         self.layers = [
             DecoderLayer(
                 product_into(stacked(layer.attention_norm.weight, a.compute_query, a.compute_key, a.compute_value),
@@ -91,11 +93,10 @@ class Decoder:
                 product_into(a.compute_output.weight.detach(), self.attended, self.h, accumulate=True),
                 product_into(stacked(layer.ffn_norm.weight, f.w1, f.w3), self.x, self.gate_up),
                 product_into(f.w2.weight.detach(), self.gated, self.h, accumulate=True),
-                keys_values)
-            for layer, keys_values in zip(model.layers, cache) for a, f in [(layer.attention, layer.feed_forward)]]
+                a)
+            for layer in model.layers for a, f in [(layer.attention, layer.feed_forward)]]
         self.output = product_into(model.output.weight.detach(), self.x, self.logits_buffer)
-        # e^{j·p·θ_i}: position p's turn of each pair i, (positions, head_dim / 2)
-        self.turns = torch.complex(model.freqs_cos[:positions], model.freqs_sin[:positions])
+        self.turns = turns(model.freqs_cos, model.freqs_sin)  # (max_seq_len, head_dim / 2), rope.py's rotation
 
     def normalise(self) -> None:
         """x̂ = h / sqrt(mean(h²) + eps) over each row: llama.RMSNorm without its gain (folded into the products),
@@ -105,27 +106,13 @@ class Decoder:
 
     def logits(self, tokens: torch.Tensor, start_pos: int) -> torch.Tensor:
         """The logits (batch, vocab_size) after the last of tokens (batch, seqlen), placed at positions start_pos…,
-        whose keys and values are kept; the positions before start_pos must have been given before. Several tokens
-        at once only from position 0 (the prompt, or a window that slid)."""
+        whose keys and values go into the KV caches; the positions before start_pos must have been given before.
+        Several tokens at once only from position 0 (the prompt, or a window that slid): llama.py's forward pass."""
         if start_pos == 0:
-            return self.prompt(tokens)
+            return Llama.forward(self.model, tokens)[0][:, -1]
         if tokens.shape[1] > 1:
             raise ValueError(f"several tokens at once only from position 0, not {start_pos}")
         return self.step(tokens, start_pos)
-
-    def prompt(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The logits after tokens (batch, seqlen) at positions 0…, computed by the model itself with its own KV
-        caches (llama.KVCache), whose keys and values are then copied into this Decoder's."""
-        model, seqlen, nkv = self.model, tokens.shape[1], self.n_kv_heads
-        model.setup_cache()
-        try:
-            logits = model.last_logits(tokens)
-            for layer, own in zip(model.layers, self.layers):
-                own.keys_values[:, :nkv, :seqlen] = layer.attention.cache.key[:, :, :seqlen]
-                own.keys_values[:, nkv:, :seqlen] = layer.attention.cache.value[:, :, :seqlen]
-        finally:
-            model.clear_cache()
-        return logits
 
     def step(self, tokens: torch.Tensor, pos: int) -> torch.Tensor:
         """The logits (batch, vocab_size) after one new token a row, tokens (batch, 1), at position pos."""
@@ -136,10 +123,11 @@ class Decoder:
             self.normalise()
             layer.qkv()
             self.queries_keys.mul_(turn)
-            layer.keys_values[:, :, pos] = self.new_keys_values
+            cache = layer.attention.cache
+            cache.key[:, :, pos] = self.new_keys
+            cache.value[:, :, pos] = self.new_values
             self.attended_heads.copy_(F.scaled_dot_product_attention(
-                self.queries, layer.keys_values[:, :nkv, :end], layer.keys_values[:, nkv:, :end],
-                enable_gqa=self.n_heads != nkv))
+                self.queries, cache.key[:, :, :end], cache.value[:, :, :end], enable_gqa=self.n_heads != nkv))
             layer.wo()
             self.normalise()
             layer.w13()

@@ -1,6 +1,9 @@
 """The user's files: how every command of minllama reads its inputs and writes its outputs.
 
-Inputs are read once, and hashed as they are read (`read`), so that a FIFO or `<(cat data.txt)` works as a file does.
+Every input (data, label names, tokenizer, checkpoint) is read by `read`, which hashes it as it reads and keeps what
+it read under the file's path: a FIFO or `<(cat data.txt)` is read once and its bytes kept for the process, so that
+it works as a file does wherever it is needed again; a regular file keeps only its size and sha256 for the run
+(`run`, which `cli` makes of a command), is read again, and is refused if it changed meanwhile.
 
 Outputs are checked before any work (`output_problem`): a path names a regular file or nothing yet; a device, FIFO
 or socket is refused, never replaced; a symbolic link stays a link, the file it points to being written (a link to
@@ -13,8 +16,9 @@ or the new one, so a failed write keeps the last good checkpoint. A process kill
 temporary; the next one that writes into the same folder does (`remove_stale`): only names of that pattern, which
 nothing else makes, and only those whose process no longer exists.
 
-Every failure is a `FileError`, one line that names the file; `cli` runs a command's main so that it ends with
-that line, never a traceback, also on Ctrl-C or a closed pipe (`| head -1`).
+Every failure is an `InputError`, the run-wide error: one line that names what is wrong, which every module raises
+for what a command cannot work with. `cli` runs a command's main so that it ends with that line, never a traceback,
+also on Ctrl-C or a closed pipe (`| head -1`).
 """
 import codecs
 import contextlib
@@ -38,19 +42,67 @@ FS_IOC_GETFLAGS = 0x80086601  # ioctl reading a Linux file's attributes (chattr)
 UNCHANGEABLE = 0x10 | 0x20  # FS_IMMUTABLE_FL, FS_APPEND_FL: neither replaced nor written by anyone, root included
 
 
-class FileError(OSError):
-    """A file that cannot be read or written, in one line that names it."""
+class InputError(Exception):
+    """What a command cannot work with (a file, a flag, a model), said in one line that names it: the run-wide error,
+    which `cli` reports as `error: ...`."""
+
+
+# what has been read, by absolute path: (the bytes, kept for the process, of a file that cannot be read twice; or
+# None, for a regular file read during the run; size; sha256)
+_inputs: dict[str, tuple[bytes | None, int, str]] = {}
+_running = False  # whether a run (`run`) is under way
 
 
 # ---- inputs ----
-def read(path: str | os.PathLike) -> tuple[bytes, str]:
-    """The bytes of the file `path` and their sha256, read once (a FIFO can be read only once)."""
+def read(path: str | os.PathLike, what: str = "a file", missing: str | None = None) -> tuple[bytes, str]:
+    """The bytes of the input file `path` and their sha256. A file that cannot be read twice (a FIFO such as
+    `<(cat data.txt)`, a device: anything but a regular file) is read on the first call of the process and its bytes
+    kept for the next. A regular file is read on each call (a checkpoint is not held in memory twice); during a run
+    (`run`), only its size and sha256 are kept, and it must be as it was on every later call of that run. A folder
+    (which is not `what`), a missing file (`missing`: the message then) or an unreadable one is an InputError naming
+    `path`."""
+    key = os.path.abspath(path)
+    kept = _inputs.get(key)
+    if kept is not None and kept[0] is not None:
+        return kept[0], kept[2]
+    if problem := folder(path, what):
+        raise InputError(f"{path} {problem}")
     try:
         with open(path, "rb") as f:
+            info = os.fstat(f.fileno())
+            if kept is not None and info.st_size != kept[1]:
+                raise InputError(f"{path} changed while this run was reading it")
             data = f.read()
     except OSError as e:
-        raise FileError(f"cannot read {path}: {e.strerror}") from None
-    return data, hashlib.sha256(data).hexdigest()
+        missed = missing is not None and isinstance(e, FileNotFoundError)
+        raise InputError(missing if missed else f"cannot read {path}: {e.strerror}") from None
+    sha256 = hashlib.sha256(data).hexdigest()
+    if kept is not None and sha256 != kept[2]:
+        raise InputError(f"{path} changed while this run was reading it")
+    if _running or not stat.S_ISREG(info.st_mode):
+        _inputs[key] = (None if stat.S_ISREG(info.st_mode) else data, len(data), sha256)
+    return data, sha256
+
+
+@contextlib.contextmanager
+def run() -> Iterator[None]:
+    """A run of a command: the regular files it reads must not change until it ends (`read`). A run within a run
+    is part of it."""
+    global _running
+    outer, _running = _running, True
+    try:
+        yield
+    finally:
+        _running = outer
+        if not outer:
+            for key in [key for key, (data, _, _) in _inputs.items() if data is None]:
+                del _inputs[key]
+
+
+def folder(path: str | os.PathLike, what: str = "a file") -> str | None:
+    """How a folder given where `what` is expected is refused ("is a folder, not WHAT"), or None if `path` names
+    none: the one check, before a run (`unreadable`) and on reading (`read`)."""
+    return f"is a folder, not {what}" if os.path.isdir(path) else None
 
 
 def data_lines(data: bytes) -> list[bytes]:
@@ -68,8 +120,8 @@ def unreadable(path: str) -> str | None:
     """Why the file `path` cannot be read, as far as can be told before reading it, or None: a missing file may be
     fetched (assets.py), and is reported then."""
     try:
-        if Path(path).is_dir():
-            return "it is a folder"
+        if problem := folder(path):
+            return f"it {problem}"
         if Path(path).exists() and not os.access(path, os.R_OK):
             return "permission denied"
     except OSError as e:
@@ -138,7 +190,7 @@ def unreplaceable(path: Path, info: os.stat_result) -> str | None:
     return "cannot replace it: it is immutable or append-only (lsattr shows it)" if flags & UNCHANGEABLE else None
 
 
-def failure(path: str | os.PathLike, e: OSError) -> FileError:
+def failure(path: str | os.PathLike, e: OSError) -> InputError:
     """The one line saying why writing `path` failed."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         why = "no space left on its device"
@@ -148,7 +200,7 @@ def failure(path: str | os.PathLike, e: OSError) -> FileError:
         why = f"cannot replace it ({e.strerror})"
     else:
         why = e.strerror or str(e)
-    return FileError(f"cannot write {path}: {why}; nothing of it was written")
+    return InputError(f"cannot write {path}: {why}; nothing of it was written")
 
 
 class _Recorded:
@@ -182,10 +234,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None], suffix: str = "tmp") -> None:
     """Call write(f) on a temporary file beside `path` (beside its target, for a link), then rename it onto that,
     so that it is never half-written (fsync makes that hold after a power cut too). Stale temporaries in that
-    folder are removed first. A device, FIFO or socket is refused, never replaced; a failed write is a FileError."""
+    folder are removed first. A device, FIFO or socket is refused, never replaced; a failed write is an InputError.
+    What `read` knows of the file is forgotten: this process may read back what it wrote."""
     target = destination(path)
     if target.exists() and not target.is_file():
-        raise FileError(f"cannot write {path}: it is {kind(target.stat().st_mode)}, which is not replaced")
+        raise InputError(f"cannot write {path}: it is {kind(target.stat().st_mode)}, which is not replaced")
     remove_stale(target.parent)
     tmp = temporary(target, suffix)
     with writing(path):
@@ -204,13 +257,15 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], None],
                 os.fsync(f.fileno())
         with writing(path):
             os.replace(tmp, target)
+        for name in (path, target):
+            _inputs.pop(os.path.abspath(name), None)
     finally:
         tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike) -> Iterator[None]:
-    """Turn an OSError into the FileError that names `path`."""
+    """Turn an OSError into the InputError that names `path`."""
     try:
         yield
     except OSError as e:
@@ -293,16 +348,24 @@ def clash(inputs: dict[str, str], outputs: dict[str, str]) -> str | None:
 
 
 # ---- the command line ----
-def cli(main: Callable[[], int | None], errors: tuple[type[BaseException], ...] = (),
-        interrupted: str = "interrupted") -> None:
-    """Run a command's main and exit with its status: `errors` (and FileError) as one line `error: ...`, Ctrl-C as
+def status(main: Callable[[], int | None]) -> int:
+    """The exit status of main(), run as one `run`: its own, or 1 once an InputError it raised is reported as one
+    line `error: ...`."""
+    try:
+        with run():
+            return main() or 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def cli(main: Callable[[], int | None], interrupted: str = "interrupted") -> None:
+    """Run a command's main and exit with its status (`status`): an InputError as one line `error: ...`, Ctrl-C as
     one line, and a reader that stopped reading (`| head -1`) quietly. Names that are not UTF-8 are printed escaped
     where stdout is strict UTF-8."""
     sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        code = main()
-    except (FileError, *errors) as e:
-        sys.exit(f"error: {e}")
+        code = status(main)
     except KeyboardInterrupt:
         sys.exit(interrupted)
     except BrokenPipeError:

@@ -1,6 +1,9 @@
 """The Llama 2 model (Touvron et al. 2023) in the llama2.c layout: pre-norm decoder layers of grouped-query
 attention with rotary position embeddings and a SwiGLU feed-forward network, RMSNorm, tied input/output embeddings.
 The attention is unmasked, as in the course's reference, or causal, as in Llama 2 (LlamaConfig.causal).
+
+This file is the model and nothing else: the course's classes, names and loops, written to be read. The fast paths
+(fast.py) are installed on a loaded model from above, as LoRA adapters are (lora.py), and compute the same function.
 """
 import math
 from collections.abc import Callable
@@ -9,9 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import decode
-import recompute
-from blocked_linear import BlockedLinear  # nn.Linear(bias=False), faster on the few rows of a decoding step
 from checkpoint import is_tied, read_llama
 from config import LlamaConfig, swiglu_hidden_dim
 from rope import apply_rotary_emb, precompute_freqs
@@ -33,7 +33,7 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, for up to max_seq_len positions.
+    """Keys and values of the positions seen so far, for up to max_seq_len positions (those a generation reaches).
 
     The buffers are allocated at the first update, with the dtype and device of the keys they hold (so the cache
     also works under autocast), and are read only where they have been written.
@@ -68,15 +68,15 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.max_seq_len = config.max_seq_len
         self.causal = config.causal
-        self.compute_query = BlockedLinear(config.dim, config.n_heads * self.head_dim)
-        self.compute_key = BlockedLinear(config.dim, config.n_kv_heads * self.head_dim)
-        self.compute_value = BlockedLinear(config.dim, config.n_kv_heads * self.head_dim)
-        self.compute_output = BlockedLinear(config.n_heads * self.head_dim, config.dim)
+        self.compute_query = nn.Linear(config.dim, config.n_heads * self.head_dim, bias=False)
+        self.compute_key = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.compute_value = nn.Linear(config.dim, config.n_kv_heads * self.head_dim, bias=False)
+        self.compute_output = nn.Linear(config.n_heads * self.head_dim, config.dim, bias=False)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
-        self.flash = True  # PyTorch's fused kernel for the same function; False runs the written-out formula
-        self.cache: KVCache | None = None
+        self.flash = False  # True: PyTorch's fused kernel for the same function (fast.install chooses it)
+        self.cache: KVCache | None = None  # set by Llama.setup_cache for cached generation
 
     def compute_query_key_value_scores(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -101,35 +101,25 @@ class Attention(nn.Module):
         probs = self.attn_dropout(F.softmax(scores.float(), dim=-1).type_as(query))
         return probs @ value
 
-    def project(
+    def forward(
         self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The queries (batch, n_heads, seqlen, head_dim), keys and values (batch, n_kv_heads, seqlen, head_dim) of
-        x (batch, seqlen, dim) at positions start_pos…, the queries and keys turned by RoPE; freqs: its tables."""
+    ) -> torch.Tensor:
+        """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables.
+        With a KV cache, the keys and values of the positions before start_pos come from it."""
         batch_size, seqlen, _ = x.shape
         query = self.compute_query(x).view(batch_size, seqlen, self.n_local_heads, self.head_dim)
         key = self.compute_key(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
         value = self.compute_value(x).view(batch_size, seqlen, self.n_local_kv_heads, self.head_dim)
         query, key = apply_rotary_emb(query, key, self.head_dim, self.max_seq_len, start_pos=start_pos, freqs=freqs)
-        return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # heads first
-
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """The attention output (batch, seqlen, dim) of the queries over the keys and values (as project gives)."""
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # heads first
+        if self.cache is not None:
+            key, value = self.cache.update(start_pos, key, value)
         # key/value head h serves query heads h·n_rep … (h+1)·n_rep − 1
         key = key.repeat_interleave(self.n_rep, dim=1)
         value = value.repeat_interleave(self.n_rep, dim=1)
         output = self.compute_query_key_value_scores(query, key, value)
-        output = output.transpose(1, 2).flatten(2)
+        output = output.transpose(1, 2).flatten(2)  # (batch, seqlen, n_heads · head_dim)
         return self.resid_dropout(self.compute_output(output))
-
-    def forward(
-        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
-    ) -> torch.Tensor:
-        """Attention output for x (batch, seqlen, dim) at positions start_pos…; freqs: the model's rotary tables."""
-        query, key, value = self.project(x, freqs, start_pos)
-        if self.cache is not None:
-            key, value = self.cache.update(start_pos, key, value)
-        return self.attend(query, key, value)
 
 
 class FeedForward(nn.Module):
@@ -139,9 +129,9 @@ class FeedForward(nn.Module):
         super().__init__()
         if hidden_dim is None:
             hidden_dim = swiglu_hidden_dim(dim, multiple_of)
-        self.w1 = BlockedLinear(dim, hidden_dim)
-        self.w2 = BlockedLinear(hidden_dim, dim)
-        self.w3 = BlockedLinear(dim, hidden_dim)
+        self.w1 = nn.Linear(dim, hidden_dim, bias=False)
+        self.w2 = nn.Linear(hidden_dim, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden_dim, bias=False)
         self.dropout = nn.Dropout(dropout)
 
     def SwiGLU(self, x: torch.Tensor) -> torch.Tensor:
@@ -167,14 +157,10 @@ class LlamaLayer(nn.Module):
         self.ffn_norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0,
-        positions: torch.Tensor | None = None,
+        self, x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor] | None = None, start_pos: int = 0
     ) -> torch.Tensor:
-        """The layer's output (batch, seqlen, dim) for x (batch, seqlen, dim); with positions (batch,), that at
-        position positions[b] of each row b only (batch, 1, dim): the feed-forward network then runs there alone."""
+        """The layer's output (batch, seqlen, dim) for x (batch, seqlen, dim) at positions start_pos…"""
         h = x + self.attention(self.attention_norm(x), freqs, start_pos)
-        if positions is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), positions, None]
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -207,7 +193,7 @@ class Llama(LlamaPreTrainedModel):
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(LlamaLayer(i, config) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, eps=config.layer_norm_eps)
-        self.output = BlockedLinear(config.dim, config.vocab_size)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         self.tok_embeddings.weight = self.output.weight  # weight tying (Press & Wolf 2017)
         cos, sin = precompute_freqs(config.head_dim, config.max_seq_len)
         self.register_buffer("freqs_cos", cos, persistent=False)  # computed once, not part of the state dict
@@ -217,24 +203,18 @@ class Llama(LlamaPreTrainedModel):
             if name.endswith(("w3.weight", "compute_output.weight")):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layers))
 
-    def hidden_states(
-        self, tokens: torch.Tensor, start_pos: int = 0, positions: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The final normalised hidden states (batch, seqlen, dim) of tokens placed at positions start_pos…
-
-        With positions (batch,), only those at position positions[b] of each row b (batch, 1, dim): the last
-        layer's feed-forward network, the final norm and what follows are position-wise, so they run there alone.
-        """
+    def forward(
+        self, tokens: torch.Tensor, targets: torch.Tensor | None = None, start_pos: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits of every position when targets are given (training), else of the last one only (batch, 1, vocab);
+        and the final hidden states (batch, seqlen, dim). The tokens sit at positions start_pos… (a KV cache holds
+        the keys and values of those before)."""
         h = self.dropout(self.tok_embeddings(tokens))
         freqs = (self.freqs_cos, self.freqs_sin)
-        for i, layer in enumerate(self.layers):
-            h = layer(h, freqs, start_pos, positions if i == self.n_layers - 1 else None)
-        return self.norm(h)
-
-    def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits of every position when targets are given (training), else of the last one only; and hidden states."""
-        h = self.hidden_states(tokens)
-        logits = self.output(h if targets is not None else h[:, [-1], :])
+        for layer in self.layers:
+            h = layer(h, freqs, start_pos)
+        h = self.norm(h)
+        logits = self.output(h if targets is not None else h[:, [-1], :])  # [-1] keeps the position dimension
         return logits, h
 
     @torch.inference_mode()
@@ -243,40 +223,24 @@ class Llama(LlamaPreTrainedModel):
         use_cache: bool = True, on_token: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Append max_new_tokens tokens to idx (batch, seqlen): argmax at temperature 0.0, otherwise a sample from
-        softmax(logits / temperature), restricted to the top_k likeliest tokens when top_k is given. The model sees
-        at most the last max_seq_len tokens.
+        softmax(logits / temperature), from the top_k likeliest tokens when top_k is given. The model sees at most
+        the last max_seq_len tokens. `on_token`, if given, is called with each new token (batch, 1) as it is drawn.
 
         Without a mask (the course's semantics) every position sees the newest token, so each step recomputes the
-        whole context, keeping only layer 0's queries, keys and values (use_cache; recompute.py). A causal model
-        keeps the keys and values of earlier positions (use_cache), so each step runs only the new token (by
-        decode.Decoder, where it applies); once the context no longer fits, the window slides, every position
-        changes, and the step is recomputed in full. Either way the result is that of the plain loop
-        (use_cache=False). `on_token`, if given, is called with each new token (batch, 1) as it is drawn.
+        whole context. A causal model keeps the keys and values of earlier positions in a KV cache (use_cache), so
+        each step runs only the new token, until the window slides past max_seq_len and every position changes.
         """
-        if temperature < 0.0:
-            raise ValueError(f"temperature must be >= 0.0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be at least 1, got {top_k}")
-        max_seq_len = self.params.max_seq_len
         cached = use_cache and self.config.causal  # a cache is valid only where no position sees a later one
-        n_cached = 0
-        last_logits = self.last_logits
-        if cached and decode.applies_to(self):  # the same steps, faster (decode.py)
-            positions = min(max_seq_len, idx.shape[1] + max_new_tokens - 1)
-            last_logits = decode.Decoder(self, idx.shape[0], positions).logits
-        elif cached:
-            self.setup_cache()
-        elif use_cache and recompute.applies_to(self):  # layer 0's queries, keys and values kept (recompute.py)
-            last_logits = recompute.Recompute(self).logits
+        start = 0  # the positions whose keys and values the cache holds
+        if cached:
+            self.setup_cache(min(idx.size(1) + max_new_tokens - 1, self.params.max_seq_len))
         try:
             for _ in range(max_new_tokens):
-                if cached and idx.shape[1] <= max_seq_len:
-                    logits = last_logits(idx[:, n_cached:], n_cached)
-                    n_cached = idx.shape[1]
-                else:
-                    self.clear_cache()
-                    logits = last_logits(idx[:, -max_seq_len:], 0)
-                idx_next = sample(finite(logits), temperature, top_k)
+                idx_cond = idx if idx.size(1) <= self.params.max_seq_len else idx[:, -self.params.max_seq_len:]
+                start = start if idx.size(1) <= self.params.max_seq_len else 0  # the window slid: all of it anew
+                logits, _ = self(idx_cond[:, start:], start_pos=start)
+                start = idx_cond.size(1) if cached else 0
+                idx_next = sample(logits[:, -1], temperature, top_k)
                 idx = torch.cat((idx, idx_next), dim=1)
                 if on_token:
                     on_token(idx_next)
@@ -284,33 +248,16 @@ class Llama(LlamaPreTrainedModel):
             self.clear_cache()
         return idx
 
-    def last_logits(self, tokens: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
-        """The logits (batch, vocab_size) after the last of tokens (batch, seqlen) placed at positions start_pos…"""
-        last = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
-        return self.output(self.hidden_states(tokens, start_pos, positions=last)[:, 0])
-
-    def setup_cache(self) -> None:
-        """Give every attention layer an empty KV cache, which later forward passes fill and read."""
+    def setup_cache(self, positions: int | None = None) -> None:
+        """Give every attention layer an empty KV cache for `positions` positions (default: max_seq_len), which
+        later forward passes fill and read."""
         for layer in self.layers:
-            layer.attention.cache = KVCache(self.params.max_seq_len)
+            layer.attention.cache = KVCache(positions or self.params.max_seq_len)
 
     def clear_cache(self) -> None:
         """Drop the KV caches, so that forward passes see only their own tokens again."""
         for layer in self.layers:
             layer.attention.cache = None
-
-
-class NonFiniteError(ValueError):
-    """Logits holding NaN or infinity: the model's weights overflow its floating-point type."""
-
-
-def finite(logits: torch.Tensor) -> torch.Tensor:
-    """`logits`, once checked to be finite: sampling, arg-maxing or scoring NaN or infinity is meaningless. NaN
-    makes both the smallest and the largest value NaN, and ±∞ is one of them, so one pass (aminmax) tells."""
-    if not all(math.isfinite(bound) for bound in torch.aminmax(logits)):
-        raise NonFiniteError(f"the model computes logits that hold NaN or infinity ({logits.dtype} overflows): its "
-                             "weights are out of any usable range")
-    return logits
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None) -> torch.Tensor:
@@ -331,7 +278,7 @@ def load_pretrained(checkpoint: str, causal: bool = False, device: str | torch.d
     causal=False computes the course's reference semantics (attention without a mask), causal=True Llama 2's
     (see LlamaConfig); the weights are the same. Reads the course's stories42M.pt, llama2.c train.py checkpoints,
     llama2.c legacy and version-1 `.bin` exports, and the Llama part of run_llama.py's fine-tuned classifiers
-    (see checkpoint.py). A missing file is a FileNotFoundError: fetching one is the caller's job (assets.ensure).
+    (see checkpoint.py). A missing file is a files.InputError: fetching one is the caller's job (assets.ensure).
     """
     ckpt = read_llama(checkpoint, causal=causal)  # model_args checked, and the tensors' names and shapes
     model = Llama(ckpt.config)

@@ -34,10 +34,17 @@ def machine(use_gpu: bool = False) -> dict:
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 
 
+def logged(path: str | os.PathLike) -> bytes:
+    """The bytes of the log `path`, b"" if there is none yet. It is an output, which other runs in the same folder may
+    append to, so it is read anew each time (not by files.read, which holds an input to what it first read)."""
+    with files.writing(path):
+        return Path(path).read_bytes() if Path(path).exists() else b""
+
+
 def append(path: str | os.PathLike, record: dict) -> None:
     """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line.
     Its other lines are kept as bytes, whatever they hold."""
-    before = files.read(path)[0] if Path(path).exists() else b""
+    before = logged(path)
     if before and not before.endswith(b"\n"):
         before += b"\n"
     write_atomically(path, lambda f: f.write(before + json.dumps(record).encode() + b"\n"))
@@ -49,9 +56,7 @@ def drop_after(path: str | os.PathLike, run: dict, epoch: int) -> int:
 
     A run killed after appending an epoch's line but before saving its last checkpoint, then resumed from the epoch
     before, would otherwise record that epoch twice. Lines of other runs, and lines that are not JSON, stay."""
-    if not Path(path).exists():
-        return 0
-    lines = files.read(path)[0].splitlines(keepends=True)
+    lines = logged(path).splitlines(keepends=True)
     kept = [line for line in lines if not _past(line, run, epoch)]
     if len(kept) < len(lines):
         write_atomically(path, lambda f: f.write(b"".join(kept)))

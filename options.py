@@ -11,12 +11,13 @@ import torch
 
 import files
 import metrics
-from config import lora_problem
-from splits import InputError
+from config import DEFAULT_CHECKPOINT, DEFAULT_SEED, DEFAULT_TOKENIZER, lora_problem
+from files import InputError
 
 PREFIX = ("I have wanted to see this thriller for a while, and it didn't disappoint. "
           "Keanu Reeves, playing the hero John Wick, is")  # the course's prompt: generate's unless given --prompt
-METRICS = metrics.FILE  # where finetune and lora runs append a line per epoch
+TRAINING_OPTIONS = ("finetune", "lora")  # the options that train, write checkpoints and may run on torchrun
+METRICS = metrics.FILE  # where the training options append a line per epoch
 MAX_SEED = 2**31 - 1  # NumPy takes seeds below 2**32, and process r seeds with --seed + r
 DATA_FLAGS = ("--train", "--dev", "--test", "--label-names")
 DERIVED = {"dev": "--dev", "test": "--test", "label_names": "--label-names", "dev_out": "--dev_out",
@@ -57,15 +58,16 @@ def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="The test data (default: NAME-test.txt beside --train NAME-train.txt).")
     parser.add_argument("--label-names", type=str,
                         help="The JSON list of label names (default: NAME-label-mapping.json beside --train).")
-    parser.add_argument("--pretrained-model-path", type=str, default="stories42M.pt",
+    parser.add_argument("--pretrained-model-path", type=str, default=DEFAULT_CHECKPOINT,
                         help="The pretrained Llama checkpoint (default: %(default)s).")
-    parser.add_argument("--tokenizer-model", type=str, default="tokenizer.model",
+    parser.add_argument("--tokenizer-model", type=str, default=DEFAULT_TOKENIZER,
                         help="The sentencepiece tokenizer (default: %(default)s).")
     parser.add_argument("--max_sentence_len", type=int, default=None,
                         help="Truncate sentences to this many tokens (default: no truncation).")
-    parser.add_argument("--seed", type=int, default=1337, help="The seed of every random draw (default: %(default)s).")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                        help="The seed of every random draw (default: %(default)s).")
     parser.add_argument("--epochs", type=int, default=5, help="Epochs of training (default: %(default)s).")
-    parser.add_argument("--option", type=str, choices=("generate", "prompt", "finetune", "lora"), default="generate",
+    parser.add_argument("--option", type=str, choices=("generate", "prompt", *TRAINING_OPTIONS), default="generate",
                         help="generate: continue a prompt (--prompt, the course's by default); prompt: zero-shot "
                              "classification, the Llama parameters are frozen; finetune: Llama parameters are updated; "
                              "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen "
@@ -120,9 +122,11 @@ def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: list[str] | None = None, check_files: bool = True) -> argparse.Namespace:
-    """The command line, parsed and validated (its files too, unless not `check_files`): what the run works with."""
-    args = arg_parser().parse_args(argv)
+def parse_args(argv: list[str] | None = None, check_files: bool = True,
+               description: str | None = None) -> argparse.Namespace:
+    """The command line, parsed and validated (its files too, unless not `check_files`): what the run works with;
+    `description` heads its --help."""
+    args = arg_parser(description).parse_args(argv)
     validate_args(args, check_files)
     return args
 
@@ -171,7 +175,7 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
     else:
         inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
         outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
-    if args.option in ("finetune", "lora"):  # written, though --resume reads one and metrics.jsonl is appended to
+    if args.option in TRAINING_OPTIONS:  # written, though --resume reads one and metrics.jsonl is appended to
         outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
                     "the metrics file": METRICS, "the plot": args.plot_filepath}
     problem = files.clash(inputs, outputs)

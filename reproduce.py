@@ -18,8 +18,8 @@ continues an interrupted fine-tune with run_llama.py --resume when its -last.pt 
 finished and its predictions check, its two checkpoints (about 1 GB together for stories42M) are deleted unless
 --keep-checkpoints: the table needs only the predictions.
 
-Accuracy is computed here from the prediction files against the gold labels of the data files, line by line; a test
-file whose labels are all one value (cfimdb-test.txt's are all 0) or all -1 holds placeholders and is not scored.
+Accuracy is computed here from the prediction files against the gold labels of the data files, line by line; a file
+whose labels are placeholders (some -1, or all one value: cfimdb-test.txt's are all 0) is not scored.
 The table gives mean (sample standard deviation, n − 1) over the seeds beside the course's published figures, and goes
 to OUT/results.md, with the same numbers in OUT/results.json.
 """
@@ -37,13 +37,15 @@ from pathlib import Path
 
 import assets
 import files
-from files import write_atomically
+from config import DEFAULT_CHECKPOINT, DEFAULT_SEED, DEFAULT_TOKENIZER
+from files import InputError, write_atomically
 from metrics import machine
-from options import PREFIX, parse_args
+from options import PREFIX, TRAINING_OPTIONS, parse_args
+from splits import placeholder_labels, read_gold, read_label_names
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
 COURSE_SEEDS = 10  # the course reports mean (std) over 10 seeds
-FIRST_SEED = 1337  # run_llama.py's default --seed, so the first run of each command is exactly the README's
+FIRST_SEED = DEFAULT_SEED  # run_llama.py's default --seed, so the first run of each command is exactly the README's
 # flags reproduce.py sets itself: passed after --, they would make the runs something other than the table's
 RESERVED = {"--option", "--train", "--dev", "--test", "--label-names", "--dev_out", "--test_out", "--seed",
             "--pretrained-model-path", "--tokenizer-model", "--generated_sentence_low_temp_out",
@@ -101,12 +103,8 @@ COURSE_FIGURES: dict[tuple[str, str], tuple[float, float | None] | None] = {
 }
 
 
-class ReproduceError(Exception):
-    """A command line, data file or run that reproduce.py cannot work with."""
-
-
-class OutputError(Exception):
-    """A run's outputs are missing, incomplete or not what run_llama.py writes."""
+class OutputError(InputError):
+    """A run's outputs are missing, incomplete or not what run_llama.py writes: the run must go again."""
 
 
 # ---- the runs ----
@@ -132,7 +130,7 @@ def command_argv(command: Command, seed: int, data_dir: str, epochs: int | None,
     flags = [str(data_dir / flag.removeprefix("data/")) if flag.startswith("data/") else flag
              for flag in command.flags]
     option = flags[flags.index("--option") + 1]
-    if epochs is not None and option == "finetune":
+    if epochs is not None and option in TRAINING_OPTIONS:
         flags[flags.index("--epochs") + 1] = str(epochs)
     if batch_size is not None and option != "generate":
         flags[flags.index("--batch_size") + 1] = str(batch_size)
@@ -167,9 +165,9 @@ def read_state(run: Run) -> dict | None:
         state = json.loads(path.read_text(encoding="utf-8"))
         recorded = tuple(state["argv"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ReproduceError(f"{path}: not a run record written by reproduce.py ({e}); delete it to run again")
+        raise InputError(f"{path}: not a run record written by reproduce.py ({e}); delete it to run again")
     if recorded != run.argv:
-        raise ReproduceError(f"{path}: this folder holds a run with other flags ({' '.join(recorded)}); pass "
+        raise InputError(f"{path}: this folder holds a run with other flags ({' '.join(recorded)}); pass "
                              "another --out, or delete the folder to run it again")
     return state
 
@@ -182,7 +180,7 @@ def write_state(run: Run, state: dict) -> None:
 def checkpoints(run: Run) -> tuple[Path, Path] | None:
     """The fine-tune's best and last checkpoints, as run_llama.py names them; None for the other options."""
     args = run_args(run)
-    return (run.folder / args.filepath, run.folder / args.last_filepath) if args.option == "finetune" else None
+    return (run.folder / args.filepath, run.folder / args.last_filepath) if args.option in TRAINING_OPTIONS else None
 
 
 def delete_checkpoints(run: Run) -> None:
@@ -202,31 +200,12 @@ def execute(run: Run, resume: bool) -> float:
         seconds = time.perf_counter() - start
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-        raise ReproduceError(f"{run.title} failed (exit code {code}): {lines[-1] if lines else 'no output'} "
+        raise InputError(f"{run.title} failed (exit code {code}): {lines[-1] if lines else 'no output'} "
                              f"(its output: {log})")
     return seconds
 
 
 # ---- reading outputs ----
-def read_gold(path: Path) -> list[int]:
-    """The gold label of each line of a `label ||| sentence` data file, in order, its lines read as run_llama.py
-    reads them (files.data_lines)."""
-    labels = []
-    for lineno, raw in enumerate(files.data_lines(files.read(path)[0]), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise ReproduceError(f"{path}:{lineno}: not UTF-8 text ({e})") from None
-        label, separator, _ = line.partition(" ||| ")
-        try:
-            labels.append(int(label))
-        except ValueError:
-            raise ReproduceError(f"{path}:{lineno}: expected 'label ||| sentence', found {line[:80]!r}") from None
-        if not separator:
-            raise ReproduceError(f"{path}:{lineno}: expected 'label ||| sentence', found {line[:80]!r}")
-    return labels
-
-
 def read_predictions(path: Path, num_labels: int, expected: int) -> list[int]:
     """The prediction of each line of a run_llama.py output file, `pred ||| ...`; the text after the separator is
     not read. Raises OutputError unless there are `expected` lines, each a label 0 … num_labels − 1."""
@@ -264,19 +243,13 @@ def outputs(run: Run) -> dict:
     if args.option == "generate":
         return {"greedy": read_generated(run.folder / args.generated_sentence_low_temp_out),
                 "sampled": read_generated(run.folder / args.generated_sentence_high_temp_out)}
-    num_labels = len(json.loads(Path(args.label_names).read_text(encoding="utf-8")))
-    return {split: read_predictions(run.folder / out, num_labels, len(read_gold(Path(data))))
+    num_labels = len(read_label_names(args.label_names))
+    return {split: read_predictions(run.folder / out, num_labels, len(read_gold(data)))
             for split, data, out in (("dev", args.dev, args.dev_out), ("test", args.test, args.test_out))}
 
 
 def accuracy(preds: list[int], gold: list[int]) -> float:
     return sum(p == g for p, g in zip(preds, gold, strict=True)) / len(gold)
-
-
-def placeholders(gold: list[int]) -> bool:
-    """A test file's labels that are not gold labels: all -1 (run_llama.PLACEHOLDER), or all one value
-    (cfimdb-test.txt's are all 0)."""
-    return len(set(gold)) == 1
 
 
 # ---- running them all ----
@@ -342,7 +315,7 @@ def run_all(runs: list[Run], keep_checkpoints: bool) -> dict[Run, dict]:
         try:
             outputs(run)
         except OutputError as e:
-            raise ReproduceError(f"{run.title} ended without error, but {e}") from None
+            raise InputError(f"{run.title} ended without error, but {e}") from None
         states[run] = {"finished": True, "seconds": seconds, "resumed": resume}
         write_state(run, states[run])
         if not keep_checkpoints:
@@ -374,12 +347,12 @@ def results(runs: list[Run], states: dict[Run, dict]) -> dict:
         flags = run_args(mine[0])
         predictions = [outputs(run) for run in mine]
         for split, data in (("dev", flags.dev), ("test", flags.test)):
-            gold = read_gold(Path(data))
+            gold = read_gold(data)
             course = COURSE_FIGURES[(command.task, split)]
             row = {"task": command.task, "split": split, "data": data, "runs": len(mine),
                    "deterministic": command.deterministic,
                    "course": None if course is None else {"mean": course[0], "std": course[1]}}
-            if split == "test" and placeholders(gold):
+            if placeholder_labels(gold):
                 row.update(placeholder_labels=True, accuracies=None, mean=None, std=None)
             else:
                 accuracies = [accuracy(p[split], gold) for p in predictions]
@@ -445,9 +418,9 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser.add_argument("--use_gpu", action="store_true", help="Pass --use_gpu to run_llama.py.")
     parser.add_argument("--epochs", type=int, help="Epochs instead of the fine-tunes' 5 (a trial, not the course's).")
     parser.add_argument("--batch_size", type=int, help="A batch size instead of the commands' 10 and 80 (a trial).")
-    parser.add_argument("--pretrained-model-path", default="stories42M.pt",
+    parser.add_argument("--pretrained-model-path", default=DEFAULT_CHECKPOINT,
                         help="The pretrained checkpoint every run reads (default: %(default)s).")
-    parser.add_argument("--tokenizer-model", default="tokenizer.model",
+    parser.add_argument("--tokenizer-model", default=DEFAULT_TOKENIZER,
                         help="The tokenizer every run reads (default: %(default)s).")
     parser.add_argument("--data-dir", default="data",
                         help="The folder of the data files the commands name (default: %(default)s).")
@@ -522,5 +495,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    files.cli(main, (ReproduceError, FileNotFoundError, assets.AssetError),
-              "interrupted: run the same command again to go on where it stopped")
+    files.cli(main, "interrupted: run the same command again to go on where it stopped")

@@ -22,6 +22,12 @@ def precompute_freqs(head_dim: int, max_seq_len: int, theta: float = 10000.0) ->
     return torch.cos(angles), torch.sin(angles)
 
 
+def turns(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """e^{j·p·θ_i} = cos(p·θ_i) + j·sin(p·θ_i), from precompute_freqs' tables: the complex number by which
+    pair i at position p is multiplied (RoFormer §3.4.2), to rotate pairs viewed as complex numbers in place."""
+    return torch.complex(cos, sin)
+
+
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Turn each pair of x (batch, seqlen, heads, head_dim) by the angles given as cos/sin (seqlen, head_dim/2)."""
     x_even, x_odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)

@@ -12,7 +12,9 @@ import sys
 import torch
 
 import assets
+import files
 from checkpoint import read_torch_file
+from files import InputError
 from rope import apply_rotary_emb
 
 HEAD_DIM, MAX_SEQ_LEN = 4, 20
@@ -33,7 +35,7 @@ def read_reference(path: str) -> tuple[torch.Tensor, torch.Tensor]:
     """The course's (query, key) pair saved in `path`."""
     saved = read_torch_file(path)
     if not (isinstance(saved, (tuple, list)) and len(saved) == 2 and all(isinstance(t, torch.Tensor) for t in saved)):
-        raise ValueError(f"{path}: expected a (query, key) pair of tensors, found {type(saved).__name__}")
+        raise InputError(f"{path}: expected a (query, key) pair of tensors, found {type(saved).__name__}")
     return saved[0], saved[1]
 
 
@@ -42,12 +44,13 @@ def close(got: torch.Tensor, want: torch.Tensor, **tolerance: float) -> bool:
 
 
 def main(reference: str = REFERENCE) -> int:
-    """Run the checks; returns the exit status (0 when all pass)."""
-    try:
-        course_query, course_key = read_reference(str(assets.ensure(reference)))
-    except (OSError, ValueError, assets.AssetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    """Run the checks; returns the exit status (0 when all pass; 1 once an InputError is reported: files.status)."""
+    return files.status(lambda: check(reference))
+
+
+def check(reference: str) -> int:
+    """Compare apply_rotary_emb with the course's reference file and the float64 derivation; the exit status."""
+    course_query, course_key = read_reference(str(assets.ensure(reference)))
     query = 2 * torch.ones(1, 2, 2, HEAD_DIM)
     key = 3 * torch.ones(1, 2, 2, HEAD_DIM)
     rotated_query, rotated_key = apply_rotary_emb(query, key, HEAD_DIM, MAX_SEQ_LEN)

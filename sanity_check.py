@@ -16,10 +16,10 @@ import torch
 import assets
 import files
 from checkpoint import read_torch_file
-from config import LlamaConfig
+from config import DEFAULT_CHECKPOINT, DEFAULT_SEED, LlamaConfig
+from files import InputError
 from llama import load_pretrained
 
-SEED = 1337
 SENT_IDS = [[101, 7592, 2088, 102, 0, 0, 0, 0],
             [101, 7592, 15756, 2897, 2005, 17953, 2361, 102]]
 ATOL, RTOL = 1e-5, 1e-3
@@ -46,26 +46,28 @@ def load_expected(path: str | Path) -> dict[str, torch.Tensor]:
     """The reference outputs saved in `path`."""
     try:
         data = read_torch_file(path)
-    except ValueError as e:
-        raise ValueError(f"{e}; delete it to fetch it again") from None
+    except InputError as e:
+        raise InputError(f"{e}; delete it to fetch it again") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+        raise InputError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
     return data
 
 
-def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> int:
-    """Run the check; returns the exit status (0 when the outputs match)."""
-    torch.manual_seed(SEED)
-    try:
-        expected = load_expected(assets.ensure(data))  # each file is fetched if missing, before it is read
-        model = load_pretrained(assets.ensure(checkpoint), causal=False)  # the course's reference semantics
-        if differ := [f"{name}={getattr(model.config, name)}, not {getattr(STORIES42M, name)}"
-                      for name in SIZES if getattr(model.config, name) != getattr(STORIES42M, name)]:
-            raise ValueError(f"{checkpoint}: not of stories42M's sizes ({'; '.join(differ)}): {data} holds "
-                             "stories42M.pt's outputs, so the check is made for that checkpoint only")
-    except (OSError, ValueError, assets.AssetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+def main(checkpoint: str = DEFAULT_CHECKPOINT, data: str = "sanity_check.data") -> int:
+    """Run the check; returns the exit status (0 when the outputs match; 1 once an InputError is reported:
+    files.status)."""
+    return files.status(lambda: check(checkpoint, data))
+
+
+def check(checkpoint: str, data: str) -> int:
+    """Compare the outputs of `checkpoint` with those saved in `data`; returns the exit status."""
+    torch.manual_seed(DEFAULT_SEED)
+    expected = load_expected(assets.ensure(data))  # each file is fetched if missing, before it is read
+    model = load_pretrained(assets.ensure(checkpoint), causal=False)  # the course's reference semantics
+    if differ := [f"{name}={getattr(model.config, name)}, not {getattr(STORIES42M, name)}"
+                  for name in SIZES if getattr(model.config, name) != getattr(STORIES42M, name)]:
+        raise InputError(f"{checkpoint}: not of stories42M's sizes ({'; '.join(differ)}): {data} holds "
+                         "stories42M.pt's outputs, so the check is made for that checkpoint only")
     with torch.no_grad():
         logits, hidden_states = model(torch.tensor(SENT_IDS, device=model.output.weight.device))
     problems = compare({"logits": logits, "hidden_states": hidden_states}, expected)
@@ -79,7 +81,7 @@ def main(checkpoint: str = "stories42M.pt", data: str = "sanity_check.data") -> 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      allow_abbrev=False)
-    parser.add_argument("--pretrained-model-path", default="stories42M.pt",
-                        help="The checkpoint to check, of stories42M's sizes (default: stories42M.pt).")
+    parser.add_argument("--pretrained-model-path", default=DEFAULT_CHECKPOINT,
+                        help=f"The checkpoint to check, of stories42M's sizes (default: {DEFAULT_CHECKPOINT}).")
     checkpoint = parser.parse_args().pretrained_model_path
     files.cli(lambda: main(checkpoint))

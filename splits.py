@@ -1,22 +1,22 @@
-"""The examples of a task: a data file's Split, its label names and the course's prompt after each sentence, the
+"""The examples of a task: a data file's `label ||| sentence` lines (read_examples, the one reader of that format)
+and its Split, its label names and the course's prompt after each sentence, the examples on the device and the
 batches they are computed in (example indices, from their lengths), whether they fit a model, and the scores of the
 predictions made for them."""
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from sklearn.metrics import accuracy_score, f1_score
+from torch.nn.utils.rnn import pad_sequence
 
 import files
-from llama import Llama
+from config import LlamaConfig
+from files import InputError
 from tokenizer import Tokenizer
 
 PLACEHOLDER = -1  # the label of an example whose gold label is withheld
 GROUP_CHUNK = 50  # --group_by_length sorts within chunks of this many batches
-
-
-class InputError(Exception):
-    """A data file, label file, model or command line that run_llama.py cannot work with."""
 
 
 @dataclass
@@ -30,6 +30,56 @@ class Split:
     token_ids: list[list[int]]
     suffix_len: int = 0
     sha256: str = ""
+
+
+def read_examples(path: str) -> tuple[list[tuple[int, str]], str]:
+    """The (label, sentence) of each `label ||| sentence` line of a data file, and the file's sha256. A byte order
+    mark and blank lines at the end are ignored; a blank line before the last sentence is an error, as is a file
+    without any line."""
+    data, sha256 = files.read(path)
+    examples = []
+    for lineno, raw in enumerate(files.data_lines(data), 1):
+        where = f"{path}:{lineno}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{where}: not UTF-8 text ({e})") from None
+        label, separator, sentence = line.partition(" ||| ")
+        sentence = sentence.strip()
+        if not separator or not sentence:
+            raise InputError(f"{where}: expected 'label ||| sentence', found {line.rstrip()[:80]!r}")
+        try:
+            examples.append((int(label), sentence))
+        except ValueError:
+            raise InputError(f"{where}: the label {label!r} is not an integer") from None
+    if not examples:
+        raise InputError(f"{path}: empty file: no 'label ||| sentence' lines")
+    return examples, sha256
+
+
+def read_gold(path: str) -> list[int]:
+    """The label of each line of a data file, in order."""
+    return [label for label, _ in read_examples(path)[0]]
+
+
+def create_data(path: str, tokenizer: Tokenizer, num_labels: int, suffix: str | None = None,
+                placeholders: bool = False) -> Split:
+    """A data file's Split: the token ids of an example are BOS and the sentence's (at most max_len).
+
+    With a prompt `suffix`, an example is the sentence, a space and the suffix, as in the course, and its token ids
+    end with the suffix's, which max_len does not cut. Labels must be 0 … num_labels − 1, or PLACEHOLDER where
+    `placeholders` allows it.
+    """
+    examples, sha256 = read_examples(path)
+    for lineno, (label, _) in enumerate(examples, 1):
+        if not (0 <= label < num_labels or placeholders and label == PLACEHOLDER):
+            allowed = f"0 … {num_labels - 1}" + (f" or {PLACEHOLDER}" if placeholders else "")
+            raise InputError(f"{path}:{lineno}: label {label} is not one of {allowed} ({num_labels} label names)")
+    suffix_ids = tokenizer.sp_model.encode(suffix) if suffix else []
+    sentences = [f"{sentence} {suffix}" if suffix else sentence for _, sentence in examples]
+    token_ids = [tokenizer.encode(sentence, bos=True, eos=False) + suffix_ids for _, sentence in examples]
+    print(f"load {len(examples)} data from {path}")
+    return Split(path, sentences, [label for label, _ in examples], token_ids, len(suffix_ids), sha256)
 
 
 def read_label_names(path: str) -> list[str]:
@@ -65,6 +115,34 @@ def prompt_suffix(label_names: list[str]) -> str:
     else:
         labels = ", ".join(label_names[:-1]) + ", or " + label_names[-1]
     return f"Is this movie {labels}? This movie is "
+
+
+class LlamaDataset:
+    """A split (kept as `split`) with its token ids right-padded into one tensor that is moved to the device once. A
+    batch is then a slice of a device-side index into it, cut to the batch's longest sentence, so the loops copy
+    nothing between host and device."""
+
+    def __init__(self, split: Split, pad_id: int, device: torch.device):
+        self.split = split
+        self.lengths = [len(ids) for ids in split.token_ids]  # kept on the host too: they set each batch's width
+        rows = [torch.tensor(ids) for ids in split.token_ids]
+        self.token_ids = pad_sequence(rows, batch_first=True, padding_value=pad_id).to(device)
+        self.device_lengths = torch.tensor(self.lengths).to(device)
+        self.labels = torch.tensor(split.labels).to(device)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def batches(self, order: list[list[int]], widths: list[int] | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+        """(example indices, token ids, lengths, labels) of each batch in `order`, all on the device, padded to the
+        batch's longest sentence or to `widths` (a process's share of a batch is padded as the whole batch is)."""
+        index = torch.tensor([i for batch in order for i in batch]).to(self.token_ids.device)
+        widths = widths or [max(self.lengths[i] for i in batch) for batch in order]
+        start = 0
+        for batch, width in zip(order, widths):
+            rows = index[start : start + len(batch)]
+            start += len(batch)
+            yield rows, self.token_ids[rows, :width], self.device_lengths[rows], self.labels[rows]
 
 
 def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_length: bool,
@@ -106,17 +184,23 @@ def scores(labels: list[int], preds: list[int]) -> tuple[float, float]:
     return float(accuracy_score(labels, preds)), float(f1_score(labels, preds, average="macro"))
 
 
+def placeholder_labels(labels: list[int]) -> bool:
+    """Whether a file's labels are placeholders, not gold labels to score against: some are PLACEHOLDER, or all are
+    one value (the course's cfimdb-test.txt, whose labels are all 0)."""
+    return PLACEHOLDER in labels or len(set(labels)) == 1
+
+
 def report(name: str, split: Split, preds: list[int]) -> str:
-    """Accuracy and macro-F1, or why they mean nothing: placeholder labels, or one label throughout."""
+    """Accuracy and macro-F1, or why they mean nothing: the split's labels are placeholders."""
     if PLACEHOLDER in split.labels:
         return (f"{name} acc :: meaningless: {split.path} has placeholder labels ({PLACEHOLDER}); "
                 f"its {len(preds)} predictions are written all the same")
+    if placeholder_labels(split.labels):
+        return (f"{name} acc :: not scored: every label in {split.path} is {split.labels[0]}, so they are "
+                f"placeholders and an accuracy would be meaningless; its {len(preds)} predictions are written all "
+                "the same")
     acc, f1 = scores(split.labels, preds)
-    line = f"{name} acc :: {acc:.3f}, macro-F1 :: {f1:.3f}"
-    if len(set(split.labels)) == 1:
-        line += (f" (every label in {split.path} is {split.labels[0]}: if these are placeholders, as in the "
-                 "course's cfimdb-test.txt, this accuracy is meaningless)")
-    return line
+    return f"{name} acc :: {acc:.3f}, macro-F1 :: {f1:.3f}"
 
 
 def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[str]) -> None:
@@ -125,10 +209,11 @@ def write_predictions_to_file(outfile: str, preds: list[int], sentences: list[st
     print(f"wrote {len(preds)} predictions to {outfile}")
 
 
-def check_fits(llama: Llama, tokenizer: Tokenizer, splits: list[Split], tokenizer_model: str, model_path: str) -> None:
-    """Refuse a tokenizer of another vocabulary size than the model's, and sentences longer than its context.
-    `tokenizer_model` and `model_path` are the files they were read from, which the refusal names."""
-    vocab_size, max_seq_len = llama.config.vocab_size, llama.config.max_seq_len
+def check_fits(config: LlamaConfig, tokenizer: Tokenizer, splits: list[Split], tokenizer_model: str,
+               model_path: str) -> None:
+    """Refuse a tokenizer of another vocabulary size than the model of `config`, and sentences longer than its
+    context. `tokenizer_model` and `model_path` are the files they were read from, which the refusal names."""
+    vocab_size, max_seq_len = config.vocab_size, config.max_seq_len
     if tokenizer.n_words != vocab_size:
         raise InputError(f"the tokenizer {tokenizer_model} has {tokenizer.n_words} pieces, "
                          f"{'more' if tokenizer.n_words > vocab_size else 'fewer'} than the "

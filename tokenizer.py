@@ -1,56 +1,49 @@
 """The Llama 2 tokenizer: a sentencepiece BPE model of 32000 pieces, read from `tokenizer.model`."""
-from pathlib import Path
-
 from sentencepiece import SentencePieceProcessor
 
-DEFAULT_MODEL = "tokenizer.model"
+import files
+from config import DEFAULT_TOKENIZER
+from files import InputError
+
 PAD_PIECE = "<0x00>"  # Llama 2 defines no pad token; the course pads with the byte piece for NUL (id 3)
-
-
-class TokenizerError(ValueError):
-    """A tokenizer model file that cannot be used."""
 
 
 class Tokenizer:
     """Turns text into piece ids and back.
 
     `max_len` caps the number of text pieces; BOS/EOS are added after the cap, so an encoding can be up to
-    max_len + 2 ids long. Without `tokenizer_model` the default `tokenizer.model` is used. A missing model
-    file is a FileNotFoundError: fetching one is the caller's job (assets.ensure).
+    max_len + 2 ids long. Without `tokenizer_model` the default `tokenizer.model` is used. The model file is read by
+    files.read (a FIFO works too); a missing one is an InputError: fetching one is the caller's job (assets.ensure).
     """
 
     def __init__(self, max_len: int | None = None, tokenizer_model: str | None = None):
         if max_len is not None and max_len <= 0:
             raise ValueError(f"max_len must be positive or None, got {max_len}")
-        path = Path(DEFAULT_MODEL if tokenizer_model is None else tokenizer_model)
-        if path.is_dir():
-            raise TokenizerError(f"tokenizer model {path} is a folder, not a sentencepiece model file")
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with "
-                f"`python assets.py {DEFAULT_MODEL}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"
-            )
-        if path.stat().st_size == 0:
-            raise TokenizerError(f"{path} is not a sentencepiece model: an empty file")
+        path = DEFAULT_TOKENIZER if tokenizer_model is None else tokenizer_model
+        data, _ = files.read(path, "a sentencepiece model file", missing=(
+            f"tokenizer model {path} not found; fetch the Llama 2 tokenizer with `python assets.py "
+            f"{DEFAULT_TOKENIZER}` (set MINLLAMA_ASSET_MIRROR to copy it from a local mirror)"))
+        if not data:
+            raise InputError(f"{path} is not a sentencepiece model: an empty file")
         try:
-            self.sp_model = SentencePieceProcessor(model_file=str(path))
-        except (RuntimeError, OSError) as e:
-            raise TokenizerError(f"{path} is not a sentencepiece model (truncated or another kind of file): "
-                                 f"{' '.join(str(e).split())}") from None
+            self.sp_model = SentencePieceProcessor(model_proto=data)
+        except RuntimeError as e:
+            raise InputError(f"{path} is not a sentencepiece model (truncated or another kind of file): "
+                             f"{' '.join(str(e).split())}") from None
         self.max_len = max_len
         self.n_words: int = self.sp_model.vocab_size()
         self.bos_id: int = self.sp_model.bos_id()
         self.eos_id: int = self.sp_model.eos_id()
         self.pad_id: int = self._find_pad_id(path)
 
-    def _find_pad_id(self, path: Path) -> int:
+    def _find_pad_id(self, path: str) -> int:
         """Id of the piece `<0x00>`, else sentencepiece's own pad id; a model with neither is an error."""
         pad = self.sp_model.piece_to_id(PAD_PIECE)
         if self.sp_model.id_to_piece(pad) == PAD_PIECE:  # piece_to_id answers unk_id for an unknown piece
             return pad
         if self.sp_model.pad_id() >= 0:
             return self.sp_model.pad_id()
-        raise TokenizerError(f"{path} has neither a {PAD_PIECE} piece nor a pad id to pad with")
+        raise InputError(f"{path} has neither a {PAD_PIECE} piece nor a pad id to pad with")
 
     def encode(self, s: str, bos: bool, eos: bool) -> list[int]:
         """Piece ids of `s`, truncated to max_len, then with BOS prepended and/or EOS appended."""

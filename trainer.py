@@ -1,5 +1,6 @@
-"""run_llama.py's fine-tuning: an epoch of the course's loop (train_epoch, on example indices and their lengths), on
-several processes on torchrun, and checkpoints that a run can be resumed from.
+"""run_llama.py's fine-tuning and evaluation: the run's processes (`processes`), the course's loop over epochs with
+checkpoints that a run can be resumed from (`fit`, an epoch of it being train_epoch, on example indices and their
+lengths), on several processes on torchrun, and the predictions of a classifier written to a file (`evaluate`).
 
 Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option finetune ...` starts N copies of the
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
@@ -21,6 +22,7 @@ batches depend only on --seed and the epoch, and the generators that dropout dra
 run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that the
 interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
 """
+import argparse
 import contextlib
 import math
 import os
@@ -30,7 +32,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,13 +42,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import metrics
-from checkpoint import (CheckpointError, read_classifier_checkpoint, save_classifier_checkpoint,
-                        weights_digest)
-from classifier import LlamaEmbeddingClassifier
-from config import ClassifierConfig
-from lora import is_adapter, load_lora_state_dict, lora_state_dict
-from options import autocast
-from splits import InputError, batch_order, padded_fraction, scores
+from checkpoint import read_classifier_checkpoint, save_classifier_checkpoint
+from classifier import LlamaEmbeddingClassifier, base_digest, load_weights
+from config import ATTENTION_PROJECTIONS, DEFAULT_TARGETS, ClassifierConfig
+from files import InputError
+from lora import lora_state_dict, merge_lora
+from optimizer import AdamW
+from options import TRAINING_OPTIONS, autocast, get_device, seed_everything
+from splits import (LlamaDataset, Split, batch_order, eval_order, padded_fraction, report, scores,
+                    write_predictions_to_file)
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
                      "prompt", "max_new_tokens", "temperature", "top_k", "stream")
@@ -57,19 +60,16 @@ RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out", 
 TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # torchrun sets them all
 
 
-class LaunchError(ValueError):
-    """The environment holds some of torchrun's variables but not all: neither torchrun's process nor a plain one."""
-
-
 def launched_by_torchrun() -> bool:
-    """Whether torchrun started this process, which it tells by setting every variable of TORCHRUN_ENV; LaunchError
-    when only some of them are set (left over in the shell, say), naming them."""
+    """Whether torchrun started this process, which it tells by setting every variable of TORCHRUN_ENV; refused when
+    only some of them are set (left over in the shell, say), naming them: neither torchrun's process nor a plain
+    one."""
     present = [name for name in TORCHRUN_ENV if name in os.environ]
     if 0 < len(present) < len(TORCHRUN_ENV):
         missing = [name for name in TORCHRUN_ENV if name not in os.environ]
-        raise LaunchError(f"the environment sets {', '.join(f'{name}={os.environ[name]}' for name in present)} but "
-                          f"not {', '.join(missing)}, which torchrun sets together: to run as one process, unset "
-                          f"{' '.join(present)}")
+        raise InputError(f"the environment sets {', '.join(f'{name}={os.environ[name]}' for name in present)} but "
+                         f"not {', '.join(missing)}, which torchrun sets together: to run as one process, unset "
+                         f"{' '.join(present)}")
     return bool(present)
 
 
@@ -97,6 +97,27 @@ def printing_on_rank_0() -> Iterator[None]:
         return
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield
+
+
+@contextlib.contextmanager
+def processes(args: argparse.Namespace) -> Iterator[int]:
+    """The run's processes, around its work, which is given this process's rank: under torchrun, which runs only
+    the TRAINING_OPTIONS, join the process group and leave it at the end; print on rank 0 only; seed this process
+    with --seed + rank, so that the processes' dropout masks differ (the batches come from --seed and the epoch)."""
+    device = get_device(args.use_gpu, args.dtype)
+    if launched_by_torchrun():
+        if args.option not in TRAINING_OPTIONS:
+            raise InputError(f"--option {args.option} runs as a single process, but {', '.join(TORCHRUN_ENV)} are "
+                             "set, as torchrun sets them: start it with python, not torchrun, and with those unset")
+        init_distributed(device)
+    rank, _ = rank_and_world_size()
+    try:
+        with printing_on_rank_0():
+            seed_everything(args.seed + rank)
+            yield rank
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def distributed(model: nn.Module, device: torch.device) -> nn.Module:
@@ -201,43 +222,6 @@ def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress
                                       "metrics": progress.metrics, "train_sha256": train_sha256}, last=True)
 
 
-def base_digest(model: LlamaEmbeddingClassifier) -> str:
-    """checkpoint.weights_digest of the base model under the LoRA adapters."""
-    state_dict = model.llama.state_dict()
-    return weights_digest({name: t for name, t in state_dict.items() if not is_adapter(name)})
-
-
-def sizes(model_args: dict) -> dict:
-    """model_args without `causal`: the sizes of the weights, which do not depend on the semantics."""
-    return {key: value for key, value in model_args.items() if key != "causal"}
-
-
-def load_weights(model: LlamaEmbeddingClassifier, saved: dict, path: str) -> None:
-    """Copy a checkpoint's weights into the classifier built from its model_config: all of them ("model"), or the
-    adapters and head onto the base model ("lora")."""
-    if "model" in saved:
-        try:
-            model.load_state_dict(saved["model"])
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: its weights do not fit the classifier of its model_config: "
-                                  f"{' '.join(str(e).split())}") from None
-        return
-    base = saved["model_config"]["pretrained_model_path"]
-    trained_on, now = (sizes(model_args) for model_args in (saved["model_args"], asdict(model.llama.config)))
-    if trained_on != now:
-        raise CheckpointError(f"{path}: its LoRA adapters were trained on a model of sizes {trained_on}, "
-                              f"but {base} now has {now}")
-    digest = base_digest(model)
-    if saved["base_digest"] != digest:
-        raise CheckpointError(f"{path}: its LoRA adapters were trained on other base weights than those {base} "
-                              f"now holds (weights sha256 {saved['base_digest'][:12]}…, now {digest[:12]}…): put "
-                              "back the base model they were trained on")
-    try:
-        load_lora_state_dict(model, saved["lora"], "classifier_head.")
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-
-
 @dataclass
 class Progress:
     """How far a run has come: the last epoch done (-1 before the first), the best dev accuracy so far, the run's id in
@@ -265,15 +249,15 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
     changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in flags.items()
                if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
     if changed:
-        raise CheckpointError(f"--resume: {path} was written by a run with other flags "
-                              f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
+        raise InputError(f"--resume: {path} was written by a run with other flags "
+                         f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
     if saved["train_sha256"] != train_sha256:
-        raise CheckpointError(f"--resume: {path} was written by a run on another {flags['train']} (its "
-                              "sha256 differs): put back that file, or leave out --resume to start over")
+        raise InputError(f"--resume: {path} was written by a run on another {flags['train']} (its "
+                         "sha256 differs): put back that file, or leave out --resume to start over")
     load_weights(model, saved, path)
     rank, world_size = rank_and_world_size()
     if not saved["rng"]:
-        raise CheckpointError(f"{path}: 'rng' holds no random generators' state")
+        raise InputError(f"{path}: 'rng' holds no random generators' state")
     if len(saved["rng"]) != world_size:
         print(f"note: {path} was written by {len(saved['rng'])} processes, resumed by {world_size}: "
               "the dropout masks will differ from those of an uninterrupted run")
@@ -281,8 +265,8 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
         optimizer.load_state_dict(saved["optim"])
         set_rng_state(saved["rng"][rank % len(saved["rng"])], device)
     except (ValueError, TypeError, KeyError, IndexError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: its optimizer or random generators' state cannot be restored "
-                              f"({type(e).__name__}: {' '.join(str(e).split())})") from None
+        raise InputError(f"{path}: its optimizer or random generators' state cannot be restored "
+                         f"({type(e).__name__}: {' '.join(str(e).split())})") from None
     print(f"resume from {path} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
     return Progress(**{f.name: saved[f.name] for f in fields(Progress)})
 
@@ -299,19 +283,7 @@ def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) 
 
 
 # ---- training ----
-class Batched(Protocol):
-    """run_llama.LlamaDataset as train_epoch uses it: examples' lengths and labels, and their batches by index."""
-
-    lengths: list[int]
-    labels: torch.Tensor
-
-    def __len__(self) -> int: ...
-
-    def batches(self, order: list[list[int]], widths: list[int] | None = None
-                ) -> Iterator[tuple[torch.Tensor, ...]]: ...
-
-
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: Batched, epoch: int, seed: int,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LlamaDataset, epoch: int, seed: int,
                 batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
@@ -352,12 +324,40 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
             "padded": padded_fraction(data.lengths, batches)}
 
 
+def classifier_config(args: argparse.Namespace, num_labels: int) -> ClassifierConfig:
+    """The classifier the command line asks for, over num_labels labels."""
+    targets = ATTENTION_PROJECTIONS if args.lora_all_projections else DEFAULT_TARGETS
+    return ClassifierConfig(args.pretrained_model_path, num_labels, hidden_dropout_prob=args.hidden_dropout_prob,
+                            option=args.option, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+                            lora_dropout=args.lora_dropout, lora_targets=targets, causal=args.causal)
+
+
 def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
     """LlamaEmbeddingClassifier(config); a checkpoint or LoRA rank it cannot be built from is an InputError."""
     try:
         return LlamaEmbeddingClassifier(config)
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def classifier_for(args: argparse.Namespace, num_labels: int) -> LlamaEmbeddingClassifier:
+    """The classifier to fine-tune that the command line asks for (classifier_config), as first built."""
+    return build_classifier(classifier_config(args, num_labels))
+
+
+def load_classifier(path: str) -> LlamaEmbeddingClassifier:
+    """The classifier of the best checkpoint `path`, built from its model_config. LoRA adapters are merged into the
+    base weights (lora.merge_lora), which changes no prediction and makes no extra work per token."""
+    if not Path(path).is_file():
+        raise InputError(f"{path}: the best checkpoint of this run is missing (moved or deleted while it ran?), so "
+                         "there is no model to write the predictions of")
+    saved = read_classifier_checkpoint(path)
+    model = build_classifier(ClassifierConfig(**saved["model_config"]))
+    load_weights(model, saved, path)
+    if "lora" in saved:
+        merge_lora(model)
+    print(f"load model from {path} (epoch {saved['epoch']}, dev acc {saved['best_dev_acc']:.3f})")
+    return model
 
 
 def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
@@ -368,3 +368,89 @@ def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
         if param.requires_grad and not torch.isfinite(param).all():
             return f"the weight {name} is no longer finite"
     return None
+
+
+def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: list[str], train_data: LlamaDataset,
+        dev_data: LlamaDataset) -> list[dict]:
+    """Fine-tune `model` (classifier_for the command line, on the data's device) with the course's AdamW for
+    --epochs (with --resume from the epoch after the last checkpoint's), in every process.
+
+    After each epoch rank 0 evaluates on dev, saves the checkpoint of the best dev accuracy and the last one, and
+    appends the epoch's metrics, while the others wait. Returns the run's metrics records (those of rank 0).
+    """
+    device = train_data.token_ids.device
+    config = classifier_config(args, len(label_names))
+    rank, _ = rank_and_world_size()
+    optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
+    flags = vars(args)
+    progress = (resume(args.last_filepath, flags, train_data.split.sha256, model, optimizer, device) if args.resume
+                else Progress())
+    if progress.epoch >= 0 and not Path(args.filepath).is_file():
+        raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress.epoch}, but the best "
+                         f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
+                         "start over")
+    if progress.epoch >= 0:
+        drop_metrics_after(progress, args.option, args.epochs, args.lr)
+    trained_model = distributed(model, device)
+    dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
+    for epoch in range(progress.epoch + 1, args.epochs):
+        stats = train_epoch(trained_model, optimizer, train_data, epoch, args.seed, args.batch_size,
+                            args.group_by_length, args.dtype, device)
+        failure = divergence_reason(stats["loss"], model)
+        if failure:
+            raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
+                             f"{args.lr}")
+        rng = gather(rng_state(device))
+        if rank == 0:
+            dev_acc, dev_f1 = scores(dev_data.split.labels, model_eval(model, dev_data, dev_batches, args.dtype))
+            if dev_acc > progress.best_dev_acc:
+                save_model(args.filepath, checkpoint_data(model, flags, config, label_names, epoch, dev_acc), optimizer)
+            record = {"run": progress.run, "option": args.option, "epochs": args.epochs, "lr": args.lr,
+                      "epoch": epoch, "loss": stats["loss"], "train_acc": stats["acc"], "dev_acc": dev_acc,
+                      "train_f1": stats["f1"], "dev_f1": dev_f1, "seconds": stats["seconds"],
+                      "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
+            metrics.append(metrics.FILE, record)
+            progress = Progress(epoch, max(progress.best_dev_acc, dev_acc), progress.run, progress.metrics + [record])
+            saved = checkpoint_data(model, flags, config, label_names, epoch, progress.best_dev_acc)
+            save_last(args.last_filepath, saved, optimizer, progress, rng, train_data.split.sha256)
+            print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
+                  f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
+                  f"padding {stats['padded']:.1%}")
+        barrier()
+    return progress.metrics
+
+
+# ---- evaluation ----
+@torch.inference_mode()
+def model_eval(model: torch.nn.Module, data: LlamaDataset, batches: list[list[int]], dtype: str) -> list[int]:
+    """The model's prediction (argmax) for every example, in file order whatever the batches."""
+    model.eval()
+    device = data.token_ids.device
+    preds = torch.empty(len(data), dtype=torch.long, device=device)
+    for rows, token_ids, lengths, _ in tqdm(data.batches(batches), total=len(batches), desc="eval"):
+        with autocast(dtype, device):
+            preds[rows] = model(token_ids, lengths).argmax(dim=-1)
+    return preds.tolist()
+
+
+def evaluate(model: torch.nn.Module, outputs: dict[str, tuple[Split, str]], pad_id: int,
+             args: argparse.Namespace) -> dict[str, list[int]]:
+    """For each split name → (split, output file): predict in the batches of eval_order, print the report, write
+    `<pred> ||| <sentence>` lines. Returns each split's predictions."""
+    if args.group_by_length and not args.causal:
+        print("note: --group_by_length groups the training batches only: without --causal, evaluation keeps the "
+              "course's batches, because there the padding changes the predictions")
+    device = next(model.parameters()).device
+    predictions = {}
+    for name, (split, outfile) in outputs.items():
+        data = LlamaDataset(split, pad_id, device)
+        batches = eval_order(data.lengths, args.batch_size, args.group_by_length, args.causal)
+        start = time.perf_counter()
+        preds = model_eval(model, data, batches, args.dtype)
+        seconds = time.perf_counter() - start
+        print(f"{name}: {len(data)} examples in {seconds:.1f}s ({len(data) / seconds:.1f} examples/s), "
+              f"padding {padded_fraction(data.lengths, batches):.1%}")
+        print(report(name, split, preds))
+        write_predictions_to_file(outfile, preds, split.sentences)
+        predictions[name] = preds
+    return predictions

@@ -105,7 +105,7 @@ def asset(asset_cache: Path) -> Callable[[str], Path]:
                     else:
                         env.delenv(assets.MIRROR_ENV, raising=False)
                     return assets.ensure(asset_cache / name)
-            except assets.AssetError as e:
+            except assets.InputError as e:
                 _unavailable[name] = " ".join(line.strip() for line in str(e).splitlines()[:2])
         pytest.skip(f"{UNAVAILABLE}: {name}: {_unavailable[name]}")
 

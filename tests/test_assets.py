@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import assets
-from assets import Asset, AssetError
+from assets import Asset
+from files import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = b"hello, minllama\n" * 1000
@@ -94,7 +95,7 @@ def test_failed_download_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypat
     }[case]
     add_asset(monkeypatch, url, sha256=sha)
     dest = tmp_path / "data" / "hello.txt"
-    with pytest.raises(AssetError) as e:
+    with pytest.raises(InputError) as e:
         assets.ensure(dest)
     message = str(e.value)
     assert url in message and why in message and str(dest) in message
@@ -122,14 +123,14 @@ def test_mirror_is_copied_and_verified(tmp_path, monkeypatch, closed_url):
     assert assets.ensure(tmp_path / "out" / "data" / "hello.txt").read_bytes() == BODY
 
     (mirror / "data" / "hello.txt").write_bytes(BODY + b"tampered")
-    with pytest.raises(AssetError, match="sha256 mismatch"):
+    with pytest.raises(InputError, match="sha256 mismatch"):
         assets.ensure(tmp_path / "again" / "data" / "hello.txt")
     assert not (tmp_path / "again").exists()  # no folder for a file that did not arrive
 
 
 def test_file_missing_from_mirror_names_mirror_and_url(tmp_path, monkeypatch):
     monkeypatch.setenv(assets.MIRROR_ENV, str(tmp_path))
-    with pytest.raises(AssetError) as e:
+    with pytest.raises(InputError) as e:
         assets.ensure(tmp_path / "out" / "stories42M.pt")
     message = str(e.value)
     assert str(tmp_path / "stories42M.pt") in message
@@ -145,7 +146,7 @@ def test_existing_file_is_returned_untouched(tmp_path, monkeypatch, closed_url):
 
 
 def test_unknown_missing_path_is_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.bin"):
+    with pytest.raises(InputError, match="nope.bin"):
         assets.ensure(tmp_path / "nope.bin")
 
 

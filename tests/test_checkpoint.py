@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint import (CheckpointError, LoraCheckpointError, read_checkpoint,
-                        read_checkpoint_with_classifier, read_classifier_checkpoint, save_checkpoint,
+from checkpoint import (LoraCheckpointError, read_classifier_checkpoint, read_llama, save_checkpoint,
                         save_classifier_checkpoint, weights_digest, write_llama2c_bin)
 from config import ClassifierConfig
+from files import InputError
 from rope import precompute_freqs
 
 ARGS = dict(dim=16, hidden_dim=40, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=37, max_seq_len=8)
@@ -66,7 +66,7 @@ def test_bin_round_trip_matches_llama2c_layout(tmp_path, version, shared):
     path = tmp_path / "model.bin"
     write_llama2c_bin(path, ARGS, sd, version=version)
     assert path.read_bytes() == llama2c_bin_bytes(sd, version, shared)
-    model_args, got = read_checkpoint(path)
+    model_args, _, got, _ = read_llama(path)
     assert model_args == ARGS
     assert_same_state(got, sd)
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
@@ -75,17 +75,17 @@ def test_bin_round_trip_matches_llama2c_layout(tmp_path, version, shared):
 def test_bin_writer_takes_hidden_dim_from_w1(tmp_path):
     args = {k: v for k, v in ARGS.items() if k != "hidden_dim"}
     write_llama2c_bin(tmp_path / "m.bin", args, random_state_dict(True))
-    assert read_checkpoint(tmp_path / "m.bin")[0]["hidden_dim"] == 40
+    assert read_llama(tmp_path / "m.bin").model_args["hidden_dim"] == 40
 
 
 def test_bin_writer_refuses_what_the_format_cannot_hold(tmp_path):
-    with pytest.raises(ValueError, match="layer_norm_eps"):
+    with pytest.raises(InputError, match="layer_norm_eps"):
         write_llama2c_bin(tmp_path / "m.bin", dict(ARGS, layer_norm_eps=1e-6), random_state_dict(True))
     with pytest.raises(ValueError, match="versions"):
         write_llama2c_bin(tmp_path / "m.bin", ARGS, random_state_dict(True), version=2)
     sd = random_state_dict(True)
     sd["layers.1.feed_forward.w2.weight"] = torch.zeros(16, 41)
-    with pytest.raises(ValueError, match=r"layers\.1\.feed_forward\.w2\.weight.*\(16, 40\)"):
+    with pytest.raises(InputError, match=r"layers\.1\.feed_forward\.w2\.weight.*\(16, 40\)"):
         write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
     assert not any(tmp_path.iterdir())
 
@@ -95,7 +95,7 @@ def test_course_pt_round_trip(tmp_path, prefix):
     sd = random_state_dict(shared=True)
     args = dict(ARGS, multiple_of=32, dropout=0.0, layer_norm_eps=1e-5)
     torch.save({"model_args": args, "model": {prefix + k: v for k, v in sd.items()}, "iter_num": 7}, tmp_path / "c.pt")
-    model_args, got = read_checkpoint(tmp_path / "c.pt")
+    model_args, _, got, _ = read_llama(tmp_path / "c.pt")
     assert model_args == args
     assert_same_state(got, sd)
 
@@ -103,10 +103,10 @@ def test_course_pt_round_trip(tmp_path, prefix):
 def test_save_checkpoint_round_trip_and_tied_output(tmp_path):
     sd = random_state_dict(shared=False)
     save_checkpoint(tmp_path / "c.pt", ARGS, sd)
-    assert_same_state(read_checkpoint(tmp_path / "c.pt")[1], sd)
+    assert_same_state(read_llama(tmp_path / "c.pt").state_dict, sd)
     untied = {k: v for k, v in random_state_dict(shared=True).items() if k != "output.weight"}
     save_checkpoint(tmp_path / "c.pt", ARGS, untied)
-    _, got = read_checkpoint(tmp_path / "c.pt")
+    _, _, got, _ = read_llama(tmp_path / "c.pt")
     assert torch.equal(got["output.weight"], untied["tok_embeddings.weight"])
     assert list(tmp_path.iterdir()) == [tmp_path / "c.pt"]
 
@@ -123,7 +123,7 @@ def test_llama2c_train_pt(tmp_path):
     args = dict(ARGS, norm_eps=1e-6, multiple_of=32, dropout=0.1)
     args.pop("hidden_dim")
     torch.save({"model": llama2c_sd, "model_args": args, "optimizer": {}, "config": {"lr": 1.0}}, tmp_path / "t.pt")
-    model_args, got = read_checkpoint(tmp_path / "t.pt")
+    model_args, _, got, _ = read_llama(tmp_path / "t.pt")
     args["layer_norm_eps"] = args.pop("norm_eps")
     assert model_args == args
     assert_same_state(got, sd)
@@ -135,32 +135,32 @@ class NotATensor:
 
 def test_pt_needing_arbitrary_unpickling_is_refused(tmp_path):
     torch.save({"model_args": ARGS, "model": random_state_dict(True), "extra": NotATensor()}, tmp_path / "evil.pt")
-    with pytest.raises(CheckpointError, match=r"evil\.pt: unsafe: .*GLOBAL test_checkpoint\.NotATensor"):
-        read_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(InputError, match=r"evil\.pt: unsafe: .*GLOBAL test_checkpoint\.NotATensor"):
+        read_llama(tmp_path / "evil.pt")
 
 
 def test_pt_errors(tmp_path):
     path = tmp_path / "c.pt"
     torch.save({"model_args": dict(ARGS, rope_theta=1e4), "model": random_state_dict(True)}, path)
-    with pytest.raises(ValueError, match=r"c\.pt.*rope_theta"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt.*rope_theta"):
+        read_llama(path)
     sd = random_state_dict(True)
     sd["layers.0.attention.bias"] = torch.zeros(16)
     torch.save({"model_args": ARGS, "model": sd}, path)
-    with pytest.raises(ValueError, match=r"c\.pt.*layers\.0\.attention\.bias"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt.*layers\.0\.attention\.bias"):
+        read_llama(path)
     sd = random_state_dict(True)
     del sd["layers.1.ffn_norm.weight"]
     torch.save({"model_args": ARGS, "model": sd}, path)
-    with pytest.raises(ValueError, match=r"c\.pt.*layers\.1\.ffn_norm\.weight.*missing"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt.*layers\.1\.ffn_norm\.weight.*missing"):
+        read_llama(path)
     torch.save(random_state_dict(True), path)  # a bare state dict
-    with pytest.raises(ValueError, match=r"c\.pt.*'model_args' and 'model'"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt.*'model_args' and 'model'"):
+        read_llama(path)
     torch.save({"model_args": ARGS, "model": random_state_dict(True)}, path)
     path.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(CheckpointError, match=r"c\.pt: corrupt: a damaged or truncated zip archive"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt: corrupt: a damaged or truncated zip archive"):
+        read_llama(path)
 
 
 @pytest.mark.parametrize("version", [0, 1])
@@ -170,8 +170,8 @@ def test_bin_of_wrong_size_is_refused(tmp_path, version, change):
     write_llama2c_bin(path, ARGS, random_state_dict(True), version=version)
     data = path.read_bytes()
     path.write_bytes(data[:change] if change < 0 else data + bytes(change))
-    with pytest.raises(ValueError, match=rf"m\.bin.*expected {len(data)} bytes, found {len(data) + change}"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=rf"m\.bin.*expected {len(data)} bytes, found {len(data) + change}"):
+        read_llama(path)
 
 
 def test_bin_bad_headers(tmp_path):
@@ -180,35 +180,35 @@ def test_bin_bad_headers(tmp_path):
     data = bytearray(path.read_bytes())
     data[4:8] = struct.pack("<i", 2)
     path.write_bytes(data)
-    with pytest.raises(ValueError, match=r"m\.bin.*unsupported llama2\.c \.bin version 2"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"m\.bin.*unsupported llama2\.c \.bin version 2"):
+        read_llama(path)
     data[4:8] = struct.pack("<i", 1)
     data[8:12] = struct.pack("<i", -16)  # dim
     path.write_bytes(data)
-    with pytest.raises(ValueError, match=r"m\.bin.*bad llama2\.c version-1 header.*dim"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"m\.bin.*bad llama2\.c version-1 header.*dim"):
+        read_llama(path)
     data[8:12] = struct.pack("<i", 16)
     data[36] = 7  # shared-classifier flag
     path.write_bytes(data)
-    with pytest.raises(ValueError, match=r"m\.bin.*flag"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"m\.bin.*flag"):
+        read_llama(path)
 
 
 @pytest.mark.parametrize("content", [b"hello, this is a text file and not a model at all\n" * 20, bytes(1000), b"x"])
 def test_not_a_checkpoint(tmp_path, content):
     (tmp_path / "notes.pt").write_bytes(content)
-    with pytest.raises(ValueError, match=r"notes\.pt.*not a checkpoint"):
-        read_checkpoint(tmp_path / "notes.pt")
+    with pytest.raises(InputError, match=r"notes\.pt.*not a checkpoint"):
+        read_llama(tmp_path / "notes.pt")
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.bin"):
-        read_checkpoint(tmp_path / "nope.bin")
+    with pytest.raises(InputError, match="nope.bin"):
+        read_llama(tmp_path / "nope.bin")
 
 
 def test_real_stories260k(tmp_path, asset):
     original = asset("stories260K.bin")
-    model_args, sd = read_checkpoint(original)
+    model_args, _, sd, _ = read_llama(original)
     assert model_args == dict(dim=64, hidden_dim=172, n_layers=5, n_heads=8, n_kv_heads=4, vocab_size=512,
                               max_seq_len=512)
     assert len(sd) == 2 + 5 * 9 + 1
@@ -241,11 +241,11 @@ def test_finetuned_classifier(tmp_path, prefix):
     sd = finetuned_state_dict(prefix)
     torch.save({"model_args": ARGS, "model": sd, "optim": {"state": {}}, "args": {"lr": 1e-5}, "epoch": 2},
                tmp_path / "f.pt")
-    model_args, llama, head = read_checkpoint_with_classifier(tmp_path / "f.pt")
+    model_args, _, llama, head = read_llama(tmp_path / "f.pt")
     assert model_args == ARGS
     assert_same_state(llama, random_state_dict(shared=True))
     assert_same_state(head, {name: sd[prefix + name] for name in ("classifier_head.weight", "classifier_head.bias")})
-    assert_same_state(read_checkpoint(tmp_path / "f.pt")[1], llama)
+    assert_same_state(read_llama(tmp_path / "f.pt").state_dict, llama)
 
 
 @pytest.mark.parametrize("change, error", [
@@ -260,12 +260,12 @@ def test_finetuned_classifier_is_read_strictly(tmp_path, change, error):
     sd = finetuned_state_dict()
     change(sd)
     torch.save({"model_args": ARGS, "model": sd}, tmp_path / "f.pt")
-    with pytest.raises(ValueError, match=rf"f\.pt.*{error}"):
-        read_checkpoint(tmp_path / "f.pt")
+    with pytest.raises(InputError, match=rf"f\.pt.*{error}"):
+        read_llama(tmp_path / "f.pt")
 
 
 def test_bin_has_no_classifier(asset):
-    assert read_checkpoint_with_classifier(asset("stories260K.bin"))[2] == {}
+    assert read_llama(asset("stories260K.bin")).head == {}
 
 
 def classifier_checkpoint(last: bool) -> dict:
@@ -286,18 +286,18 @@ def test_classifier_checkpoint_round_trip(tmp_path, last):
     read = read_classifier_checkpoint(tmp_path / "c.pt", last=last)
     assert read.keys() == saved.keys() and read["label_names"] == ["a", "b", "c"]
     assert_same_state(read["model"], saved["model"])
-    assert_same_state(read_checkpoint(tmp_path / "c.pt")[1], random_state_dict(shared=True))  # its Llama, as a Llama
+    assert_same_state(read_llama(tmp_path / "c.pt").state_dict, random_state_dict(shared=True))  # its Llama, as a Llama
     if not last:  # a best checkpoint is not one that --resume can go on from
-        with pytest.raises(CheckpointError, match=r"c\.pt: not a last checkpoint of run_llama\.py.*lacks \['metrics'"):
+        with pytest.raises(InputError, match=r"c\.pt: not a last checkpoint of run_llama\.py.*lacks \['metrics'"):
             read_classifier_checkpoint(tmp_path / "c.pt", last=True)
 
 
 def test_classifier_checkpoint_that_could_not_be_read_back_is_not_written(tmp_path):
     saved = classifier_checkpoint(last=False)
     saved["epoch"] = 1.0
-    with pytest.raises(CheckpointError, match=r"writing .*c\.pt: 'epoch' is a float, not a int"):
+    with pytest.raises(InputError, match=r"writing .*c\.pt: 'epoch' is a float, not a int"):
         save_classifier_checkpoint(tmp_path / "c.pt", saved)
-    with pytest.raises(CheckpointError, match=r"writing .*c\.pt: not a last checkpoint.*lacks \['metrics', 'rng'"):
+    with pytest.raises(InputError, match=r"writing .*c\.pt: not a last checkpoint.*lacks \['metrics', 'rng'"):
         save_classifier_checkpoint(tmp_path / "c.pt", classifier_checkpoint(last=False), last=True)
     assert list(tmp_path.iterdir()) == []
 
@@ -305,7 +305,7 @@ def test_classifier_checkpoint_that_could_not_be_read_back_is_not_written(tmp_pa
 def test_lora_checkpoint_is_not_read_as_a_llama(tmp_path):
     torch.save({"model_args": ARGS, "lora": {}}, tmp_path / "lora.pt")
     with pytest.raises(LoraCheckpointError, match=r"lora\.pt: a LoRA classifier of run_llama\.py"):
-        read_checkpoint(tmp_path / "lora.pt")
+        read_llama(tmp_path / "lora.pt")
 
 
 def flip_byte_of_largest_entry(path) -> None:
@@ -321,8 +321,8 @@ def test_corrupted_byte_inside_a_pt_is_caught_by_its_crc(tmp_path):
     path = tmp_path / "c.pt"
     save_checkpoint(path, ARGS, random_state_dict(shared=False))
     flip_byte_of_largest_entry(path)
-    with pytest.raises(CheckpointError, match=r"c\.pt: corrupt: the bytes of '.*' do not match their CRC-32"):
-        read_checkpoint(path)
+    with pytest.raises(InputError, match=r"c\.pt: corrupt: the bytes of '.*' do not match their CRC-32"):
+        read_llama(path)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
@@ -330,28 +330,28 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tmp_path, value):
     sd = random_state_dict(shared=True)
     sd["layers.1.attention.compute_key.weight"][2, 3] = value
     save_checkpoint(tmp_path / "c.pt", ARGS, sd)
-    with pytest.raises(CheckpointError, match=r"c\.pt: tensor 'model/layers\.1\.attention\.compute_key\.weight' "
+    with pytest.raises(InputError, match=r"c\.pt: tensor 'model/layers\.1\.attention\.compute_key\.weight' "
                                               r"holds [01] NaN and [01] infinite value\(s\) out of 128"):
-        read_checkpoint(tmp_path / "c.pt")
+        read_llama(tmp_path / "c.pt")
     write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
-    with pytest.raises(CheckpointError, match=r"m\.bin: tensor 'layers\.1\.attention\.compute_key\.weight' holds"):
-        read_checkpoint(tmp_path / "m.bin")
+    with pytest.raises(InputError, match=r"m\.bin: tensor 'layers\.1\.attention\.compute_key\.weight' holds"):
+        read_llama(tmp_path / "m.bin")
 
 
 def test_legacy_torch_save_is_named_as_such(tmp_path):
     torch.save({"model_args": ARGS, "model": random_state_dict(True)}, tmp_path / "old.pt",
                _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match=r"old\.pt: legacy torch\.save format"):
-        read_checkpoint(tmp_path / "old.pt")
+    with pytest.raises(InputError, match=r"old\.pt: legacy torch\.save format"):
+        read_llama(tmp_path / "old.pt")
 
 
 def test_empty_file_and_folder(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(CheckpointError, match=r"empty\.pt: empty file"):
-        read_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(InputError, match=r"empty\.pt: empty file"):
+        read_llama(tmp_path / "empty.pt")
     (tmp_path / "dir.pt").mkdir()
-    with pytest.raises(CheckpointError, match=r"dir\.pt is a folder, not a checkpoint file"):
-        read_checkpoint(tmp_path / "dir.pt")
+    with pytest.raises(InputError, match=r"dir\.pt is a folder, not a checkpoint file"):
+        read_llama(tmp_path / "dir.pt")
 
 
 @pytest.mark.parametrize("change, error", [
@@ -363,8 +363,8 @@ def test_empty_file_and_folder(tmp_path):
 ])
 def test_model_args_of_the_wrong_type_are_refused(tmp_path, change, error):
     torch.save({"model_args": {**ARGS, **change}, "model": random_state_dict(True)}, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match=rf"c\.pt: .*{error}"):
-        read_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(InputError, match=rf"c\.pt: .*{error}"):
+        read_llama(tmp_path / "c.pt")
 
 
 @pytest.mark.parametrize("ckpt, error", [
@@ -379,22 +379,22 @@ def test_model_args_of_the_wrong_type_are_refused(tmp_path, change, error):
 ])
 def test_checkpoint_contents_of_the_wrong_kind_are_refused(tmp_path, ckpt, error):
     torch.save(ckpt, tmp_path / "c.pt")
-    with pytest.raises(CheckpointError, match=rf"c\.pt.*{error}"):
-        read_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(InputError, match=rf"c\.pt.*{error}"):
+        read_llama(tmp_path / "c.pt")
 
 
 def test_bin_header_with_huge_sizes_is_refused_at_once(tmp_path):
     header = struct.pack("<7i", 16, 40, 2**30, 4, 2, 37, 8)  # n_layers 2^30: listing its tensors would take hours
     (tmp_path / "m.bin").write_bytes(header + bytes(400))
-    with pytest.raises(CheckpointError, match=r"m\.bin: wrong size .* found 428"):
-        read_checkpoint(tmp_path / "m.bin")
+    with pytest.raises(InputError, match=r"m\.bin: wrong size .* found 428"):
+        read_llama(tmp_path / "m.bin")
 
 
 def test_weights_digest_is_that_of_the_weights_not_of_the_file(tmp_path):
     sd = random_state_dict(shared=False)
     save_checkpoint(tmp_path / "c.pt", ARGS, sd)
     write_llama2c_bin(tmp_path / "m.bin", ARGS, sd)
-    digests = {weights_digest(read_checkpoint(tmp_path / name)[1]) for name in ("c.pt", "m.bin")}
+    digests = {weights_digest(read_llama(tmp_path / name).state_dict) for name in ("c.pt", "m.bin")}
     assert len(digests) == 1
     sd["norm.weight"][0] += 1e-3
     assert weights_digest(sd) not in digests
@@ -409,5 +409,5 @@ def test_a_checkpoint_is_opened_and_read_once(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", lambda file, *args, **kwargs: opened.append(file) or real_open(file, *args,
                                                                                                           **kwargs))
     for name in ("c.pt", "m.bin"):
-        read_checkpoint(tmp_path / name)
+        read_llama(tmp_path / name)
     assert [Path(file).name for file in opened] == ["c.pt", "m.bin"]

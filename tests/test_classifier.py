@@ -105,9 +105,9 @@ def test_embedding_classifier_reads_its_position(model_path: str, tokenizer: Tok
     ids, batch, lengths = padded_batch(tokenizer)
     with torch.no_grad():
         batched = model(batch, lengths)
-        last_column = F.log_softmax(model.classifier_head(model.llama.hidden_states(batch)[:, -1]), dim=-1)
+        last_column = F.log_softmax(model.classifier_head(model.llama(batch)[1][:, -1]), dim=-1)
         for i, x in enumerate(ids):
-            h = model.llama.hidden_states(torch.tensor([x]))[0, -1]
+            h = model.llama(torch.tensor([x]))[1][0, -1]
             alone = F.log_softmax(model.classifier_head(h), dim=-1)
             torch.testing.assert_close(model(torch.tensor([x]))[0], alone, atol=1e-5, rtol=1e-5)
             if causal:

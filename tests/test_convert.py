@@ -16,10 +16,12 @@ import safetensors.torch
 import torch
 from transformers import LlamaForCausalLM
 
+import checkpoint
 import convert
 from checkpoint import save_checkpoint
 from classifier import LlamaEmbeddingClassifier
 from config import ClassifierConfig, LlamaConfig
+from files import InputError
 from llama import Llama, load_pretrained
 from test_llama import random_model
 from trainer import checkpoint_data
@@ -46,7 +48,7 @@ def hf_logits(out_dir: Path, tokens: torch.Tensor = TOKENS) -> torch.Tensor:
 def test_half_split_rows():
     """Within each head the even rows come first, then the odd ones."""
     weight = torch.arange(8.0)[:, None].expand(8, 3)
-    assert convert.half_split_rows(weight, n_heads=2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+    assert checkpoint.half_split_rows(weight, n_heads=2)[:, 0].tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
 
 
 @pytest.mark.parametrize("tied", [True, False])
@@ -189,7 +191,7 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
     assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
     assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), causal=True)) - expected).abs().max() < 1e-5
-    with pytest.raises(ValueError, match="holds only its adapters"):
+    with pytest.raises(InputError, match="holds only its adapters"):
         load_pretrained(str(tmp_path / "lora.pt"), causal=True)
 
 

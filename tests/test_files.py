@@ -1,6 +1,7 @@
 """files.py: temporaries that a killed process left are removed by the next writer into the same folder, and only
 those of this program; outputs that may not be replaced are refused, links written through; write failures are one
-line; fetches that fail leave no folder."""
+line; fetches that fail leave no folder; a FIFO input is read once, and a regular one may not change during a run."""
+import hashlib
 import os
 import signal
 import stat
@@ -70,11 +71,11 @@ def test_fetching_an_asset_removes_stale_downloads(tmp_path: Path, monkeypatch, 
 
 def test_a_failed_fetch_leaves_no_folder_and_a_url_is_not_a_path(tmp_path: Path, monkeypatch):
     monkeypatch.setenv(assets.MIRROR_ENV, str(tmp_path / "nonexistent"))
-    with pytest.raises(assets.AssetError):
+    with pytest.raises(files.InputError):
         assets.ensure(tmp_path / "newdir" / "data" / "sst-train.txt")
     url = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories42M.pt"
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match="a URL is not a path"):
+    with pytest.raises(files.InputError, match="a URL is not a path"):
         assets.ensure(url)
     assert list(tmp_path.iterdir()) == []
 
@@ -95,7 +96,7 @@ def test_a_fifo_or_device_is_never_replaced(tmp_path: Path):
     (tmp_path / "link").symlink_to("p")
     for name in ("p", "link"):
         assert files.output_problem(tmp_path / name) == "it is a FIFO, which is neither written through nor replaced"
-        with pytest.raises(files.FileError, match=f"cannot write {tmp_path / name}: it is a FIFO"):
+        with pytest.raises(files.InputError, match=f"cannot write {tmp_path / name}: it is a FIFO"):
             write_atomically(tmp_path / name, lambda f: f.write(b"x"))
     assert stat.S_ISFIFO((tmp_path / "p").lstat().st_mode) and (tmp_path / "link").is_symlink()
     assert files.output_problem(f"{tmp_path}/results/") == "it ends in '/', which names a folder: name a file"
@@ -126,3 +127,19 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_good_file(tmp_path: Path):
 
 def test_data_lines_end_at_any_newline():
     assert files.data_lines(b"\xef\xbb\xbf1 ||| a\r2 ||| b\r\n3 ||| c\n\n \r") == [b"1 ||| a", b"2 ||| b", b"3 ||| c"]
+
+
+def test_a_fifo_is_read_once_and_a_regular_file_may_not_change_during_a_run(tmp_path: Path):
+    os.mkfifo(tmp_path / "p")
+    writer = subprocess.Popen(["sh", "-c", f"printf 'once' > {tmp_path / 'p'}"])
+    assert files.read(tmp_path / "p") == files.read(tmp_path / "p") == (b"once", hashlib.sha256(b"once").hexdigest())
+    writer.wait()
+    (tmp_path / "data.txt").write_bytes(b"first")
+    with files.run():
+        assert files.read(tmp_path / "data.txt")[0] == b"first"
+        (tmp_path / "data.txt").write_bytes(b"other")
+        with pytest.raises(files.InputError, match=r"data\.txt changed while this run was reading it"):
+            files.read(tmp_path / "data.txt")
+    assert files.read(tmp_path / "data.txt")[0] == b"other"  # a later run reads it as it is now
+    with pytest.raises(files.InputError, match=f"^{tmp_path} is a folder, not a file$"):
+        files.read(tmp_path)

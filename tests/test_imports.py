@@ -1,11 +1,22 @@
-"""The project's import graph, read from the source: config.py at the bottom, no circle, and every project import at
-the top of its module, where a reader sees the layers."""
+"""The project's import graph, read from the source: config.py at the bottom, every import pointing down the floors of
+docs/house.md (the model before the speed, the speed before the plumbing), no circle, and every project import at the
+top of its module, where a reader sees the layers."""
 import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 MODULES = {path.stem: path for path in REPO.glob("*.py")}
 LATE = {"bench"}  # bench.py imports the modules it measures in its children, which may run another checkout
+FLOORS = {  # docs/house.md: a module imports only modules of its own floor or lower ones
+    "config": 0, "files": 0,
+    "rope": 1, "optimizer": 1, "tokenizer": 1, "checkpoint": 1, "assets": 1, "metrics": 1,
+    "llama": 2,
+    "blocked_linear": 3, "decode": 3, "fast": 3, "lora": 3,
+    "classifier": 4, "splits": 4, "options": 4,
+    "trainer": 5,
+    "run_llama": 6, "convert": 6, "reproduce": 6, "sanity_check": 6, "rope_test": 6, "optimizer_test": 6, "bench": 6,
+}
+SPEED = {"blocked_linear", "decode", "fast"}  # installed on the model from above (fast.install), never imported by it
 
 
 def project_imports(module: str) -> list[tuple[str, bool]]:
@@ -47,3 +58,21 @@ def test_the_import_graph_has_no_circle():
 
     for module in sorted(graph):
         visit(module)
+
+
+def test_every_module_has_a_floor_and_imports_none_above_its_own():
+    assert sorted(FLOORS) == sorted(MODULES)
+    upward = [(module, imported) for module in MODULES for imported, _ in project_imports(module)
+              if FLOORS[imported] > FLOORS[module]]
+    assert upward == []
+
+
+def test_the_model_imports_no_speed_module():
+    assert {imported for imported, _ in project_imports("llama")} == {"config", "rope", "checkpoint"}
+    below, todo = set(), ["llama"]  # every module llama.py imports, directly or through others
+    while todo:
+        for imported, _ in project_imports(todo.pop()):
+            if imported not in below:
+                below.add(imported)
+                todo.append(imported)
+    assert below.isdisjoint(SPEED)

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 import run_llama
-from checkpoint import read_checkpoint, save_checkpoint, weights_digest
-from classifier import LlamaEmbeddingClassifier
+import trainer
+from checkpoint import read_llama, save_checkpoint, weights_digest
+from classifier import LlamaEmbeddingClassifier, load_weights
 from config import ATTENTION_PROJECTIONS, ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
 from lora import LoRALinear, load_lora_state_dict, merge_lora
 from run_llama import InputError
 from test_run_llama import GetAsset, copy_head, course_batches, files, read_predictions
 from tokenizer import Tokenizer
-from trainer import CheckpointError, checkpoint_data, load_weights
+from trainer import checkpoint_data
 
 
 def sst(asset: GetAsset, cwd: Path) -> dict[str, list[str]]:
@@ -44,7 +45,7 @@ def test_lora_run_saves_adapters_and_head_whose_merged_predictions_are_written(
     best = torch.load(tmp_path / "lora-2-0.01.pt", weights_only=True)
     assert best.keys() == {"model_args", "lora", "base_digest", "model_config", "label_names", "args", "epoch",
                            "best_dev_acc"}
-    assert best["base_digest"] == weights_digest(read_checkpoint(model_path)[1])
+    assert best["base_digest"] == weights_digest(read_llama(model_path).state_dict)
     adapters = {f"llama.layers.{i}.attention.{target}.lora_{m}"
                 for i in range(2) for target in ("compute_query", "compute_value") for m in "AB"}
     assert best["lora"].keys() == adapters | {"classifier_head.weight", "classifier_head.bias"}
@@ -84,7 +85,7 @@ def test_lora_all_projections_adapts_all_four(tmp_path: Path, monkeypatch, asset
         built.append((config, LlamaEmbeddingClassifier(config)))
         return built[-1][1]
 
-    monkeypatch.setattr(run_llama, "build_classifier", build_classifier)
+    monkeypatch.setattr(trainer, "build_classifier", build_classifier)
     run_llama.main(["--option", "lora", "--lora_all_projections", "--train", "data/sst-train.txt", "--epochs", "1",
                     "--batch_size", "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
     config, model = built[0]
@@ -109,7 +110,7 @@ def test_adapters_of_another_base_model_are_refused(tmp_path: Path, model_path: 
     save_checkpoint(tmp_path / "other.pt", asdict(other), Llama(other).state_dict())
     model = LlamaEmbeddingClassifier(ClassifierConfig(str(tmp_path / "other.pt"), 2, option="lora"))
     saved = {"model_args": base, "lora": {}, "model_config": {"pretrained_model_path": str(tmp_path / "other.pt")}}
-    with pytest.raises(CheckpointError, match=r"adapters\.pt: its LoRA adapters were trained on a model of sizes"):
+    with pytest.raises(InputError, match=r"adapters\.pt: its LoRA adapters were trained on a model of sizes"):
         load_weights(model, saved, "adapters.pt")
 
 
@@ -121,9 +122,9 @@ def test_adapters_on_another_base_of_the_same_sizes_are_refused(tmp_path: Path, 
     config = ClassifierConfig(str(base), 2, option="lora")
     saved = checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, ["bad", "good"], 0, 0.5)
     load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")  # the same base: fine
-    model_args, state_dict = read_checkpoint(base)
+    model_args, _, state_dict, _ = read_llama(base)
     state_dict["norm.weight"] = state_dict["norm.weight"] * 1.01
     save_checkpoint(base, model_args, state_dict)
-    with pytest.raises(CheckpointError, match=rf"lora\.pt: its LoRA adapters were trained on other base weights "
+    with pytest.raises(InputError, match=rf"lora\.pt: its LoRA adapters were trained on other base weights "
                                               rf"than those {base} now holds"):
         load_weights(LlamaEmbeddingClassifier(config), saved, "lora.pt")

@@ -16,6 +16,7 @@ import torch
 
 import reproduce
 import run_llama
+from files import InputError
 from llama import load_pretrained
 from tokenizer import Tokenizer
 from test_run_llama import GetAsset, copy_head
@@ -187,7 +188,7 @@ def test_outputs_that_do_not_check(tmp_path: Path):
         reproduce.read_predictions(tmp_path / "absent.txt", 5, 2)
     # gold labels as run_llama.py reads its data files; a UTF-8 BOM and trailing blank lines are not lines
     assert reproduce.read_gold(write(tmp_path / "d.txt", "\ufeff4 ||| x\n0 ||| y\n\n")) == [4, 0]
-    with pytest.raises(reproduce.ReproduceError, match=r"d\.txt:2: expected 'label \|\|\| sentence'"):
+    with pytest.raises(InputError, match=r"d\.txt:2: the label 'four' is not an integer"):
         reproduce.read_gold(write(tmp_path / "d.txt", "4 ||| x\nfour ||| y\n"))
 
 
@@ -249,7 +250,7 @@ def test_a_folder_of_a_run_with_other_flags_is_not_reused(tmp_path: Path):
     reproduce.write_state(run, {"finished": True, "seconds": 1.0, "resumed": False})
     assert reproduce.read_state(run)["finished"]
     other = plan(reproduce.get_reproduce_args(["--out", str(tmp_path), "--epochs", "2"]))[3]
-    with pytest.raises(reproduce.ReproduceError, match=r"run\.json: this folder holds a run with other flags "
+    with pytest.raises(InputError, match=r"run\.json: this folder holds a run with other flags "
                                                        r"\(--option finetune --epochs 5 "):
         reproduce.read_state(other)
 

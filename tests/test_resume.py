@@ -14,9 +14,10 @@ import pytest
 import torch
 
 import run_llama
+import trainer
 from run_llama import InputError
 from test_run_llama import SCRIPT, GetAsset, copy_head
-from trainer import CheckpointError, rng_state, set_rng_state
+from trainer import rng_state, set_rng_state
 
 
 def sst(asset: GetAsset, cwd: Path, n_train: int) -> None:
@@ -74,18 +75,18 @@ def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: P
     assert "there is no lora-2-0.01-last.pt yet, so the run starts at epoch 0" in capsys.readouterr().out
 
     monkeypatch.chdir(stopped)
-    save_last = run_llama.save_last
+    save_last = trainer.save_last
 
     def save_last_then_crash(*args):
         save_last(*args)
         raise Crash
 
-    monkeypatch.setattr(run_llama, "save_last", save_last_then_crash)
+    monkeypatch.setattr(trainer, "save_last", save_last_then_crash)
     with pytest.raises(Crash):
         run_llama.main(flags)
     assert torch.load("lora-2-0.01-last.pt", weights_only=True)["epoch"] == 0
-    monkeypatch.setattr(run_llama, "save_last", save_last)
-    with pytest.raises(CheckpointError, match=r"--resume: lora-2-0\.01-last\.pt was written by a run with other "
+    monkeypatch.setattr(trainer, "save_last", save_last)
+    with pytest.raises(InputError, match=r"--resume: lora-2-0\.01-last\.pt was written by a run with other "
                                               r"flags \(lora_dropout 0\.2 → 0\.3\)"):
         run_llama.main(flags + ["--lora_dropout", "0.3", "--resume"])
     run_llama.main(flags + ["--resume"])
@@ -129,17 +130,17 @@ def test_run_killed_while_training_leaves_a_checkpoint_to_resume_from(tmp_path: 
 def crash_before_the_last_checkpoint_of(epoch: int, monkeypatch, flags: list[str]) -> None:
     """Run with `flags` in the current folder, stopped after epoch `epoch` was appended to metrics.jsonl and before
     its last checkpoint was written."""
-    save_last = run_llama.save_last
+    save_last = trainer.save_last
 
     def crash_at_epoch(path: str, saved: dict, *rest):
         if saved["epoch"] == epoch:
             raise Crash
         save_last(path, saved, *rest)
 
-    monkeypatch.setattr(run_llama, "save_last", crash_at_epoch)
+    monkeypatch.setattr(trainer, "save_last", crash_at_epoch)
     with pytest.raises(Crash):
         run_llama.main(flags)
-    monkeypatch.setattr(run_llama, "save_last", save_last)
+    monkeypatch.setattr(trainer, "save_last", save_last)
 
 
 def finetune_flags(model_path: str, tokenizer_model: str) -> list[str]:
@@ -183,7 +184,7 @@ def test_resume_on_another_training_file_is_refused(tmp_path: Path, interrupted:
     train = tmp_path / "data" / "sst-train.txt"
     train.write_text(train.read_text().replace("4 |||", "0 |||"))  # same path, same flags, other labels
     before = files_and_bytes(tmp_path)
-    with pytest.raises(CheckpointError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run on another "
+    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run on another "
                                               r"data/sst-train\.txt \(its sha256 differs\)"):
         run_llama.main(flags + ["--resume"])
     assert files_and_bytes(tmp_path) == before
@@ -194,7 +195,7 @@ def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(interrupted:
     saved = torch.load("finetune-2-0.001-last.pt", weights_only=True)
     del saved["train_sha256"]
     torch.save(saved, "finetune-2-0.001-last.pt")
-    with pytest.raises(CheckpointError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
+    with pytest.raises(InputError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
                                               r"not record the sha256 of the training data: train it again"):
         run_llama.main(flags + ["--resume"])
 
@@ -212,10 +213,10 @@ def test_resume_without_its_best_checkpoint_is_refused_before_training(tmp_path:
     (b"", r"finetune-2-0\.001-last\.pt: empty file"),
     (b"PK\x03\x04" + bytes(100), r"finetune-2-0\.001-last\.pt: corrupt: a damaged or truncated zip archive"),
 ])
-def test_unreadable_last_checkpoint_is_a_checkpoint_error(tmp_path: Path, monkeypatch, asset: GetAsset,
+def test_unreadable_last_checkpoint_is_an_input_error(tmp_path: Path, monkeypatch, asset: GetAsset,
                                                           model_path: str, tokenizer_model: str, content, error):
     monkeypatch.chdir(tmp_path)
     sst(asset, tmp_path, 8)
     (tmp_path / "finetune-2-0.001-last.pt").write_bytes(content)
-    with pytest.raises(CheckpointError, match=error):
+    with pytest.raises(InputError, match=error):
         run_llama.main(finetune_flags(model_path, tokenizer_model) + ["--resume"])

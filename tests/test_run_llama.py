@@ -22,11 +22,11 @@ from sentencepiece import SentencePieceTrainer
 import options
 import run_llama
 import splits
+import trainer
 from classifier import LlamaEmbeddingClassifier, LlamaZeroShotClassifier
 from config import ClassifierConfig, LlamaConfig
 from llama import Llama, load_pretrained
 from run_llama import InputError
-from trainer import CheckpointError
 from tokenizer import Tokenizer
 
 SCRIPT = Path(__file__).resolve().parent.parent / "run_llama.py"
@@ -281,7 +281,7 @@ def test_default_and_derived_paths():
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora.lora_all_projections, lora.resume) == (
         4, 1.0, 0.0, False, False)
     assert options.parse_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
-    parsed = run_llama.get_args(["--option", "lora", "--train", "data/sst-train.txt"])  # parsed only, as given
+    parsed = options.arg_parser().parse_args(["--option", "lora", "--train", "data/sst-train.txt"])  # as given
     assert (parsed.dev, parsed.dev_out, hasattr(parsed, "filepath")) == (None, None, False)
     with pytest.raises(SystemExit):
         options.parse_args(["--option", "prompt", "--train", "elsewhere/reviews.txt", "--dev", "d.txt"])
@@ -505,14 +505,14 @@ def test_checkpoints_record_and_restore_the_semantics(tmp_path: Path, monkeypatc
     copy_head(asset, tmp_path, "sst-test.txt", 3)
     copy_head(asset, tmp_path, "sst-label-mapping.json", 1)
     built = []
-    monkeypatch.setattr(run_llama, "build_classifier",
+    monkeypatch.setattr(trainer, "build_classifier",
                         lambda config: built.append(config.causal) or LlamaEmbeddingClassifier(config))
     run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "3",
                     "--causal", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
     saved = torch.load(tmp_path / f"{option}-1-2e-05.pt", weights_only=True)
     assert saved["model_config"]["causal"] is True and saved["args"]["causal"] is True
     assert built == [True, True]  # trained causal; test() rebuilt it causal from the checkpoint alone
-    with pytest.raises(CheckpointError, match="causal True → False"):  # resuming in the other semantics
+    with pytest.raises(InputError, match="causal True → False"):  # resuming in the other semantics
         run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1", "--batch_size", "3",
                         "--resume", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
 
@@ -535,11 +535,11 @@ def test_too_long_examples_are_told_what_would_fit(tokenizer_model: str):
                             (1020, r"--max_sentence_len 1020 is too long because the prompt after the sentence "
                                    r"takes \d+ tokens: pass --max_sentence_len (\d+) or less")):
         tokenizer = Tokenizer(max_len, tokenizer_model=tokenizer_model)
-        split = run_llama.Split("long.txt", [sentence], [1], [tokenizer.encode(sentence, True, False) + suffix_ids],
+        split = splits.Split("long.txt", [sentence], [1], [tokenizer.encode(sentence, True, False) + suffix_ids],
                                 len(suffix_ids))
         with pytest.raises(InputError, match=r"long\.txt:1: \d+ tokens, more than the model's max_seq_len=1024; "
                                              + advice) as refusal:
-            run_llama.check_fits(llama, tokenizer, [split], "tokenizer.model", "stories42M.pt")
+            run_llama.check_fits(llama.config, tokenizer, [split], "tokenizer.model", "stories42M.pt")
     fitting = Tokenizer(int(re.search(advice, str(refusal.value))[1]), tokenizer_model=tokenizer_model)
     assert len(fitting.encode(sentence, True, False) + suffix_ids) == 1024
 
@@ -588,14 +588,14 @@ def test_non_finite_training_stops_the_run_and_saves_nothing_of_that_epoch(tmp_p
     """Epoch 1 runs at a learning rate that sends the weights to infinity: epoch 0's files are all that remain."""
     monkeypatch.chdir(tmp_path)
     sst_head(asset, tmp_path)
-    train_epoch = run_llama.train_epoch
+    train_epoch = trainer.train_epoch
 
     def exploding_in_epoch_1(model, optimizer, data, epoch, *values):
         for group in optimizer.param_groups:
             group["lr"] = 1e30 if epoch == 1 else 1e-3
         return train_epoch(model, optimizer, data, epoch, *values)
 
-    monkeypatch.setattr(run_llama, "train_epoch", exploding_in_epoch_1)
+    monkeypatch.setattr(trainer, "train_epoch", exploding_in_epoch_1)
     with pytest.raises(InputError, match=r"^epoch 1: (the training loss became nan|the weight .* is no longer "
                                          r"finite), so nothing of this epoch was saved; try a lower --lr than 0\.001"):
         run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "3", "--lr", "1e-3",
@@ -645,7 +645,7 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     grouped = splits.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
     again = splits.batch_order(sst_lengths, 80, shuffle=True, group_by_length=True)
     assert grouped != again  # a new grouping each epoch
-    fraction = run_llama.padded_fraction
+    fraction = splits.padded_fraction
     assert fraction(sst_lengths, grouped) < fraction(sst_lengths, plain) / 4
     computed = sum(len(b) * max(sst_lengths[i] for i in b) for b in plain)
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
@@ -661,7 +661,7 @@ class LengthMod5(torch.nn.Module):
 def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path: str, tokenizer_model: str):
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     full = run_llama.create_data(str(asset("data/sst-dev.txt")), tokenizer, 5)
-    split = run_llama.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
+    split = splits.Split(full.path, full.sentences[:40], full.labels[:40], full.token_ids[:40])
     cpu = torch.device("cpu")
     data = run_llama.LlamaDataset(split, tokenizer.pad_id, cpu)
     plain_batches = splits.batch_order(data.lengths, 8, False, False)
@@ -670,11 +670,11 @@ def test_evaluation_order_does_not_depend_on_batches(asset: GetAsset, model_path
     expected = [length % 5 for length in data.lengths]
     assert len(set(expected)) == 5
     for batches in (plain_batches, grouped_batches):
-        assert run_llama.model_eval(LengthMod5(), data, batches, "float32", cpu) == expected
+        assert trainer.model_eval(LengthMod5(), data, batches, "float32") == expected
     # and with --causal, padding other sentences to another width changes no prediction of a real classifier
     model = LlamaEmbeddingClassifier(ClassifierConfig(model_path, 5, causal=True))
-    plain = run_llama.model_eval(model, data, plain_batches, "float32", cpu)
-    assert run_llama.model_eval(model, data, grouped_batches, "float32", cpu) == plain
+    plain = trainer.model_eval(model, data, plain_batches, "float32")
+    assert trainer.model_eval(model, data, grouped_batches, "float32") == plain
 
 
 # ---- what the course fixes, pinned with the course's literal values ----
@@ -720,7 +720,7 @@ def test_prompt_suffix_is_the_courses():
 
 
 def test_seed_everything_defaults_to_the_courses_seed():
-    run_llama.seed_everything()
+    options.seed_everything()
     drawn = random.random(), float(np.random.rand()), torch.rand(1).item()
     random.seed(11711)
     np.random.seed(11711)
@@ -773,16 +773,16 @@ def test_best_checkpoint_is_reloaded_with_weights_only(tmp_path: Path):
     args.filepath = str(tmp_path / "finetune-5-2e-05.pt")
     torch.save({"model": {}, "payload": MakeDir(marker)}, args.filepath)
     with pytest.raises(Exception):
-        run_llama.test(args, None, None, None, torch.device("cpu"))
+        run_llama.test(args)
     assert not marker.exists()
 
 
 def test_course_evaluation_keeps_the_courses_batches():
     lengths = [5, 9, 2, 7, 3, 8, 4]
     course = [[0, 1, 2], [3, 4, 5], [6]]
-    assert run_llama.eval_order(lengths, 3, group_by_length=True, causal=False) == course
-    assert run_llama.eval_order(lengths, 3, group_by_length=False, causal=True) == course
-    assert run_llama.eval_order(lengths, 3, group_by_length=True, causal=True) == [[2, 4, 6], [0, 3, 5], [1]]
+    assert splits.eval_order(lengths, 3, group_by_length=True, causal=False) == course
+    assert splits.eval_order(lengths, 3, group_by_length=False, causal=True) == course
+    assert splits.eval_order(lengths, 3, group_by_length=True, causal=True) == [[2, 4, 6], [0, 3, 5], [1]]
 
 
 # ---- devices ----
@@ -801,6 +801,6 @@ def test_unavailable_hardware_is_refused(monkeypatch):
 @pytest.mark.parametrize("abbreviation", ["--cau", "--pretrained-model", "--opt=prompt"])
 def test_an_abbreviated_flag_is_not_taken_for_the_flag(capsys, abbreviation: str):
     with pytest.raises(SystemExit) as e:
-        run_llama.get_args([abbreviation])
+        options.parse_args([abbreviation])
     assert e.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: unrecognized arguments: {abbreviation}")
