@@ -99,8 +99,10 @@ class Decoder:
         self.turns = turns(model.freqs_cos, model.freqs_sin)  # (max_seq_len, head_dim / 2), rope.py's rotation
 
     def normalise(self) -> None:
-        """x̂ = h / sqrt(mean(h²) + eps) over each row: llama.RMSNorm without its gain (folded into the products),
-        the mean square of each row by one batched product, eps + (1/dim)·h·hᵀ."""
+        """x̂ = h / sqrt(mean(h²) + eps) over each row: llama.RMSNorm._norm (its gain is folded into the products),
+        in three calls into the step's buffers, the mean square of each row by one batched product, eps +
+        (1/dim)·h·hᵀ. Calling RMSNorm._norm itself (five allocating calls) made decoding 3–4% slower, and PyTorch's
+        F.rms_norm 5% slower (BENCHMARKS.md)."""
         torch.baddbmm(self.eps, self.h_rows, self.h_columns, alpha=self.alpha, out=self.mean_square)
         torch.mul(self.h, self.mean_square_rows.rsqrt_(), out=self.x)
 
