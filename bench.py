@@ -48,6 +48,8 @@ Workloads (batch sizes are the course's):
   epoch      seconds per training epoch over the first 800 sentences of data/sst-train.txt at batch 80, by
              run_llama's own LlamaDataset (splits.py) and train_epoch (trainer.py), course semantics, without and
              with --group_by_length
+  first      a process's first generate call against its second, 20 greedy tokens after a 3-token prompt, in
+             both semantics: the first pays once what a process sets up (the few-row kernel's timing)
 
 Needs transformers and greenlet (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as
 run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
@@ -83,11 +85,13 @@ WORKLOADS = {  # workload -> its implementations, in the order they take turns
     "finetune": ("causal", "course", "transformers"),
     "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
+    "first": ("course", "causal"),
 }
 BASELINE_WORKLOADS = ("generate", "finetune", "zeroshot")  # those that --baseline runs from the other checkout too
 # rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
-ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3}
+ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3, "first": 5}
 GEN_TOKENS = (75, 256)
+FIRST_PROMPT, FIRST_TOKENS = 3, 20  # the first workload: 20 new tokens after the prompt's first 3 tokens
 DECODE_TOKENS = 256  # the llama2c workload
 RUNOMP_BUILD = ["-Ofast", "-fopenmp", "-march=native", "run.c", "-lm", "-o", "runomp"]  # llama2.c's Makefile
 FINETUNE_BATCH, ZEROSHOT_BATCH, SEQLEN = 80, 10, 64
@@ -387,12 +391,25 @@ def bench_epoch(impl: str, checkpoint: str, repeats: int) -> dict:
     return {"epoch": samples, "padded": padded}
 
 
+def bench_first(impl: str, checkpoint: str, repeats: int) -> dict:
+    """A process's first generate call against its second (FIRST_TOKENS greedy tokens after the FIRST_PROMPT first
+    tokens of the prefix): what the first call pays once, such as timing the few-row kernel (blocked_linear)."""
+    from fast import install
+    from llama import load_pretrained
+
+    model = install(load_pretrained(checkpoint, causal=impl == "causal"))
+    prompt = prefix_tokens()[:, :FIRST_PROMPT]
+    (_, first, contested_first), (_, second, contested_second) = (
+        timed(lambda: model.generate(prompt, FIRST_TOKENS, temperature=0.0)) for _ in range(2))
+    return {"first": [(first / second, contested_first or contested_second)], "seconds": [(second, False)]}
+
+
 def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int) -> None:
     """Run one workload × implementation and print its samples and peak RSS as one JSON line."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     bench = {"llama2c": bench_llama2c, "generate": bench_generate, "finetune": bench_finetune,
-             "zeroshot": bench_zeroshot, "epoch": bench_epoch}[workload]
+             "zeroshot": bench_zeroshot, "epoch": bench_epoch, "first": bench_first}[workload]
     result = bench(impl, checkpoint, repeats)
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
 
@@ -584,6 +601,15 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
         rows.append((f"  --group_by_length, {padded[1]:.0%} padding", f"{grouped:.1f}", "",
                      f"{shuffled / grouped:.2f}×", "random / grouped: " + verdict(shuffled / grouped, 1.5),
                      rss("epoch", "grouped"), n_grouped))
+    if "first" in results:
+        rows.append((f"first generate call / second, {FIRST_TOKENS} tokens", "", "", "", "", "", ""))
+        for impl in WORKLOADS["first"]:
+            (ratio, clean), (second, _) = stat("first", impl, "first"), stat("first", impl, "seconds")
+            rounds = [run["first"][0][0] for run in results["first"][impl]]
+            met = "met" if ratio <= 1.5 else "NOT MET"
+            rows.append((f"  {impl}, second call {second:.2f} s", "", "", f"{ratio:.2f}×",
+                         f"first / second: ≤ 1.5× {met} (rounds {min(rounds):.2f}–{max(rounds):.2f})",
+                         rss("first", impl), clean))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

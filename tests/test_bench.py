@@ -124,3 +124,15 @@ def test_runomp_builds_and_reports_its_speed_on_a_real_model(tmp_path, asset, mo
     run = bench.run_runomp(runomp, asset("stories260K.bin"), "", prompt_len=1, repeats=2, threads=1)
     assert len(run["decode"]) == 2 and all(tokens_per_s > 0 for tokens_per_s, _ in run["decode"])
     assert run["peak_rss_mb"] > 0
+
+
+def test_first_call_rows_give_the_median_ratio_its_rounds_and_the_bound():
+    def run(ratio: float, contested: bool = False) -> dict:
+        return {"first": [[ratio, contested]], "seconds": [[0.5, False]], "peak_rss_mb": 700.0}
+
+    lines = bench.table({"first": {"course": [run(1.1), run(1.3), run(9.0, contested=True)],
+                                   "causal": [run(1.6), run(1.7), run(1.4)]}}, "")
+    course, causal = (next(line for line in lines if line.startswith(f"  {impl}, second call")) for impl in
+                      ("course", "causal"))
+    assert "1.20×" in course and "≤ 1.5× met (rounds 1.10–9.00)" in course and "2/3" in course
+    assert "1.60×" in causal and "≤ 1.5× NOT MET (rounds 1.40–1.70)" in causal
