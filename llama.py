@@ -236,8 +236,9 @@ class Llama(LlamaPreTrainedModel):
             self.setup_cache(min(idx.size(1) + max_new_tokens - 1, self.params.max_seq_len))
         try:
             for _ in range(max_new_tokens):
-                idx_cond = idx if idx.size(1) <= self.params.max_seq_len else idx[:, -self.params.max_seq_len:]
-                start = start if idx.size(1) <= self.params.max_seq_len else 0  # the window slid: all of it anew
+                idx_cond = idx
+                if idx.size(1) > self.params.max_seq_len:  # crop the context; every position moved: all anew
+                    idx_cond, start = idx[:, -self.params.max_seq_len:], 0
                 logits, _ = self(idx_cond[:, start:], start_pos=start)
                 start = idx_cond.size(1) if cached else 0
                 idx_next = sample(logits[:, -1], temperature, top_k)
