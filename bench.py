@@ -384,7 +384,7 @@ def bench_epoch(impl: str, checkpoint: str, repeats: int) -> dict:
     reset_peak_rss()
     samples, padded = [], []
     for epoch in range(repeats):  # the parent asks for one epoch: an epoch is long, its samples come from rounds
-        stats, _, contested = timed(lambda: train_epoch(model, optimizer, data, epoch, args.seed, args.batch_size,
+        stats, _, contested = timed(lambda: train_epoch(model, optimizer, data, epoch, args.batch_size,
                                                         args.group_by_length, args.dtype, torch.device("cpu")))
         samples.append((stats["seconds"], contested))
         padded.append((stats["padded"], False))

@@ -28,8 +28,16 @@ def machine(use_gpu: bool = False) -> dict:
     except importlib.metadata.PackageNotFoundError:
         transformers = None
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "gpu": torch.cuda.get_device_name() if use_gpu and torch.cuda.is_available() else None,
-            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers}
+            "gpu": gpu_name() if use_gpu else None, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers}
+
+
+def gpu_name() -> str | None:
+    """The GPU that --use_gpu runs on (options.gpu): CUDA's by its name, else Apple's; None where there is neither."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return "Apple GPU (mps)" if torch.backends.mps.is_available() else None
+
 
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
 

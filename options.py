@@ -1,5 +1,6 @@
 """run_llama.py's command line: its flags with the course's names and defaults (arg_parser), their checks and the paths
-derived from --train (validate_args, before any work), the seed, the device and the dtype."""
+derived from --train (validate_args, before any work), the seed, the device (CUDA, else Apple's mps, with
+--use_gpu) and the dtype."""
 import argparse
 import math
 import os
@@ -72,7 +73,8 @@ def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
                              "classification, the Llama parameters are frozen; finetune: Llama parameters are updated; "
                              "lora: LoRA adapters on Llama's attention projections are trained, Llama is frozen "
                              "(default: %(default)s).")
-    parser.add_argument("--use_gpu", action="store_true", help="Run on CUDA instead of the CPU.")
+    parser.add_argument("--use_gpu", action="store_true",
+                        help="Run on a CUDA GPU, else on Apple's GPU (mps), instead of the CPU.")
     parser.add_argument("--generated_sentence_low_temp_out", type=str, default="generated-sentence-temp-0.txt",
                         help="Where generate writes its continuation at temperature 0 (default: %(default)s).")
     parser.add_argument("--generated_sentence_high_temp_out", type=str, default="generated-sentence-temp-1.txt",
@@ -199,11 +201,8 @@ def generation_outputs(args: argparse.Namespace) -> dict[float, str]:
 
 
 def get_device(use_gpu: bool, dtype: str) -> torch.device:
-    """CUDA with --use_gpu (GPU LOCAL_RANK under torchrun), else the CPU; refused where --use_gpu or --dtype asks
-    what the hardware lacks."""
-    if use_gpu and not torch.cuda.is_available():
-        raise InputError("--use_gpu: PyTorch sees no CUDA GPU here (run without --use_gpu to use the CPU)")
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_gpu else torch.device("cpu")
+    """The GPU with --use_gpu (gpu()), else the CPU; refused where --dtype asks what the hardware lacks."""
+    device = gpu() if use_gpu else torch.device("cpu")
     if dtype == "bfloat16":
         if not torch.amp.is_autocast_available(device.type):
             raise InputError(f"--dtype bfloat16: PyTorch has no autocast for {device.type}; use --dtype float32")
@@ -211,6 +210,19 @@ def get_device(use_gpu: bool, dtype: str) -> torch.device:
             raise InputError(f"--dtype bfloat16: the GPU {torch.cuda.get_device_name()} has no bfloat16 "
                              "arithmetic; use --dtype float32")
     return device
+
+
+def gpu() -> torch.device:
+    """The GPU that --use_gpu runs on: CUDA's (GPU LOCAL_RANK under torchrun), else Apple's (mps); where PyTorch sees
+    neither, an InputError naming what it found."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    cuda = f"built for CUDA {torch.version.cuda}, no CUDA GPU seen" if torch.version.cuda else "built without CUDA"
+    mps = "no Apple GPU seen by its mps backend" if torch.backends.mps.is_built() else "built without Apple's mps"
+    raise InputError(f"--use_gpu: PyTorch {torch.__version__} finds only the CPU here ({cuda}; {mps}): run without "
+                     "--use_gpu to use the CPU")
 
 
 def autocast(dtype: str, device: torch.device) -> torch.autocast:

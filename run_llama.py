@@ -14,10 +14,11 @@ name and then renamed, so an interrupted run leaves no half-written output. --op
 write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
 goes on from (their contents: checkpoint.py); they append a line per epoch to metrics.jsonl, and at the end, with
 matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, options.validate_args checks every flag and
-refuses an output that is an input of the run or another output, or that cannot be written.
+refuses an output that is an input of the run or another output, or that cannot be written. At a given --seed,
+generate, prompt and finetune write the files that the course's own run_llama.py writes on these modules (the same
+random draws in the same order: docs/semantics.md).
 """
 import argparse
-import functools
 import sys
 from pathlib import Path
 
@@ -64,11 +65,10 @@ def test(args: argparse.Namespace) -> list[int]:
     return evaluate(model, outputs, tokenizer.pad_id, args)["dev"]
 
 
-@functools.cache
 def pretrained(path: str, causal: bool, device: torch.device) -> Llama:
-    """The pretrained Llama of `path`, with the speed paths installed (fast.py), loaded once per run (main forgets
-    it at the end): a load draws the initial weights from the random generators, so that loading it again would
-    change what the next temperature samples."""
+    """The pretrained Llama of `path`, with the speed paths installed (fast.py). generate_sentence loads it anew for
+    each temperature, as the course's does: a load draws the initial weights from the random generators, so that each
+    temperature samples from the point of the generator where the course's run does."""
     print(f"load model from {path}")
     return fast.install(load_pretrained(path, causal=causal, device=device))
 
@@ -156,8 +156,6 @@ def main(argv: list[str] | None = None) -> None:
                                   "--resume to go on from it" if resumable else ""))
     except fast.NonFiniteError as e:
         raise InputError(f"{args.pretrained_model_path}: {e}") from None
-    finally:
-        pretrained.cache_clear()
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The examples of a task: a data file's `label ||| sentence` lines (read_examples, the one reader of that format)
 and its Split, its label names and the course's prompt after each sentence, the examples on the device and the
-batches they are computed in (example indices, from their lengths), whether they fit a model, and the scores of the
-predictions made for them."""
+batches they are computed in (example indices, from their lengths; shuffled with the random draws of the course's
+DataLoader), whether they fit a model, and the scores of the predictions made for them."""
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -164,6 +164,22 @@ def batch_order(lengths: list[int], batch_size: int, shuffle: bool, group_by_len
     if shuffle and group_by_length:
         batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
     return batches
+
+
+def loader_seed() -> int:
+    """One draw from torch's global generator, of the kind the course's DataLoader makes: as a pass over it starts,
+    its iterator draws a base seed (for worker processes, which the course has none of), and the RandomSampler of a
+    shuffling DataLoader draws the seed of the pass's permutation."""
+    return int(torch.empty((), dtype=torch.int64).random_().item())
+
+
+def shuffled_batches(lengths: list[int], batch_size: int, group_by_length: bool) -> list[list[int]]:
+    """The batches of a new pass of the course's DataLoader(shuffle=True, batch_size=batch_size) over examples of
+    these lengths, drawn as it draws them: the base seed, then the seed of a generator of its own, which draws the
+    permutation (batch_order, which goes on drawing from it to group by length)."""
+    loader_seed()  # the pass's base seed
+    generator = torch.Generator().manual_seed(loader_seed())  # the RandomSampler's
+    return batch_order(lengths, batch_size, True, group_by_length, generator)
 
 
 def eval_order(lengths: list[int], batch_size: int, group_by_length: bool, causal: bool) -> list[list[int]]:

@@ -4,23 +4,31 @@ lengths), on several processes on torchrun, and the predictions of a classifier 
 
 Distributed data parallel. `torchrun --nproc_per_node=N run_llama.py --option finetune ...` starts N copies of the
 run, each told its rank by environment variables (RANK, LOCAL_RANK, WORLD_SIZE). Each joins the process group (gloo
-on the CPU; nccl with --use_gpu, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
-DistributedDataParallel, which averages the N processes' gradients during backward(). All processes draw the same
+on the CPU or mps; nccl on CUDA, process r on cuda:LOCAL_RANK) and holds the whole model, wrapped in
+DistributedDataParallel, which averages the N processes' gradients during backward(). All processes take rank 0's
 batches of --batch_size examples, and process r computes examples r, r + N, r + 2N, ... of each
 (`split_among_processes`, the split of DistributedSampler): --batch_size is the global batch, of which each process
 computes about batch_size / N.
 Each scales its Σ nll by N / batch_size, so that the average of the N gradients is the gradient of the course's
 loss Σ nll / batch_size over the whole batch: N processes take the steps that one process takes, up to float
-rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ).
+rounding and dropout (process r seeds its generators with --seed + r, so that the processes' masks differ; rank 0,
+drawing masks for its share alone, then draws later epochs' batches from another point of its generator).
 Evaluation, printing, progress bars, metrics and checkpoints are rank 0's; the others wait at a barrier.
 Without torchrun there is no process group, and each function here does what one process alone does.
 
+The course's random draws. The course's run_llama.py shuffles with a DataLoader, whose every pass draws from torch's
+global generator, the one that dropout draws from too; a run here makes the same draws in the same order
+(splits.shuffled_batches, splits.loader_seed): a pass for each epoch's training, then, with dropout off, a pass
+over the training set for its accuracy and one over dev. So at a given --seed a run takes the batches and the
+dropout masks of the course's run at that seed on these modules, and keeps the checkpoint it keeps.
+
 Checkpoints and resuming. After each epoch rank 0 writes the checkpoint of the best dev accuracy when it improves
 (save_model) and that of the last epoch (save_last); their keys, and how they are read and written, are described
-in checkpoint.py. --resume loads the last checkpoint and goes on with the next epoch (resume). As an epoch's
-batches depend only on --seed and the epoch, and the generators that dropout draws from are restored, the resumed
-run ends with the weights that it would have ended with uninterrupted. Resuming drops the lines that the
-interrupted run appended to metrics.jsonl after its last checkpoint, so that no epoch is recorded twice.
+in checkpoint.py. --resume loads the last checkpoint and goes on with the next epoch (resume). As the last
+checkpoint holds the random generators' states after the epoch's last draw, from which the batches and the dropout
+masks of the next are drawn, the resumed run ends with the weights that it would have ended with uninterrupted.
+Resuming drops the lines that the interrupted run appended to metrics.jsonl after its last checkpoint, so that no
+epoch is recorded twice.
 """
 import argparse
 import contextlib
@@ -49,7 +57,7 @@ from files import InputError
 from lora import lora_state_dict, merge_lora
 from optimizer import AdamW
 from options import TRAINING_OPTIONS, autocast, get_device, seed_everything
-from splits import (LlamaDataset, Split, batch_order, eval_order, padded_fraction, report, scores,
+from splits import (LlamaDataset, Split, eval_order, loader_seed, padded_fraction, report, scores, shuffled_batches,
                     write_predictions_to_file)
 
 RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
@@ -74,7 +82,7 @@ def launched_by_torchrun() -> bool:
 
 
 def init_distributed(device: torch.device) -> None:
-    """Join the process group of torchrun's processes: nccl on CUDA (this process on `device`), gloo on the CPU."""
+    """Join the process group of torchrun's processes: nccl on CUDA (this process on `device`), gloo elsewhere."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
         dist.init_process_group("nccl", device_id=device)
@@ -103,7 +111,7 @@ def printing_on_rank_0() -> Iterator[None]:
 def processes(args: argparse.Namespace) -> Iterator[int]:
     """The run's processes, around its work, which is given this process's rank: under torchrun, which runs only
     the TRAINING_OPTIONS, join the process group and leave it at the end; print on rank 0 only; seed this process
-    with --seed + rank, so that the processes' dropout masks differ (the batches come from --seed and the epoch)."""
+    with --seed + rank, so that the processes' dropout masks differ (the batches are rank 0's, see from_rank_0)."""
     device = get_device(args.use_gpu, args.dtype)
     if launched_by_torchrun():
         if args.option not in TRAINING_OPTIONS:
@@ -128,23 +136,23 @@ def distributed(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
 
-def split_among_processes(lengths: list[int], batches: list[list[int]], batch_size: int
-                          ) -> tuple[list[list[int]], list[int], list[float]]:
+def split_among_processes(lengths: list[int], batches: list[list[int]]
+                          ) -> tuple[list[list[int]], list[int], list[int]]:
     """For each of `batches` (example indices into `lengths`), the examples of it that this process computes, the
-    width they are padded to and the weight of their summed loss.
+    width they are padded to and the factor of their summed loss, which is then divided by --batch_size.
 
     Process r of N computes examples r, r + N, r + 2N, ... of each batch, padded to the width of the whole batch, as
-    one process pads them (without a mask the padding changes the results). Their loss weight N / batch_size makes
+    one process pads them (without a mask the padding changes the results). Their loss Σ nll × N / batch_size makes
     the average of the N gradients that of the course's loss Σ nll / batch_size over the whole batch. A process
     with no example of a short last batch must still join the averaging of the gradients and step: it computes the
-    batch's first example with loss weight 0, and its prediction is not one to keep. Without torchrun (N = 1) this
-    is each whole batch, with loss weight 1 / batch_size.
+    batch's first example with factor 0, and its prediction is not one to keep. Without torchrun (N = 1) this is
+    each whole batch, with factor 1: the course's loss, to the last bit.
     """
     rank, world_size = rank_and_world_size()
     shares = [batch[rank::world_size] for batch in batches]
     rows = [share or batch[:1] for share, batch in zip(shares, batches)]
     widths = [max(lengths[i] for i in batch) for batch in batches]
-    return rows, widths, [world_size / batch_size if share else 0.0 for share in shares]
+    return rows, widths, [world_size if share else 0 for share in shares]
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -164,6 +172,15 @@ def gather(obj: object) -> list:
     return objects
 
 
+def from_rank_0(obj: object) -> object:
+    """Rank 0's `obj`, in every process."""
+    if not dist.is_initialized():
+        return obj
+    objects = [obj]
+    dist.broadcast_object_list(objects, src=0)
+    return objects[0]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()
@@ -171,18 +188,21 @@ def barrier() -> None:
 
 # ---- checkpoints ----
 def rng_state(device: torch.device) -> dict:
-    """The states of Python's, NumPy's and torch's random generators (and CUDA's on `device`), as tensors, lists and
-    numbers, which torch.load(weights_only=True) reads back."""
+    """The states of Python's, NumPy's and torch's random generators (and CUDA's or mps's on `device`), as tensors,
+    lists and numbers, which torch.load(weights_only=True) reads back."""
     name, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, cached_gaussian],
              "torch": torch.get_rng_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
+    elif device.type == "mps":
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict, device: torch.device) -> None:
-    """Restore the generators to an `rng_state` (CUDA's only where both that state and `device` are CUDA)."""
+    """Restore the generators to an `rng_state` (CUDA's or mps's only where both that state and `device` are of
+    that type)."""
     version, internal_state, gauss_next = state["python"]
     random.setstate((version, tuple(internal_state), gauss_next))
     name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
@@ -190,6 +210,8 @@ def set_rng_state(state: dict, device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
+    if "mps" in state and device.type == "mps":
+        torch.mps.set_rng_state(state["mps"])
 
 
 def checkpoint_data(model: LlamaEmbeddingClassifier, flags: dict, config: ClassifierConfig, label_names: list[str],
@@ -283,35 +305,35 @@ def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) 
 
 
 # ---- training ----
-def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LlamaDataset, epoch: int, seed: int,
+def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: LlamaDataset, epoch: int,
                 batch_size: int, group_by_length: bool, dtype: str, device: torch.device) -> dict[str, float]:
     """One pass over the training set in fresh batches, loss = Σ nll / batch_size per batch (the course's).
 
-    The batches depend on the seed and the epoch only, so that every process draws the same ones; under torchrun
-    each process computes its share of each batch, its loss weighted to give the course's gradient
-    (split_among_processes).
-    Returns the mean batch loss, the accuracy and macro-F1 of the predictions made while training (dropout on), the
-    seconds, examples per second and the padded fraction of the computed token positions, all over all processes.
+    The batches are those of a pass of the course's shuffling DataLoader (splits.shuffled_batches), rank 0's in
+    every process; under torchrun each process computes its share of each batch, its loss scaled to give the
+    course's gradient (split_among_processes).
+    Returns the mean batch loss, the running accuracy and macro-F1 (of the predictions made while training, dropout
+    on), the seconds, examples per second and the padded fraction of the computed token positions, all over all
+    processes.
     """
     rank, world_size = rank_and_world_size()
     model.train()
-    generator = torch.Generator().manual_seed(seed + epoch)
-    batches = batch_order(data.lengths, batch_size, True, group_by_length, generator)
+    batches = from_rank_0(shuffled_batches(data.lengths, batch_size, group_by_length))
     total_loss = torch.zeros((), device=device)
     preds = torch.zeros(len(data), dtype=torch.long, device=device)
     start = time.perf_counter()
-    rows, widths, loss_weights = split_among_processes(data.lengths, batches, batch_size)  # alone: whole batches
-    mine = zip(data.batches(rows, widths), loss_weights)
-    for (rows, token_ids, lengths, labels), loss_weight in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
-                                                                disable=rank != 0):
+    rows, widths, factors = split_among_processes(data.lengths, batches)  # alone: whole batches, factor 1
+    mine = zip(data.batches(rows, widths), factors)
+    for (rows, token_ids, lengths, labels), factor in tqdm(mine, total=len(batches), desc=f"train-{epoch}",
+                                                           disable=rank != 0):
         optimizer.zero_grad()
         with autocast(dtype, device):
             log_probs = model(token_ids, lengths)
-        loss = F.nll_loss(log_probs, labels, reduction="sum") * loss_weight
+        loss = F.nll_loss(log_probs, labels, reduction="sum") * factor / batch_size
         loss.backward()
         optimizer.step()
         total_loss += loss.detach()
-        if loss_weight:  # else a stand-in example, which another process predicts
+        if factor:  # else a stand-in example, which another process predicts
             preds[rows] = log_probs.argmax(dim=-1)
     all_reduce_sum(total_loss)
     preds = all_reduce_sum(preds).tolist()  # each example was predicted by one process, 0 elsewhere
@@ -319,9 +341,21 @@ def train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, data: 
     seconds = time.perf_counter() - start
     acc, f1 = scores(labels, preds)
     # the processes' losses add up to world_size × the course's loss of each batch
-    return {"loss": total_loss.item() / world_size / len(batches), "acc": acc, "f1": f1, "seconds": seconds,
-            "examples_per_s": len(data) / seconds,
-            "padded": padded_fraction(data.lengths, batches)}
+    return {"loss": total_loss.item() / world_size / len(batches), "running_acc": acc, "running_f1": f1,
+            "seconds": seconds, "examples_per_s": len(data) / seconds, "padded": padded_fraction(data.lengths, batches)}
+
+
+def course_scores(model: torch.nn.Module, train_data: LlamaDataset, dev_data: LlamaDataset,
+                  dev_batches: list[list[int]], args: argparse.Namespace) -> dict[str, float]:
+    """The accuracy and macro-F1 on the training set and on dev after an epoch, as the course computes them: in
+    passes of their own with dropout off, the training set in the batches of another pass of the course's shuffling
+    DataLoader (splits.shuffled_batches), dev in `dev_batches` (eval_order), after the base seed that its
+    DataLoader draws."""
+    train_batches = shuffled_batches(train_data.lengths, args.batch_size, args.group_by_length)
+    train_acc, train_f1 = scores(train_data.split.labels, model_eval(model, train_data, train_batches, args.dtype))
+    loader_seed()  # dev's pass, though not shuffled, draws its base seed
+    dev_acc, dev_f1 = scores(dev_data.split.labels, model_eval(model, dev_data, dev_batches, args.dtype))
+    return {"train_acc": train_acc, "dev_acc": dev_acc, "train_f1": train_f1, "dev_f1": dev_f1}
 
 
 def classifier_config(args: argparse.Namespace, num_labels: int) -> ClassifierConfig:
@@ -375,8 +409,9 @@ def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: 
     """Fine-tune `model` (classifier_for the command line, on the data's device) with the course's AdamW for
     --epochs (with --resume from the epoch after the last checkpoint's), in every process.
 
-    After each epoch rank 0 evaluates on dev, saves the checkpoint of the best dev accuracy and the last one, and
-    appends the epoch's metrics, while the others wait. Returns the run's metrics records (those of rank 0).
+    After each epoch rank 0 measures the accuracy on the training set and on dev as the course does (course_scores),
+    saves the checkpoint of the best dev accuracy and the last one, and appends the epoch's metrics, while the others
+    wait. Returns the run's metrics records (those of rank 0).
     """
     device = train_data.token_ids.device
     config = classifier_config(args, len(label_names))
@@ -394,26 +429,27 @@ def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: 
     trained_model = distributed(model, device)
     dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
     for epoch in range(progress.epoch + 1, args.epochs):
-        stats = train_epoch(trained_model, optimizer, train_data, epoch, args.seed, args.batch_size,
-                            args.group_by_length, args.dtype, device)
+        stats = train_epoch(trained_model, optimizer, train_data, epoch, args.batch_size, args.group_by_length,
+                            args.dtype, device)
         failure = divergence_reason(stats["loss"], model)
         if failure:
             raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
                              f"{args.lr}")
-        rng = gather(rng_state(device))
+        measured = course_scores(model, train_data, dev_data, dev_batches, args) if rank == 0 else {}
+        rng = gather(rng_state(device))  # after the epoch's last draw: the next epoch's draws follow from there
         if rank == 0:
-            dev_acc, dev_f1 = scores(dev_data.split.labels, model_eval(model, dev_data, dev_batches, args.dtype))
+            dev_acc = measured["dev_acc"]
             if dev_acc > progress.best_dev_acc:
                 save_model(args.filepath, checkpoint_data(model, flags, config, label_names, epoch, dev_acc), optimizer)
             record = {"run": progress.run, "option": args.option, "epochs": args.epochs, "lr": args.lr,
-                      "epoch": epoch, "loss": stats["loss"], "train_acc": stats["acc"], "dev_acc": dev_acc,
-                      "train_f1": stats["f1"], "dev_f1": dev_f1, "seconds": stats["seconds"],
+                      "epoch": epoch, "loss": stats["loss"], **measured, "running_acc": stats["running_acc"],
+                      "running_f1": stats["running_f1"], "seconds": stats["seconds"],
                       "examples_per_s": stats["examples_per_s"], "padded": stats["padded"]}
             metrics.append(metrics.FILE, record)
             progress = Progress(epoch, max(progress.best_dev_acc, dev_acc), progress.run, progress.metrics + [record])
             saved = checkpoint_data(model, flags, config, label_names, epoch, progress.best_dev_acc)
             save_last(args.last_filepath, saved, optimizer, progress, rng, train_data.split.sha256)
-            print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {stats['acc']:.3f}, "
+            print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {measured['train_acc']:.3f}, "
                   f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
                   f"padding {stats['padded']:.1%}")
         barrier()

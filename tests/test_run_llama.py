@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from sentencepiece import SentencePieceTrainer
+from torch.utils.data import DataLoader
 
 import options
 import run_llama
@@ -89,11 +90,11 @@ def test_generate(tmp_path: Path, asset_cache: Path, model_path: str, tokenizer_
     greedy = (tmp_path / "generated-sentence-temp-0.txt").read_bytes().decode("utf-8")
     sampled = (tmp_path / "generated-sentence-temp-1.txt").read_bytes().decode("utf-8")
 
-    torch.manual_seed(1337)  # the default --seed, then the same draws: loading, greedy, sampled
-    llama = load_pretrained(model_path, causal=causal)
+    torch.manual_seed(1337)  # the default --seed, then the course's draws: a load before each temperature
     tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
     prompt = torch.tensor([tokenizer.encode(run_llama.PREFIX, bos=True, eos=False)])
     for text, temperature in ((greedy, 0.0), (sampled, 1.0)):
+        llama = load_pretrained(model_path, causal=causal)
         expected = llama.generate(prompt, 75, temperature=temperature, use_cache=False)
         assert expected.shape[1] == prompt.shape[1] + 75
         assert text == tokenizer.decode(expected[0].tolist())
@@ -225,6 +226,37 @@ def test_finetune_sst(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_
             expected = [p for batch in course_batches(encoded, 4, tokenizer.pad_id)
                         for p in model(torch.tensor(batch)).argmax(-1).tolist()]
         assert preds == expected
+
+
+def test_train_acc_is_the_courses_pass_with_dropout_off(tmp_path: Path, monkeypatch, capsys, asset: GetAsset,
+                                                        model_path: str, tokenizer_model: str):
+    """"train acc", printed per epoch and recorded as train_acc, is the course's: the accuracy on the training set of
+    the model after the epoch, in a pass of its own with dropout off. With --causal, where a row's batch changes no
+    prediction, one row at a time gives it. The accuracy of the predictions made while training, dropout on, is
+    recorded as running_acc (the course's own run, in its semantics: tests/test_course_run.py)."""
+    monkeypatch.chdir(tmp_path)
+    train = copy_head(asset, tmp_path, "sst-train.txt", 16)
+    for name, n in (("sst-dev.txt", 4), ("sst-test.txt", 2), ("sst-label-mapping.json", 1)):
+        copy_head(asset, tmp_path, name, n)
+    run_llama.main(["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "1", "--lr", "1e-3",
+                    "--batch_size", "4", "--causal", "--hidden_dropout_prob", "0.5",
+                    "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+    printed = re.findall(r"^epoch 0: train loss :: \d+\.\d{3}, train acc :: (\d\.\d{3}), ", capsys.readouterr().out,
+                         re.M)
+
+    saved = torch.load("finetune-1-0.001-last.pt", weights_only=True)  # the weights after epoch 0
+    model = LlamaEmbeddingClassifier(ClassifierConfig(**saved["model_config"]))
+    model.load_state_dict(saved["model"])
+    model.eval()
+    tokenizer = Tokenizer(tokenizer_model=tokenizer_model)
+    with torch.no_grad():
+        preds = [model(torch.tensor([ids]), torch.tensor([len(ids)])).argmax(-1).item()
+                 for ids in (tokenizer.encode(sentence, bos=True, eos=False) for sentence in sentences(train))]
+    labels = [int(line.split(" ||| ")[0]) for line in train]
+    acc = sum(pred == label for pred, label in zip(preds, labels)) / len(labels)
+    assert printed == [f"{acc:.3f}"]
+    [record] = [json.loads(line) for line in Path("metrics.jsonl").read_text().splitlines()]
+    assert record["train_acc"] == acc and 0 <= record["running_acc"] <= 1 and 0 <= record["running_f1"] <= 1
 
 
 def test_design_example_derives_files_and_fetches_assets(tmp_path: Path, asset: GetAsset, asset_cache: Path,
@@ -651,6 +683,22 @@ def test_group_by_length_cuts_padding(sst_lengths: list[int]):
     assert fraction(sst_lengths, plain) == pytest.approx((computed - sum(sst_lengths)) / computed)
 
 
+def test_shuffled_batches_are_the_courses_dataloader_passes():
+    """An epoch of the course's: two passes of a shuffling DataLoader (training, then its accuracy) and one of a plain
+    one (dev). splits draws the same batches and leaves torch's global generator where the DataLoaders leave it."""
+    examples = list(range(50))
+    torch.manual_seed(7)
+    loader = DataLoader(examples, shuffle=True, batch_size=8)
+    expected = [[batch.tolist() for batch in loader] for _ in range(2)]
+    list(DataLoader(examples, shuffle=False, batch_size=8))
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    found = [splits.shuffled_batches([1] * len(examples), 8, group_by_length=False) for _ in range(2)]
+    splits.loader_seed()
+    assert found == expected and found[0] != found[1]
+    assert torch.equal(torch.rand(3), after)
+
+
 class LengthMod5(torch.nn.Module):
     """A classifier that predicts each sentence's length in tokens mod 5: predictions known in advance."""
 
@@ -786,9 +834,50 @@ def test_course_evaluation_keeps_the_courses_batches():
 
 
 # ---- devices ----
+@pytest.mark.parametrize("cuda, mps, local_rank, expected", [(True, True, None, "cuda:0"), (True, False, "1", "cuda:1"),
+                                                             (False, True, None, "mps"), (False, True, "1", "mps")])
+def test_use_gpu_picks_cuda_else_apples_mps(monkeypatch, cuda: bool, mps: bool, local_rank: str | None,
+                                             expected: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)  # torchrun's process 1
+    assert run_llama.get_device(use_gpu=True, dtype="float32") == torch.device(expected)
+    assert run_llama.get_device(use_gpu=False, dtype="float32") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("cuda_build, mps_built, found", [
+    (None, False, "built without CUDA; built without Apple's mps"),
+    ("12.4", True, "built for CUDA 12.4, no CUDA GPU seen; no Apple GPU seen by its mps backend"),
+])
+def test_use_gpu_without_a_gpu_names_what_was_found(monkeypatch, cuda_build: str | None, mps_built: bool,
+                                                     found: str):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(torch.backends.mps, "is_built", lambda: mps_built)
+    with pytest.raises(InputError) as e:
+        run_llama.get_device(use_gpu=True, dtype="float32")
+    assert str(e.value) == (f"--use_gpu: PyTorch {torch.__version__} finds only the CPU here ({found}): run without "
+                            "--use_gpu to use the CPU")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.backends.mps.is_available(), reason="this machine has a GPU")
+def test_use_gpu_on_a_machine_without_a_gpu_is_one_line(tmp_path: Path, asset_cache: Path, model_path: str,
+                                                        tokenizer_model: str):
+    result = run(tmp_path, asset_cache, "--option", "generate", "--use_gpu", "--pretrained-model-path", model_path,
+                 "--tokenizer-model", tokenizer_model)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith(f"error: --use_gpu: PyTorch {torch.__version__} finds only the CPU here (")
+    assert list(tmp_path.iterdir()) == []  # refused before any work
+
+
 def test_unavailable_hardware_is_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(InputError, match="--use_gpu: PyTorch sees no CUDA GPU"):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(InputError, match="--use_gpu: PyTorch .* finds only the CPU"):
         run_llama.get_device(use_gpu=True, dtype="float32")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation: False)

@@ -18,22 +18,22 @@ from trainer import TORCHRUN_ENV, split_among_processes
 
 
 def test_split_among_processes_splits_each_batch(monkeypatch):
-    """Process r of N has every N-th example from the r-th on, padded to the whole batch's width, with loss weight
-    N / batch_size; one with no example of a batch has the batch's first one, with loss weight 0."""
+    """Process r of N has every N-th example from the r-th on, padded to the whole batch's width, with loss factor
+    N (its Σ nll × N / batch_size); one with no example of a batch has the batch's first one, with factor 0."""
     lengths = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
     batches = [list(range(10)), [7, 3]]
 
-    def shares(world_size: int) -> list[list[tuple[list[int], int, float]]]:
-        """Each process's (examples, width, loss weight) of each batch."""
+    def shares(world_size: int) -> list[list[tuple[list[int], int, int]]]:
+        """Each process's (examples, width, loss factor) of each batch."""
         found = []
         for rank in range(world_size):
             monkeypatch.setattr("trainer.rank_and_world_size", lambda: (rank, world_size))
-            found.append(list(zip(*split_among_processes(lengths, batches, 10))))
+            found.append(list(zip(*split_among_processes(lengths, batches))))
         return found
 
-    assert shares(4) == [[([0, 4, 8], 9, 0.4), ([7], 6, 0.4)], [([1, 5, 9], 9, 0.4), ([3], 6, 0.4)],
-                         [([2, 6], 9, 0.4), ([7], 6, 0.0)], [([3, 7], 9, 0.4), ([7], 6, 0.0)]]
-    assert shares(1) == [[(list(range(10)), 9, 0.1), ([7, 3], 6, 0.1)]]
+    assert shares(4) == [[([0, 4, 8], 9, 4), ([7], 6, 4)], [([1, 5, 9], 9, 4), ([3], 6, 4)],
+                         [([2, 6], 9, 4), ([7], 6, 0)], [([3, 7], 9, 4), ([7], 6, 0)]]
+    assert shares(1) == [[(list(range(10)), 9, 1), ([7, 3], 6, 1)]]  # alone: the course's Σ nll / batch_size
 
 
 def test_two_processes_end_with_the_weights_of_one(tmp_path: Path, monkeypatch, asset: GetAsset, asset_cache: Path,
