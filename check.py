@@ -22,6 +22,10 @@ gradients (the bias correction's form and eps), head dims and positions that are
 padded rows (the position a classifier reads). Exit status: 0 when every component checked matches, 1 when one
 differs, 2 when DIR cannot be imported (one line names the missing file or package).
 
+A difference beyond a component's tolerance, but no more than ROUNDING times minllama's own float32 error from the
+float64 derivation, is reported as a match within float32 rounding: two correct models that sum in another order
+differ by that much, and sanity_check.py's fixed atol 1e-5 fails some correct implementations by 2.86e-5.
+
 Placement: the student's modules are imported under their course names (llama, rope, config, optimizer, ...), which
 minllama's own modules also have. So they are never imported into this process. check.py runs itself again as a
 child process (`python -P check.py --child WORK`) with DIR as its working directory: -P keeps this repository off
@@ -314,7 +318,8 @@ def attention_reference(work: Path) -> Reference:
                      {"scores scaled by 1/d instead of 1/√d (eq. 1 divides QKᵀ by √d_k)":
                       {"output": attention64(q, k, v, 1 / d)},
                       "a causal mask applied: the course's reference attention has no mask, every position sees "
-                      "every other": {"output": attention64(q, k, v, 1 / math.sqrt(d), causal=True)}})
+                      "every other (Llama 2 has one, minllama's LlamaConfig.causal, but sanity_check.data was "
+                      "computed without)": {"output": attention64(q, k, v, 1 / math.sqrt(d), causal=True)}})
 
 
 def reference_model(seed: int = SEED):
@@ -330,26 +335,41 @@ def reference_model(seed: int = SEED):
     return model
 
 
+def layer64(state: dict[str, torch.Tensor], x: torch.Tensor, config, prefix: str = "") -> torch.Tensor:
+    """LlamaLayer.forward derived in float64 from its weights: h = x + attention(norm(x)), out = h + w2(silu(w1·n) ⊙
+    w3·n) with n = norm(h); the attention unmasked, its key/value heads shared by n_heads / n_kv_heads query heads."""
+    def w(name: str) -> torch.Tensor:
+        return state[prefix + name].double()
+    batch, seqlen, dim = x.shape
+    d = dim // config.n_heads
+    a = rmsnorm64(x, w("attention_norm.weight"), config.layer_norm_eps)
+    q, k, v = (a @ w(f"attention.compute_{n}.weight").T for n in ("query", "key", "value"))
+    q, k = rope64(q.view(batch, seqlen, -1, d)), rope64(k.view(batch, seqlen, -1, d))
+    k, v = (t.view(batch, seqlen, -1, d).repeat_interleave(config.n_heads // config.n_kv_heads, dim=2) for t in (k, v))
+    o = attention64(*(t.transpose(1, 2) for t in (q, k, v)), 1 / math.sqrt(d)).transpose(1, 2).flatten(2)
+    h = x + o @ w("attention.compute_output.weight").T
+    n = rmsnorm64(h, w("ffn_norm.weight"), config.layer_norm_eps)
+    return h + (F.silu(n @ w("feed_forward.w1.weight").T) * (n @ w("feed_forward.w3.weight").T)) @ \
+        w("feed_forward.w2.weight").T
+
+
+def llama64(state: dict[str, torch.Tensor], tokens: torch.Tensor, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """Llama.forward derived in float64 from its weights: the logits of the last position and the final hidden
+    states."""
+    h = state["tok_embeddings.weight"].double()[tokens]
+    for i in range(config.n_layers):
+        h = layer64(state, h, config, f"layers.{i}.")
+    h = rmsnorm64(h, state["norm.weight"], config.layer_norm_eps)
+    return h[:, [-1]] @ state["output.weight"].double().T, h
+
+
 def layer_reference(work: Path) -> Reference:
-    layer = reference_model().layers[0]
+    model = reference_model()
     x = torch.randn(2, 7, 48, generator=seeded()) * 0.02  # of the embeddings' size: where eps sits shows
-    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state = {k: v.clone() for k, v in model.layers[0].state_dict().items()}
     with torch.no_grad():
-        return Reference(dict(x=x, state_dict=state, sizes=SIZES), {"output": layer(x)},
-                         {"output": _double(layer)(x.double())})
-
-
-def _double(module: nn.Module) -> nn.Module:
-    """A float64 copy of module (its rotary tables recomputed in float64)."""
-    import copy
-    twin = copy.deepcopy(module).double()
-    for m in twin.modules():
-        if hasattr(m, "freqs_cos"):
-            angles = torch.outer(torch.arange(m.freqs_cos.shape[0], dtype=torch.float64),
-                                 10000.0 ** (-torch.arange(0, 2 * m.freqs_cos.shape[1], 2, dtype=torch.float64)
-                                             / (2 * m.freqs_cos.shape[1])))
-            m.freqs_cos, m.freqs_sin = angles.cos(), angles.sin()
-    return twin
+        return Reference(dict(x=x, state_dict=state, sizes=SIZES), {"output": model.layers[0](x)},
+                         {"output": layer64(state, x.double(), model.config)})
 
 
 def model_reference(work: Path) -> Reference:
@@ -360,14 +380,14 @@ def model_reference(work: Path) -> Reference:
     inputs = dict(tokens=tokens, state_dict=state, sizes=SIZES)
     with torch.no_grad():
         logits, h = model(tokens)
-        logits64, h64 = _double(model)(tokens)
+        logits64, h64 = llama64(state, tokens, model.config)
         expected, float64 = {"logits": logits, "hidden_states": h}, {"logits": logits64, "hidden_states": h64}
         stories = REPO / "stories42M.pt"
         if stories.exists():
             big, ids = load_pretrained(str(stories), causal=False), torch.tensor(SENT_IDS)
             inputs |= dict(stories42M=str(stories), sent_ids=ids)
             logits, h = big(ids)
-            logits64, h64 = _double(big)(ids)
+            logits64, h64 = llama64(big.state_dict(), ids, big.config)
             expected |= {"stories42M logits": logits, "stories42M hidden_states": h}
             float64 |= {"stories42M logits": logits64, "stories42M hidden_states": h64}
     return Reference(inputs, expected, float64)
@@ -453,33 +473,33 @@ def classifier_reference(work: Path) -> Reference:
             "bias": torch.randn(len(LABELS), generator=g)}
     ids = torch.tensor(PADDED)
 
-    def read(model: nn.Module, column: int) -> torch.Tensor:
-        _, h = model(ids)
-        h = h[:, column]
-        return F.log_softmax(h @ head["weight"].to(h.dtype).T + head["bias"].to(h.dtype), dim=-1)
+    def read(h: torch.Tensor, column: int) -> dict[str, torch.Tensor]:
+        logits = h[:, column] @ head["weight"].to(h.dtype).T + head["bias"].to(h.dtype)
+        return {"log-probabilities": F.log_softmax(logits, dim=-1)}
 
     model = reference_model()
     with torch.no_grad():
-        return Reference(dict(checkpoint=saved_checkpoint(work), head=head, input_ids=ids),
-                         {"log-probabilities": read(model, -1)}, {"log-probabilities": read(_double(model), -1)},
+        h, h64 = model(ids)[1], llama64(model.state_dict(), ids, model.config)[1]
+        return Reference(dict(checkpoint=saved_checkpoint(work), head=head, input_ids=ids), read(h, -1),
+                         read(h64, -1),
                          {"the hidden state of the first token read instead of the last column's (the course "
-                          "reads the final position of each padded row)": {"log-probabilities": read(model, 0)}})
+                          "reads the final position of each padded row)": read(h, 0)})
 
 
 def zeroshot_reference(work: Path) -> Reference:
     ids = torch.tensor(PADDED)
 
-    def scores(model: nn.Module, column: int) -> torch.Tensor:
-        _, h = model(ids)
-        log_probs = F.log_softmax(model.output(h[:, column]), dim=-1)
-        return torch.stack([log_probs[:, tokens].sum(-1) for tokens in LABELS.values()], dim=-1)
+    def scores(h: torch.Tensor, output: torch.Tensor, column: int) -> dict[str, torch.Tensor]:
+        log_probs = F.log_softmax(h[:, column] @ output.to(h.dtype).T, dim=-1)
+        return {"label scores": torch.stack([log_probs[:, tokens].sum(-1) for tokens in LABELS.values()], dim=-1)}
 
     model = reference_model()
     with torch.no_grad():
-        return Reference(dict(checkpoint=saved_checkpoint(work), input_ids=ids),
-                         {"label scores": scores(model, -1)}, {"label scores": scores(_double(model), -1)},
+        h, h64, output = model(ids)[1], llama64(model.state_dict(), ids, model.config)[1], model.output.weight
+        return Reference(dict(checkpoint=saved_checkpoint(work), input_ids=ids), scores(h, output, -1),
+                         scores(h64, output, -1),
                          {"the logits of the first position read instead of the last (each label is scored as "
-                          "the continuation of the whole prompt)": {"label scores": scores(model, 0)}})
+                          "the continuation of the whole prompt)": scores(h, output, 0)})
 
 
 COMPONENTS: dict[str, Component] = {c.name: c for c in [

@@ -149,3 +149,18 @@ def test_the_skeleton_is_fetched_with_start_and_its_stubs_are_reported(tmp_path,
     assert result.returncode == 1
     assert differing(result.stdout) == ["rope", "rmsnorm", "adamw"]
     assert result.stdout.count("raised NotImplementedError") == 3
+
+
+def test_a_difference_within_float32_rounding_of_the_float64_model_is_said_to_match():
+    """sanity_check.py's 2.86e-5 case: a correct model that rounds otherwise than minllama's is said to match, with
+    the tolerance and why; one farther from the float64 model than that differs."""
+    import torch
+
+    import check
+    model = check.COMPONENTS["model"]
+    exact = torch.zeros(4, dtype=torch.float64)
+    ref = check.Reference({}, {"logits": (exact + 1e-5).float()}, {"logits": exact})  # minllama's own error: 1e-5
+    matches, lines = check.report(model, ref, {"logits": (exact - 2e-5).float()})  # 3e-5 from minllama
+    assert matches and "within float32 rounding" in lines[0] and "atol 1e-05" in lines[0]
+    matches, lines = check.report(model, ref, {"logits": (exact - 1e-4).float()})
+    assert not matches and "DIFFERS" in lines[0]
