@@ -567,7 +567,7 @@ def report(c: Component, ref: Reference, got: dict) -> tuple[bool, list[str]]:
                        f"  implements {c.equation}"]
     diff, name, index = largest(got, ref.expected)
     if close(got, ref.expected, c):
-        return True, [f"{head}: matches (largest difference {diff:.3g})"]
+        return True, [f"{head}: matches (largest difference {diff:.3g} over {', '.join(ref.expected)})"]
     own = largest(ref.expected, ref.float64)[0]
     diff64 = largest(got, ref.float64)[0]
     if diff64 <= ROUNDING * own and own > 0:
