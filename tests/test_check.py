@@ -99,6 +99,7 @@ def test_the_model_is_also_checked_on_stories42M_when_it_is_in_the_repository_ro
     assert "over logits, hidden_states, stories42M logits, stories42M hidden_states)" in result.stdout
 
 
+@pytest.mark.parametrize("mistake", CATALOGUE)
 def test_each_mistake_fails_its_component_with_its_hint_and_no_independent_one(tmp_path, mistake):
     component, file, edits, hint = CATALOGUE[mistake]
     impl = course_shaped(tmp_path)
