@@ -74,6 +74,40 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
 ]}
 
 
+# The course's skeleton and helper files at a pinned commit (MIT licence, its LICENSE): what a student fills in and
+# runs `python check.py --impl DIR` on. Fetched into a folder the student names (`check.py --start DIR`), never into
+# the repository and never by `python assets.py`; the mirror serves them from its folder course/.
+_SKELETON_COMMIT = "2951cddba218b7ddfe69295b77ad51a05107d384"
+SKELETON: dict[str, Asset] = {name: Asset(
+    f"course/{name}", (f"https://raw.githubusercontent.com/neubig/minllama-assignment/{_SKELETON_COMMIT}/{name}",),
+    sha256, size) for name, sha256, size in [
+    ("LICENSE", "e87b912002f04cdfa837eaf7f70548ab79b9cb62a285495edf575f3da875aec4", 1063),
+    ("base_llama.py", "549664538110f9e9291b230078631300af3ca81b1808d1b38d18d99156cd93e1", 924),
+    ("classifier.py", "e772251d38e08ad795d2616ce93f3db48500f04b74f7c2ea55556bed9ad08b81", 2398),
+    ("config.py", "bd3648e71a0aa2b6347a13809a55bfdfac611445a4182626fd54db40bed6a4dd", 8443),
+    ("llama.py", "978b51175ec8d8b81d0a586937ab78bd58e0bcbb84fe086a167aadc5278f14d6", 14006),
+    ("optimizer.py", "5a90689d8c2e966be4d78c2553b40232e84b11db7d124b5581911d3bd664e0b4", 2239),
+    ("optimizer_test.py", "78c5a0d4cb8b9634d2369bcc783ecb715c541d8828d01e23b381cf2d5bd87e5e", 836),
+    ("rope.py", "28084116ba98b627e3f9aec56c506012a0e8a1f237dba7ea67893546d6bb158e", 3144),
+    ("rope_test.py", "f9c36b2f437961103ee29233b7f6c4d440f176d2b115416b398de93e82061549", 1203),
+    ("run_llama.py", "58676c3b92371975fc099a9a1048f40267417b871e9c4689900d0a119cd3ce3e", 13677),
+    ("sanity_check.py", "46b64be77a0cd69feca8bb1732a7f00d03c7ac35f8d25f30d19f6e06c0e398f2", 726),
+    ("setup.sh", "b4b0786f9b6a47514a43c71c9b40204d0afc118999cc4f877b18bf49d14274e2", 719),
+    ("structure.md", "0f7d08a9cb68f46054a1ba748320f9147f464eca088be263f7037ed18ca3d60f", 6269),
+    ("tokenizer.py", "d2702791561895de0f36f08805e297b5fe534aaae9d24391504238e8323433ad", 3100),
+    ("utils.py", "43dcc02cb4f2efadf952147bc4868704c4c80c66b135585850dbf9691541108a", 11966),
+]}
+
+
+def fetch_skeleton(folder: str | os.PathLike) -> list[str]:
+    """Fetch the course's skeleton files (SKELETON) that `folder` does not hold yet into it; return their names.
+    Files already there are the student's work and are left as they are."""
+    missing = [name for name in SKELETON if not (Path(folder) / name).exists()]
+    for name in missing:
+        fetch(SKELETON[name], Path(folder) / name)
+    return missing
+
+
 def find(path: str | os.PathLike) -> Asset | None:
     """The known asset whose relative name `path` ends with (whole path components only), or None."""
     parts = Path(path).parts

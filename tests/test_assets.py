@@ -19,6 +19,8 @@ from files import InputError
 
 REPO = Path(__file__).resolve().parent.parent
 BODY = b"hello, minllama\n" * 1000
+WITHOUT_PUBLIC_FILES = (".git", ".venv*", ".pytest_cache", "__pycache__", "data", "*.model", "*.data", "*.npy", "*.bin",
+                        "*.pt")  # a copy of the checkout as a fresh clone has it
 SHA = hashlib.sha256(BODY).hexdigest()
 
 
@@ -207,24 +209,24 @@ def test_skips_for_missing_files_are_explained_in_one_line(tmp_path):
     """conftest's summary names the files that could not be had, read from the skip reports (which pytest-xdist
     sends back from its workers too) and says how to get them."""
     (tmp_path / "empty").mkdir()
+    checkout = tmp_path / "checkout"  # without the public files that `make generate` or `make fetch` put in the root
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(*WITHOUT_PUBLIC_FILES))
     env = {**os.environ, assets.MIRROR_ENV: str(tmp_path / "empty")}
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             "tests/test_stories42M.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                             "tests/test_stories42M.py"], cwd=checkout, env=env, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stdout
     summary = [line for line in result.stdout.splitlines() if "could not be fetched" in line]
     assert summary == [f"3 skipped: public files could not be fetched (stories42M.pt, tokenizer.model); run online, "
-                       f"put them in the repository root {REPO}, or set {assets.MIRROR_ENV} to a folder that holds "
-                       "them (README, Offline)"], result.stdout
+                       f"put them in the repository root {checkout}, or set {assets.MIRROR_ENV} to a folder that "
+                       "holds them (README, Offline)"], result.stdout
 
 
 def test_the_tests_find_public_files_in_the_repository_root(tmp_path: Path, asset):
     """A checkout whose root holds tokenizer.model (put there by hand, or by `make fetch`) runs the tests that need
     it offline, without a mirror: they are not skipped."""
     checkout = tmp_path / "checkout"
-    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(".git", ".venv*", ".pytest_cache", "__pycache__",
-                                                                   "data", "*.model", "*.data", "*.npy", "*.bin",
-                                                                   "*.pt"))
+    shutil.copytree(REPO, checkout, ignore=shutil.ignore_patterns(*WITHOUT_PUBLIC_FILES))
     shutil.copy(asset("tokenizer.model"), checkout)
     env = {name: value for name, value in os.environ.items() if name != assets.MIRROR_ENV}
     env |= {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # offline

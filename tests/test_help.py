@@ -12,7 +12,7 @@ import assets
 
 REPO = Path(__file__).resolve().parent.parent
 ENTRY_POINTS = ("run_llama.py", "reproduce.py", "convert.py", "bench.py", "sanity_check.py", "rope_test.py",
-                "optimizer_test.py", "assets.py")
+                "optimizer_test.py", "assets.py", "check.py")
 SENTENCE_END = re.compile(r"[.:][)\"'`]?$")  # a paragraph may end with ":" before its indented lines
 
 
