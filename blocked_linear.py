@@ -12,6 +12,7 @@ to F.linear. BlockedLinear looks the choice up at every product; product_into, f
 many times, makes it once.
 """
 import math
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -21,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from files import InputError
+
 MAX_BLOCKED_ROWS = 16  # beyond this F.linear's matrix-matrix kernel is as fast (BENCHMARKS.md)
+KERNEL_ENV = "MINLLAMA_FEW_ROWS_KERNEL"  # names the kernel (F.linear or blocked) instead of timing it
 CLEARLY_FASTER = 1.2  # the blocks are chosen only when at least this much faster: a choice that noise cannot flip
 TIMED_SHAPE = (1024, 512)  # the matrix the kernels are timed on: 2 MiB in float32, as one projection of stories42M
 MAX_TIMED_BYTES = 64 << 20  # the weights streamed per pass are capped (a host with a larger cache times on less)
@@ -64,7 +68,13 @@ def fastest_kernel(dtype: torch.dtype) -> str:
     dtype and thread count): each kernel streams the same set of TIMED_SHAPE matrices (timed_bytes() in all) three
     times, in turns with the other, and its fastest pass counts. F.linear, PyTorch's own, unless the blocks are
     CLEARLY_FASTER: the two round differently, so a choice that a busy moment could flip would make two runs of one
-    command on one host differ (2.3× on the AMD EPYC of BENCHMARKS.md, 3× the other way on an Intel Xeon)."""
+    command on one host differ (2.3× on the AMD EPYC of BENCHMARKS.md, 3× the other way on an Intel Xeon). Where
+    runs in several processes must round alike whatever the load (a run and its --resume on a busy host), the
+    environment variable KERNEL_ENV names the kernel instead."""
+    if pinned := os.environ.get(KERNEL_ENV):
+        if pinned not in KERNELS:
+            raise InputError(f"{KERNEL_ENV}={pinned}: name one of {', '.join(KERNELS)}, or leave it unset")
+        return pinned
     key = (dtype, torch.get_num_threads())
     if key not in chosen:
         out_features, in_features = TIMED_SHAPE

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import blocked_linear
 import decode
 import fast
+from files import InputError
 from llama import load_pretrained
 from lora import ATTENTION_PROJECTIONS, add_lora, merge_lora
 from optimizer import AdamW
@@ -145,3 +146,15 @@ def test_the_blocks_are_chosen_only_when_clearly_faster(monkeypatch, blocked_sec
     monkeypatch.setattr(blocked_linear, "timed_bytes", lambda: 1 << 20)
     assert 1.7 / 1.5 < blocked_linear.CLEARLY_FASTER < 1.7
     assert blocked_linear.fastest_kernel(torch.float32) == expected
+
+
+def test_the_kernel_named_in_the_environment_is_taken_untimed(monkeypatch):
+    """MINLLAMA_FEW_ROWS_KERNEL makes processes round alike whatever the load (a run and its --resume)."""
+    monkeypatch.setattr(blocked_linear, "chosen", {})
+    for name in blocked_linear.KERNELS:
+        monkeypatch.setenv(blocked_linear.KERNEL_ENV, name)
+        assert blocked_linear.kernel_for(2, torch.zeros(16, 8)) == name
+    assert blocked_linear.chosen == {}  # nothing was timed
+    monkeypatch.setenv(blocked_linear.KERNEL_ENV, "gemv")
+    with pytest.raises(InputError, match=r"^MINLLAMA_FEW_ROWS_KERNEL=gemv: name one of F.linear, blocked"):
+        blocked_linear.kernel_for(2, torch.zeros(16, 8))
