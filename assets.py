@@ -102,7 +102,7 @@ SKELETON: dict[str, Asset] = {name: Asset(
 def fetch_skeleton(folder: str | os.PathLike) -> list[str]:
     """Fetch the course's skeleton files (SKELETON) that `folder` does not hold yet into it; return their names.
     Files already there are the student's work and are left as they are."""
-    missing = [name for name in SKELETON if not (Path(folder) / name).exists()]
+    missing = [name for name in SKELETON if not os.path.lexists(Path(folder) / name)]  # a link is theirs too
     for name in missing:
         fetch(SKELETON[name], Path(folder) / name)
     return missing

@@ -604,7 +604,7 @@ class Unimportable(Exception):
 def check(names: list[str], impl: Path) -> int:
     """Check the components `names` of the implementation in impl; print the report; return the exit status."""
     if not impl.is_dir():
-        raise Unimportable(f"{impl}: no such folder")
+        raise Unimportable(f"{impl}: {'not a folder' if impl.exists() else 'no such folder'}")
     if missing := sorted({f"{MODULE.get(n, 'llama')}.py" for n in names} -
                          {p.name for p in impl.iterdir()}):
         raise Unimportable(f"{impl}: no {', '.join(missing)} (a course-shaped implementation holds llama.py, "
@@ -635,6 +635,8 @@ def start(folder: Path) -> int:
     """Fetch the course's skeleton into folder (assets.fetch_skeleton) and say what to do next."""
     import assets
     import files
+    if problem := files.output_problem(folder, folder=True):
+        raise files.InputError(f"--start {folder}: {problem}")
     files.make_folders(folder)
     fetched = assets.fetch_skeleton(folder)
     kept = sorted(set(assets.SKELETON) - set(fetched))

@@ -182,3 +182,23 @@ def test_a_difference_within_float32_rounding_of_the_float64_model_is_said_to_ma
     assert matches and "within float32 rounding" in lines[0] and "atol 1e-05" in lines[0]
     matches, lines = check.report(model, ref, {"logits": (exact - 1e-4).float()})
     assert not matches and "DIFFERS" in lines[0]
+
+
+def test_a_file_given_as_a_folder_is_refused_in_one_line_and_kept(tmp_path):
+    given = tmp_path / "notes.txt"
+    given.write_text("mine")
+    result = check("--start", str(given))
+    assert result.returncode == 1 and result.stderr == f"error: --start {given}: it is a file\n"
+    result = check("rope", "--impl", str(given))
+    assert result.returncode == 2 and result.stderr == f"error: {given}: not a folder\n"
+    assert given.read_text() == "mine"
+
+
+def test_start_keeps_a_link_the_folder_holds(tmp_path):
+    if not (MIRROR and (Path(MIRROR) / "course" / "llama.py").exists()):
+        pytest.skip(f"{UNAVAILABLE}: course/llama.py: the course's skeleton comes from the mirror in the tests")
+    impl = tmp_path / "mine"
+    impl.mkdir()
+    (impl / "llama.py").symlink_to(tmp_path / "elsewhere.py")  # a link to nothing yet: the student's, not replaced
+    assert check("--start", str(impl)).returncode == 0
+    assert (impl / "llama.py").is_symlink() and not (tmp_path / "elsewhere.py").exists()
