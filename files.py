@@ -149,6 +149,8 @@ def output_problem(path: str | os.PathLike, folder: bool = False) -> str | None:
     """Why `path` cannot be written as write_atomically writes it (or, with `folder`, be made or filled as a folder),
     or None if it can. Nothing is changed: a temporary is created beside it and removed."""
     name = os.fspath(path)
+    if not name:
+        return "the path is empty (an unset shell variable?): name " + ("a folder" if folder else "a file")
     if not folder and name.endswith("/"):
         return "it ends in '/', which names a folder: name a file"
     try:
@@ -363,12 +365,44 @@ def cli(main: Callable[[], int | None], interrupted: str = "interrupted") -> Non
     """Run a command's main and exit with its status (`status`): an InputError as one line `error: ...`, Ctrl-C as
     one line, and a reader that stopped reading (`| head -1`) quietly. Names that are not UTF-8 are printed escaped
     where stdout is strict UTF-8."""
+    if sys.stdout is None:  # started with stdout closed (>&-): what it prints is not wanted
+        sys.stdout = open(os.devnull, "w")
     sys.stdout.reconfigure(errors="backslashreplace")
+    stdout = sys.stdout = _Stdout(sys.stdout)
     try:
-        code = status(main)
+        code = status(lambda: main() or stdout.flush())
     except KeyboardInterrupt:
         sys.exit(interrupted)
     except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush is quiet too
-        sys.exit(1)
+        stdout.failed = True
+        code = 1
+    if stdout.failed:  # so that the exit's flush of what stdout still holds raises nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
     sys.exit(code)
+
+
+class _Stdout:
+    """Standard output, whose failure to write (a full device, say) is an InputError, not a traceback; a reader that
+    stopped reading (BrokenPipeError) is left to `cli`. The files a command writes are whole whatever befalls stdout
+    (write_atomically)."""
+
+    def __init__(self, stream) -> None:
+        self.stream, self.failed = stream, False
+
+    def write(self, text: str) -> int:
+        return self._guarded(self.stream.write, text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, call: Callable, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            self.failed = True
+            raise InputError(f"cannot write to standard output: {e.strerror or e}") from None
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
