@@ -37,7 +37,9 @@ and the last checkpoint also (SAVED_LAST)
     "rng"           the random generators' states of each process (trainer.rng_state), by rank
     "run"           the run's id in metrics.jsonl: the time it started
     "metrics"       the run's metrics.jsonl records so far
-    "train_sha256"  the sha256 of the --train file's bytes, which a resumed run must train on
+    "inputs_sha256" the sha256 of the bytes of --train, --dev, --tokenizer-model and --pretrained-model-path, by
+                    their argument names (train, dev, tokenizer_model, pretrained_model_path), which a resumed run
+                    must be given again
 A LoRA checkpoint is not a Llama checkpoint: read_llama refuses it (LoraCheckpointError); convert.py exports its
 base model with the adapters merged in.
 
@@ -124,9 +126,9 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive ...
 LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # ... or, before PyTorch 1.6, a pickle
 SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
          "best_dev_acc": float}  # what each classifier checkpoint holds besides its weights, with its type
-SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "train_sha256": str}  # and the last one
+SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "inputs_sha256": dict}  # and the last one
 RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
-                  "train_sha256": "the sha256 of the training data"}  # keys that earlier checkpoints lack
+                  "inputs_sha256": "the sha256 of the dev set, tokenizer and base checkpoint"}  # earlier ones lack
 
 
 class LoraCheckpointError(InputError):

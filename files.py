@@ -84,6 +84,12 @@ def read(path: str | os.PathLike, what: str = "a file", missing: str | None = No
     return data, sha256
 
 
+def digest(path: str | os.PathLike) -> str:
+    """The sha256 of the input `path` as this run read it (`read`); read now if it has not been."""
+    kept = _inputs.get(os.path.abspath(path))
+    return kept[2] if kept is not None else read(path)[1]
+
+
 @contextlib.contextmanager
 def run() -> Iterator[None]:
     """A run of a command: the regular files it reads must not change until it ends (`read`). A run within a run
@@ -322,6 +328,94 @@ def remove_folders(folders: list[Path]) -> None:
             folder.rmdir()
         except OSError:
             return
+
+
+# ---- a run's outputs, held against other runs ----
+LOCKS = ".minllama.lock"  # in each folder a run writes into: one byte for each file name, locked while it is written
+_FLOCK = {"linux": "hhqqi4x", "darwin": "qqihh"}.get(sys.platform)  # struct flock, which F_GETLK fills in
+
+
+@contextlib.contextmanager
+def claim(outputs: dict[str, str]) -> Iterator[None]:
+    """Hold the outputs of a run (role → path) until the block ends, so that no other run writes them meanwhile: a
+    run that would write one of them is refused at once, in one line naming the file and the process writing it.
+
+    A file is held by a POSIX lock (fcntl) on the byte of a lock file `.minllama.lock` in its folder that stands for
+    its name (1 + the first 7 bytes of the name's sha256): the operating system releases it when the block ends or the
+    process dies, even by kill -9, so no stale lock is left. The last run to let go of a folder's lock file removes
+    it (`_let_go`). Where the folder's file system has no locks, the run goes on unguarded after a note."""
+    held: dict[str, int] = {}  # folder → the lock file's descriptor, one per folder: closing any would release all
+    try:
+        for role, path in outputs.items():
+            target = destination(path).absolute()
+            folder_ = os.path.realpath(target.parent)
+            byte = 1 + int.from_bytes(hashlib.sha256(os.fsencode(target.name)).digest()[:7], "big")  # 0: open
+            try:
+                if folder_ not in held:
+                    held[folder_] = _open_lock_file(os.path.join(folder_, LOCKS))
+                fcntl.lockf(held[folder_], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
+            except (BlockingIOError, PermissionError):
+                raise InputError(f"{role} {path} is being written by another run ({_holder(held[folder_], byte)}): "
+                                 "wait for it to end, or give this run outputs of its own (docs/training.md, Runs "
+                                 "side by side)") from None
+            except OSError as e:
+                print(f"note: {role} {path} is not locked against other runs ({e.strerror})")
+        yield
+    finally:
+        for folder_, descriptor in held.items():
+            _let_go(os.path.join(folder_, LOCKS), descriptor)
+
+
+def _open_lock_file(path: str) -> int:
+    """The lock file `path` opened, made if need be; held by a shared lock on its byte 0 while open, which keeps
+    `_let_go` of another run from removing it, and opened anew if such a removal came first."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.lockf(descriptor, fcntl.LOCK_SH, 1, 0)  # waits only while another run is removing the file
+            if _same_file(path, descriptor):
+                return descriptor
+        except BaseException:
+            os.close(descriptor)
+            raise
+        os.close(descriptor)
+
+
+def _same_file(path: str, descriptor: int) -> bool:
+    """Whether `path` is still the file open as `descriptor`."""
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(descriptor)
+    return (info.st_dev, info.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _let_go(path: str, descriptor: int) -> None:
+    """Release this run's locks in the lock file `path` (open as `descriptor`), removing the file when no other run
+    has it open (none holds a lock in it, byte 0 included)."""
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(path, descriptor):
+            os.unlink(path)
+    except OSError:
+        pass  # another run has it open, or it is gone: it stays for them
+    finally:
+        os.close(descriptor)
+
+
+def _holder(descriptor: int, byte: int) -> str:
+    """Which process holds the lock on `byte` of the lock file open as `descriptor`, in words."""
+    if _FLOCK is None:
+        return "a process"
+    fields = (fcntl.F_WRLCK, os.SEEK_SET, byte, 1, 0) if sys.platform == "linux" else \
+        (byte, 1, 0, fcntl.F_WRLCK, os.SEEK_SET)
+    try:
+        answer = struct.unpack(_FLOCK, fcntl.fcntl(descriptor, fcntl.F_GETLK, struct.pack(_FLOCK, *fields)))
+    except OSError:
+        return "a process"
+    pid = answer[4] if sys.platform == "linux" else answer[2]
+    return f"PID {pid}" if pid > 0 else "a process"
 
 
 # ---- checks of a command's files ----

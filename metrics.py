@@ -1,6 +1,7 @@
 """What a training run measured: one JSON line per epoch in `metrics.jsonl`, and, when matplotlib is installed, a
 picture of the loss and accuracy curves beside the dev-set confusion matrix; and the machine that measured it.
 """
+import fcntl
 import importlib.metadata
 import json
 import os
@@ -12,7 +13,7 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 import files
-from files import write_atomically
+from files import InputError, write_atomically
 
 
 def machine(use_gpu: bool = False) -> dict:
@@ -40,44 +41,65 @@ def gpu_name() -> str | None:
 
 
 FILE = "metrics.jsonl"  # where finetune and lora runs append a line per epoch
-
-
-def logged(path: str | os.PathLike) -> bytes:
-    """The bytes of the log `path`, b"" if there is none yet. It is an output, which other runs in the same folder may
-    append to, so it is read anew each time (not by files.read, which holds an input to what it first read)."""
-    with files.writing(path):
-        return Path(path).read_bytes() if Path(path).exists() else b""
+RESUMED = "resumed_after"  # the key of the line a resumed run appends (`supersede`)
 
 
 def append(path: str | os.PathLike, record: dict) -> None:
-    """Add `record` as one JSON line at the end of `path`; the file is replaced whole, so it never holds half a line.
-    Its other lines are kept as bytes, whatever they hold."""
-    before = logged(path)
-    if before and not before.endswith(b"\n"):
-        before += b"\n"
-    write_atomically(path, lambda f: f.write(before + json.dumps(record).encode() + b"\n"))
+    """Add `record` as one JSON line at the end of `path`: one write, with O_APPEND, while holding the file's lock
+    (flock), so that runs appending to one file side by side never lose or interleave a line, and what it costs does
+    not grow with the file. The lines there are never rewritten; an earlier line left without its newline (a run
+    killed mid-write, by an earlier minllama) gets one first. A failed write is undone: nothing of it stays."""
+    line = json.dumps(record).encode() + b"\n"
+    with files.writing(path):
+        descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            size = os.fstat(descriptor).st_size
+            if size and os.pread(descriptor, 1, size - 1) != b"\n":
+                line = b"\n" + line
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(descriptor, line[written:])
+            except OSError:
+                os.ftruncate(descriptor, size)
+                raise
+        finally:
+            os.close(descriptor)
 
 
-def drop_after(path: str | os.PathLike, run: dict, epoch: int) -> int:
-    """Remove the records of `run` past `epoch` from `path` (replaced whole, as by `append`); return how many. A
-    record is the run's when it has each of the keys and values of `run` (its id, option, epochs and lr).
-
-    A run killed after appending an epoch's line but before saving its last checkpoint, then resumed from the epoch
-    before, would otherwise record that epoch twice. Lines of other runs, and lines that are not JSON, stay."""
-    lines = logged(path).splitlines(keepends=True)
-    kept = [line for line in lines if not _past(line, run, epoch)]
-    if len(kept) < len(lines):
-        write_atomically(path, lambda f: f.write(b"".join(kept)))
-    return len(lines) - len(kept)
+def supersede(path: str | os.PathLike, run: str, epoch: int) -> None:
+    """Mark the records of `run` after `epoch` in `path` as superseded, by appending {"run": run, "resumed_after":
+    epoch}: a resumed run goes on from its last checkpoint, and the epochs that the interrupted run recorded after it
+    are recorded again. `records` reads the file so."""
+    append(path, {"run": run, RESUMED: epoch})
 
 
-def _past(line: bytes, run: dict, epoch: int) -> bool:
+def records(path: str | os.PathLike) -> list[dict]:
+    """The epoch records of `path` that stand, in the order of their lines: of each (run, epoch), the last one that
+    no later `supersede` line of its run marks (lines that are not JSON objects with a "run" and an int "epoch" are
+    left out). A file that is not there yet holds none."""
     try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):  # not JSON, not UTF-8
-        return False
-    return isinstance(record, dict) and all(record.get(key) == value for key, value in run.items()) \
-        and isinstance(record.get("epoch"), int) and record["epoch"] > epoch
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    standing: dict[tuple[str, int], tuple[int, dict]] = {}
+    for number, line in enumerate(data.splitlines()):
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):  # not JSON, not UTF-8
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get("run"), str):
+            continue
+        after = record.get(RESUMED)
+        if isinstance(after, int) and not isinstance(after, bool):
+            for key in [key for key in standing if key[0] == record["run"] and key[1] > after]:
+                del standing[key]
+        elif isinstance(record.get("epoch"), int) and not isinstance(record["epoch"], bool):
+            standing[record["run"], record["epoch"]] = (number, record)
+    return [record for _, record in sorted(standing.values(), key=lambda pair: pair[0])]
 
 
 def plot(
@@ -111,6 +133,7 @@ def plot(
     for (i, j), n in np.ndenumerate(counts):
         ax_cm.text(j, i, str(n), ha="center", va="center", color="white" if n > counts.max() / 2 else "black")
     ticks = np.arange(len(label_names))
+    label_names = [name.replace("$", r"\$") for name in label_names]  # text, not matplotlib's $math$
     ax_cm.set(title="dev confusion matrix", xlabel="predicted", ylabel="true", xticks=ticks, yticks=ticks,
               xticklabels=label_names, yticklabels=label_names)
     ax_cm.tick_params(axis="x", labelrotation=30)

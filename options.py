@@ -23,6 +23,17 @@ MAX_SEED = 2**31 - 1  # NumPy takes seeds below 2**32, and process r seeds with 
 DATA_FLAGS = ("--train", "--dev", "--test", "--label-names")
 DERIVED = {"dev": "--dev", "test": "--test", "label_names": "--label-names", "dev_out": "--dev_out",
            "test_out": "--test_out"}
+CLASSIFYING = ("prompt", *TRAINING_OPTIONS)
+GENERATION = ("--prompt", "--max_new_tokens", "--temperature", "--top_k", "--stream",
+              "--generated_sentence_low_temp_out", "--generated_sentence_high_temp_out")
+APPLIES_TO = {  # the options each flag means something to, where not all of them; elsewhere it is refused
+    **{flag: CLASSIFYING for flag in (*DATA_FLAGS, "--dev_out", "--test_out", "--batch_size", "--max_sentence_len",
+                                      "--group_by_length")},
+    **{flag: TRAINING_OPTIONS for flag in ("--epochs", "--lr", "--hidden_dropout_prob", "--resume")},
+    **{flag: ("lora",) for flag in ("--lora_rank", "--lora_alpha", "--lora_dropout", "--lora_all_projections")},
+    **{flag: ("generate",) for flag in GENERATION}}
+MIN_TEMPERATURE = 1e-6  # below it sampling is greedy decoding, and logits / T overflow float32 long before 1e-45
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def seed_everything(seed: int = 11711) -> None:
@@ -35,17 +46,18 @@ def seed_everything(seed: int = 11711) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def derived_paths(train: str, option: str) -> dict[str, str] | None:
-    """The defaults of the DERIVED flags from --train NAME-train.txt and --option; None where --train is not named
-    so."""
+def derived_paths(train: str, option: str, seed: int = DEFAULT_SEED) -> dict[str, str] | None:
+    """The defaults of the DERIVED flags from --train NAME-train.txt, --option and, for a fine-tune's predictions,
+    --seed (seed_suffix); None where --train is not named so."""
     train_path = Path(train)
     name = train_path.name.removesuffix("-train.txt")
     if name == train_path.name:
         return None
     kind = {"finetune": "finetuning", "lora": "lora"}.get(option, "prompting")
+    seed = seed_suffix(seed) if option in TRAINING_OPTIONS else ""  # zero-shot predictions draw nothing at random
     return {"dev": str(train_path.with_name(f"{name}-dev.txt")), "test": str(train_path.with_name(f"{name}-test.txt")),
             "label_names": str(train_path.with_name(f"{name}-label-mapping.json")),
-            "dev_out": f"{name}-dev-{kind}-output.txt", "test_out": f"{name}-test-{kind}-output.txt"}
+            "dev_out": f"{name}-dev-{kind}-output{seed}.txt", "test_out": f"{name}-test-{kind}-output{seed}.txt"}
 
 
 def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
@@ -143,6 +155,11 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
     folder given as a data file, or an output that cannot be written, is an InputError.
     """
     parser = arg_parser()
+    for flag, options in APPLIES_TO.items():
+        name = flag.lstrip("-").replace("-", "_")
+        if args.option not in options and getattr(args, name) != parser.get_default(name):
+            parser.error(f"{flag} does not apply to --option {args.option}, only to --option "
+                         f"{' or '.join(options)}: leave it out")
     for name in ("epochs", "batch_size", "max_sentence_len", "max_new_tokens", "top_k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -150,36 +167,40 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
         parser.error(f"--seed must be in 0 … {MAX_SEED}, got {args.seed}")
     if not 0.0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
+    if args.lr > FLOAT32_MAX:
+        parser.error(f"--lr {args.lr} is more than float32, in which the weights are updated, holds ({FLOAT32_MAX:.3g})")
     if not 0.0 <= args.hidden_dropout_prob < 1.0:
         parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
     args.temperature = args.temperature or [0.0, 1.0]
     for t in args.temperature:
         if not 0.0 <= t < math.inf or args.temperature.count(t) > 1:
             parser.error(f"--temperature must be finite, at least 0 and each given once, got {t}")
+        if 0.0 < t < MIN_TEMPERATURE:
+            parser.error(f"--temperature {t} is below {MIN_TEMPERATURE:g}, where sampling is greedy decoding: pass 0 "
+                         "for that")
     if problem := lora_problem(args.lora_rank, args.lora_alpha, args.lora_dropout):
         parser.error(f"--{problem}")
+    if not args.lora_alpha / args.lora_rank <= FLOAT32_MAX:
+        parser.error(f"--lora_alpha {args.lora_alpha} over --lora_rank {args.lora_rank}, the adapters' scale, is more "
+                     f"than float32 holds ({FLOAT32_MAX:.3g})")
     left_out = [key for key in DERIVED if getattr(args, key) is None]
-    derived = derived_paths(args.train, args.option)
+    derived = derived_paths(args.train, args.option, args.seed)
     if derived:
         for key in left_out:
             setattr(args, key, derived[key])
     elif left_out and args.option != "generate":
         parser.error(f"--train {args.train} is not named NAME-train.txt, so "
                      f"{', '.join(DERIVED[key] for key in left_out)} cannot be derived from it: pass them")
-    name = f"{args.option}-{args.epochs}-{args.lr}"
+    name = f"{args.option}-{args.epochs}-{args.lr}{seed_suffix(args.seed)}"
     args.filepath, args.last_filepath, args.plot_filepath = f"{name}.pt", f"{name}-last.pt", f"{name}.png"
     if not check_files:
         return
     inputs = {"--pretrained-model-path": args.pretrained_model_path, "--tokenizer-model": args.tokenizer_model}
-    if args.option == "generate":
-        flags = {0.0: "--generated_sentence_low_temp_out", 1.0: "--generated_sentence_high_temp_out"}
-        outputs = {flags.get(t, f"--temperature {t:g}"): path for t, path in generation_outputs(args).items()}
-    else:
+    if args.option != "generate":
         inputs |= {"--train": args.train, "--dev": args.dev, "--test": args.test, "--label-names": args.label_names}
-        outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
-    if args.option in TRAINING_OPTIONS:  # written, though --resume reads one and metrics.jsonl is appended to
-        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
-                    "the metrics file": METRICS, "the plot": args.plot_filepath}
+    outputs = run_outputs(args)
+    if args.option in TRAINING_OPTIONS:  # appended to, by every run in the folder
+        outputs["the metrics file"] = METRICS
     problem = files.clash(inputs, outputs)
     if problem:
         parser.error(problem)
@@ -193,11 +214,32 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
             raise InputError(f"cannot write {role} {path}: {problem}")
 
 
+def run_outputs(args: argparse.Namespace) -> dict[str, str]:
+    """The files the run writes, and that it holds against other runs while it runs (files.claim), by role: the
+    generated texts; or the predictions and, for a fine-tune, its checkpoints (though --resume reads the last one)
+    and its plot."""
+    if args.option == "generate":
+        flags = {0.0: "--generated_sentence_low_temp_out", 1.0: "--generated_sentence_high_temp_out"}
+        return {flags.get(t, f"--temperature {t!r}"): path for t, path in generation_outputs(args).items()}
+    outputs = {"--dev_out": args.dev_out, "--test_out": args.test_out}
+    if args.option in TRAINING_OPTIONS:
+        outputs |= {"the best checkpoint": args.filepath, "the last checkpoint": args.last_filepath,
+                    "the plot": args.plot_filepath}
+    return outputs
+
+
 def generation_outputs(args: argparse.Namespace) -> dict[float, str]:
     """The file of each --temperature: the course's two flags for 0.0 and 1.0, generated-sentence-temp-{T}.txt for
-    any other T (0.7 → generated-sentence-temp-0.7.txt)."""
+    any other T, written as Python writes the float, so that two temperatures never share a file
+    (0.7 → generated-sentence-temp-0.7.txt, 2 → generated-sentence-temp-2.txt)."""
     named = {0.0: args.generated_sentence_low_temp_out, 1.0: args.generated_sentence_high_temp_out}
-    return {t: named.get(t, f"generated-sentence-temp-{t:g}.txt") for t in args.temperature}
+    return {t: named.get(t, f"generated-sentence-temp-{repr(t).removesuffix('.0')}.txt") for t in args.temperature}
+
+
+def seed_suffix(seed: int) -> str:
+    """What a fine-tune's own file names carry of its --seed: nothing at the course's DEFAULT_SEED, so that the
+    course's commands write the course's files, else "-seedN", so that the runs of a seed sweep write apart."""
+    return "" if seed == DEFAULT_SEED else f"-seed{seed}"
 
 
 def get_device(use_gpu: bool, dtype: str) -> torch.device:

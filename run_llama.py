@@ -31,7 +31,7 @@ import metrics
 from classifier import LlamaZeroShotClassifier
 from files import InputError
 from llama import Llama, load_pretrained
-from options import PREFIX, TRAINING_OPTIONS, autocast, generation_outputs, get_device, parse_args
+from options import PREFIX, TRAINING_OPTIONS, autocast, generation_outputs, get_device, parse_args, run_outputs
 from splits import LlamaDataset, check_fits, create_data, prompt_suffix, read_gold, read_label_names
 from tokenizer import Tokenizer
 from trainer import classifier_config, classifier_for, evaluate, fit, load_classifier, processes
@@ -44,10 +44,10 @@ def train(args: argparse.Namespace) -> list[dict]:
     device = get_device(args.use_gpu, args.dtype)
     tokenizer = Tokenizer(args.max_sentence_len, tokenizer_model=args.tokenizer_model)
     label_names = read_label_names(args.label_names)
+    model = classifier_for(args, len(label_names))  # first, so that a --lora_rank it cannot take ends it at once
     train_data = create_data(args.train, tokenizer, len(label_names))
     dev_data = create_data(args.dev, tokenizer, len(label_names))
     test_data = create_data(args.test, tokenizer, len(label_names), placeholders=True)
-    model = classifier_for(args, len(label_names))
     check_fits(model.llama.config, tokenizer, [train_data, dev_data, test_data], args.tokenizer_model,
                args.pretrained_model_path)
     return fit(args, model.to(device), label_names, LlamaDataset(train_data, tokenizer.pad_id, device),
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     the command line is validated, and the files the run reads that are missing and known (assets.py) are fetched."""
     args = parse_args(argv, description=__doc__)
     try:
-        with processes(args) as rank:
+        with processes(args) as rank, files.claim(run_outputs(args) if rank == 0 else {}):
             reads = [args.pretrained_model_path, args.tokenizer_model]
             if args.option != "generate":
                 reads += [args.label_names, args.dev, args.test] + ([args.train] if args.option != "prompt" else [])

@@ -3,6 +3,7 @@ and its Split, its label names and the course's prompt after each sentence, the 
 batches they are computed in (example indices, from their lengths; shuffled with the random draws of the course's
 DataLoader), whether they fit a model, and the scores of the predictions made for them."""
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from files import InputError
 from tokenizer import Tokenizer
 
 PLACEHOLDER = -1  # the label of an example whose gold label is withheld
+LABEL = re.compile(r"[ \t]*-?[0-9]+[ \t]*")  # not int()'s "+1", "0_1" or "١" (an Arabic-Indic one)
 GROUP_CHUNK = 50  # --group_by_length sorts within chunks of this many batches
 
 
@@ -48,10 +50,9 @@ def read_examples(path: str) -> tuple[list[tuple[int, str]], str]:
         sentence = sentence.strip()
         if not separator or not sentence:
             raise InputError(f"{where}: expected 'label ||| sentence', found {line.rstrip()[:80]!r}")
-        try:
-            examples.append((int(label), sentence))
-        except ValueError:
-            raise InputError(f"{where}: the label {label!r} is not an integer") from None
+        if not LABEL.fullmatch(label):
+            raise InputError(f"{where}: the label {label!r} is not an integer written in the digits 0-9")
+        examples.append((int(label), sentence))
     if not examples:
         raise InputError(f"{path}: empty file: no 'label ||| sentence' lines")
     return examples, sha256

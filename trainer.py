@@ -27,8 +27,10 @@ Checkpoints and resuming. After each epoch rank 0 writes the checkpoint of the b
 in checkpoint.py. --resume loads the last checkpoint and goes on with the next epoch (resume). As the last
 checkpoint holds the random generators' states after the epoch's last draw, from which the batches and the dropout
 masks of the next are drawn, the resumed run ends with the weights that it would have ended with uninterrupted.
-Resuming drops the lines that the interrupted run appended to metrics.jsonl after its last checkpoint, so that no
-epoch is recorded twice.
+A resumed run must compute what the interrupted one would have: it refuses other flags (bar RESUME_MAY_CHANGE), and
+other bytes in the files of RESUME_SAME_BYTES or other label names, wherever the files now are. It appends to
+metrics.jsonl a line that supersedes the records the interrupted run appended after its last checkpoint
+(metrics.supersede), so that metrics.records holds each epoch once; the file itself is only ever appended to.
 """
 import argparse
 import contextlib
@@ -49,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+import files
 import metrics
 from checkpoint import read_classifier_checkpoint, save_classifier_checkpoint
 from classifier import LlamaEmbeddingClassifier, base_digest, load_weights
@@ -60,8 +63,9 @@ from options import TRAINING_OPTIONS, autocast, get_device, seed_everything
 from splits import (LlamaDataset, Split, eval_order, loader_seed, padded_fraction, report, scores, shuffled_batches,
                     write_predictions_to_file)
 
-RESUME_MAY_CHANGE = ("resume", "use_gpu", "dev", "test", "dev_out", "test_out",  # flags that do not change training
-                     "prompt", "max_new_tokens", "temperature", "top_k", "stream")
+RESUME_MAY_CHANGE = ("resume", "use_gpu", "test", "dev_out", "test_out")  # flags that change nothing a run keeps
+RESUME_SAME_BYTES = {"train": "--train", "dev": "--dev", "tokenizer_model": "--tokenizer-model",  # may move, but must
+                     "pretrained_model_path": "--pretrained-model-path"}  # hold what they held (resume_inputs)
 
 
 # ---- processes ----
@@ -236,12 +240,19 @@ def save_model(path: str, saved: dict, optimizer: torch.optim.Optimizer) -> None
 
 
 def save_last(path: str, saved: dict, optimizer: torch.optim.Optimizer, progress: "Progress", rng: list[dict],
-              train_sha256: str) -> None:
+              inputs: dict[str, str]) -> None:
     """Write the last checkpoint to path: `saved` (checkpoint_data, which holds the epoch and best dev accuracy), the
     run's id and metrics records from `progress`, the optimizer state, every process's random generators `rng` and
-    the training data's sha256."""
+    the sha256 of the run's `inputs` (resume_inputs)."""
     save_classifier_checkpoint(path, {**saved, "optim": optimizer.state_dict(), "rng": rng, "run": progress.run,
-                                      "metrics": progress.metrics, "train_sha256": train_sha256}, last=True)
+                                      "metrics": progress.metrics, "inputs_sha256": inputs}, last=True)
+
+
+def resume_inputs(args: argparse.Namespace, train_data: LlamaDataset, dev_data: LlamaDataset) -> dict[str, str]:
+    """The sha256 of each file of RESUME_SAME_BYTES, as this run read it."""
+    return {"train": train_data.split.sha256, "dev": dev_data.split.sha256,
+            "tokenizer_model": files.digest(args.tokenizer_model),
+            "pretrained_model_path": files.digest(args.pretrained_model_path)}
 
 
 @dataclass
@@ -256,26 +267,34 @@ class Progress:
     metrics: list[dict] = field(default_factory=list)
 
 
-def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClassifier,
+def resume(path: str, flags: dict, inputs: dict[str, str], label_names: list[str], model: LlamaEmbeddingClassifier,
            optimizer: torch.optim.Optimizer, device: torch.device) -> Progress:
     """The Progress saved in the last checkpoint `path`, with `model`, `optimizer` and this process's
     random generators restored from it; a new run when there is none yet.
 
-    The run that wrote it must have had the same `flags` (the command line), bar RESUME_MAY_CHANGE, and trained on
-    data of the same sha256: otherwise it would not end with the weights that it ends with uninterrupted.
+    The run that wrote it must have had the same `flags` (the command line) bar RESUME_MAY_CHANGE, files of the same
+    sha256 (`inputs`, resume_inputs) and the same label names: otherwise it would not compute, or keep as its best,
+    what it would have uninterrupted. The first difference is refused in one line.
     """
     if not Path(path).exists():
         print(f"--resume: there is no {path} yet, so the run starts at epoch 0")
         return Progress()
     saved = read_classifier_checkpoint(path, last=True)
+    start_over = "pass what it was given, or leave out --resume to start over"
+    by_content = (*RESUME_SAME_BYTES, "label_names")  # their files may move: what they hold is compared below
     changed = [f"{name} {saved['args'].get(name)!r} → {value!r}" for name, value in flags.items()
-               if name not in RESUME_MAY_CHANGE and saved["args"].get(name) != value]
+               if name not in RESUME_MAY_CHANGE + by_content and saved["args"].get(name) != value]
     if changed:
-        raise InputError(f"--resume: {path} was written by a run with other flags "
-                         f"({', '.join(changed)}): pass the same flags, or leave out --resume to start over")
-    if saved["train_sha256"] != train_sha256:
-        raise InputError(f"--resume: {path} was written by a run on another {flags['train']} (its "
-                         "sha256 differs): put back that file, or leave out --resume to start over")
+        raise InputError(f"--resume: {path} was written by a run with other flags ({', '.join(changed)}): "
+                         f"{start_over}")
+    for name, flag in RESUME_SAME_BYTES.items():
+        if saved["inputs_sha256"].get(name) != inputs[name]:
+            raise InputError(f"--resume: {path} was written by a run whose {flag} held other bytes than "
+                             f"{flags[name]} holds (their sha256 differs; it was {saved['args'].get(name)}): "
+                             f"{start_over}")
+    if saved["label_names"] != label_names:
+        raise InputError(f"--resume: {path} was written by a run with the label names {saved['label_names']}, not "
+                         f"{label_names} ({flags['label_names']}): {start_over}")
     load_weights(model, saved, path)
     rank, world_size = rank_and_world_size()
     if not saved["rng"]:
@@ -291,17 +310,6 @@ def resume(path: str, flags: dict, train_sha256: str, model: LlamaEmbeddingClass
                          f"({type(e).__name__}: {' '.join(str(e).split())})") from None
     print(f"resume from {path} after epoch {saved['epoch']} (best dev acc {saved['best_dev_acc']:.3f})")
     return Progress(**{f.name: saved[f.name] for f in fields(Progress)})
-
-
-def drop_metrics_after(progress: Progress, option: str, epochs: int, lr: float) -> None:
-    """Remove the records of metrics.jsonl that the resumed run appended after its last checkpoint (rank 0): those
-    of its run id, --option, --epochs and --lr."""
-    if rank_and_world_size()[0] == 0:
-        run = {"run": progress.run, "option": option, "epochs": epochs, "lr": lr}
-        dropped = metrics.drop_after(metrics.FILE, run, progress.epoch)
-        if dropped:
-            print(f"note: removed {dropped} line(s) of {metrics.FILE} that this run appended after its last "
-                  f"checkpoint (epoch {progress.epoch}), before it was interrupted")
 
 
 # ---- training ----
@@ -371,7 +379,7 @@ def build_classifier(config: ClassifierConfig) -> LlamaEmbeddingClassifier:
     try:
         return LlamaEmbeddingClassifier(config)
     except ValueError as e:
-        raise InputError(str(e)) from None
+        raise InputError(f"--lora_rank {config.lora_rank}: {e}" if "LoRA rank" in str(e) else str(e)) from None
 
 
 def classifier_for(args: argparse.Namespace, num_labels: int) -> LlamaEmbeddingClassifier:
@@ -386,12 +394,20 @@ def load_classifier(path: str) -> LlamaEmbeddingClassifier:
         raise InputError(f"{path}: the best checkpoint of this run is missing (moved or deleted while it ran?), so "
                          "there is no model to write the predictions of")
     saved = read_classifier_checkpoint(path)
-    model = build_classifier(ClassifierConfig(**saved["model_config"]))
+    config = {**saved["model_config"], "pretrained_model_path": base_of(path, saved)}
+    model = build_classifier(ClassifierConfig(**config))
     load_weights(model, saved, path)
     if "lora" in saved:
         merge_lora(model)
     print(f"load model from {path} (epoch {saved['epoch']}, dev acc {saved['best_dev_acc']:.3f})")
     return model
+
+
+def base_of(path: str, saved: dict) -> str:
+    """The pretrained checkpoint under the classifier checkpoint `path`: a relative pretrained_model_path is taken
+    from the checkpoint's folder, where run_llama.py wrote it, whatever the current folder now."""
+    base = saved["model_config"]["pretrained_model_path"]
+    return base if os.path.isabs(base) else os.path.join(os.path.dirname(path), base)
 
 
 def divergence_reason(loss: float, model: torch.nn.Module) -> str | None:
@@ -418,14 +434,15 @@ def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: 
     rank, _ = rank_and_world_size()
     optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr)
     flags = vars(args)
-    progress = (resume(args.last_filepath, flags, train_data.split.sha256, model, optimizer, device) if args.resume
+    inputs = resume_inputs(args, train_data, dev_data)
+    progress = (resume(args.last_filepath, flags, inputs, label_names, model, optimizer, device) if args.resume
                 else Progress())
     if progress.epoch >= 0 and not Path(args.filepath).is_file():
         raise InputError(f"--resume: {args.last_filepath} goes on after epoch {progress.epoch}, but the best "
                          f"checkpoint {args.filepath} of its run is missing: put it back, or leave out --resume to "
                          "start over")
-    if progress.epoch >= 0:
-        drop_metrics_after(progress, args.option, args.epochs, args.lr)
+    if progress.epoch >= 0 and rank == 0:
+        metrics.supersede(metrics.FILE, progress.run, progress.epoch)
     trained_model = distributed(model, device)
     dev_batches = eval_order(dev_data.lengths, args.batch_size, args.group_by_length, args.causal)
     for epoch in range(progress.epoch + 1, args.epochs):
@@ -433,8 +450,9 @@ def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: 
                             args.dtype, device)
         failure = divergence_reason(stats["loss"], model)
         if failure:
+            alpha = f" or --lora_alpha than {args.lora_alpha}" if args.option == "lora" else ""
             raise InputError(f"epoch {epoch}: {failure}, so nothing of this epoch was saved; try a lower --lr than "
-                             f"{args.lr}")
+                             f"{args.lr}{alpha}")
         measured = course_scores(model, train_data, dev_data, dev_batches, args) if rank == 0 else {}
         rng = gather(rng_state(device))  # after the epoch's last draw: the next epoch's draws follow from there
         if rank == 0:
@@ -448,7 +466,7 @@ def fit(args: argparse.Namespace, model: LlamaEmbeddingClassifier, label_names: 
             metrics.append(metrics.FILE, record)
             progress = Progress(epoch, max(progress.best_dev_acc, dev_acc), progress.run, progress.metrics + [record])
             saved = checkpoint_data(model, flags, config, label_names, epoch, progress.best_dev_acc)
-            save_last(args.last_filepath, saved, optimizer, progress, rng, train_data.split.sha256)
+            save_last(args.last_filepath, saved, optimizer, progress, rng, inputs)
             print(f"epoch {epoch}: train loss :: {stats['loss']:.3f}, train acc :: {measured['train_acc']:.3f}, "
                   f"dev acc :: {dev_acc:.3f}, {stats['seconds']:.1f}s, {stats['examples_per_s']:.1f} examples/s, "
                   f"padding {stats['padded']:.1%}")

@@ -1,13 +1,15 @@
-"""metrics.jsonl is appended line by line; the picture is drawn with matplotlib and skipped, with a note, without it."""
-import dataclasses
+"""metrics.jsonl is appended line by line, by runs side by side too, and read by metrics.records; the picture is drawn with matplotlib and skipped, with a note, without it."""
+import errno
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import metrics
-import trainer
+from files import InputError
 
 RECORDS = [{"epoch": e, "loss": 1.0 / e, "train_acc": 0.3 * e, "dev_acc": 0.25 * e} for e in (1, 2, 3)]
 
@@ -38,31 +40,49 @@ def test_plot_without_matplotlib_is_a_note_not_a_crash(tmp_path, monkeypatch, ca
     assert not path.exists()
 
 
-def test_drop_after_removes_only_this_runs_later_records(tmp_path):
+def test_records_take_the_last_of_each_run_and_epoch_that_no_resume_superseded(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    lines = ['{"run": "a", "epoch": 0}', '{"run": "b", "epoch": 2}', '{"run": "a", "epoch": 1}', "not JSON",
-             '{"run": "a", "epoch": 2}']
+    lines = ['{"run": "a", "epoch": 0, "loss": 3}', '{"run": "b", "epoch": 2}', '{"run": "a", "epoch": 1, "loss": 2}',
+             "not JSON", '{"run": "a", "epoch": 2}', "[1, 2]", '{"epoch": 5}']
     path.write_text("\n".join(lines) + "\n")
-    assert metrics.drop_after(path, {"run": "a"}, 0) == 2
-    assert path.read_text().splitlines() == lines[:2] + ["not JSON"]
-    assert metrics.drop_after(path, {"run": "a"}, 0) == 0
-    assert metrics.drop_after(tmp_path / "none.jsonl", {"run": "a"}, 0) == 0 and not (tmp_path / "none.jsonl").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+    metrics.supersede(path, "a", 0)  # a resumed after epoch 0: its epochs 1 and 2 are to be recorded again
+    metrics.append(path, {"run": "a", "epoch": 1, "loss": 1})
+    assert path.read_text().splitlines()[:len(lines)] == lines  # never rewritten
+    assert metrics.records(path) == [{"run": "a", "epoch": 0, "loss": 3}, {"run": "b", "epoch": 2},
+                                     {"run": "a", "epoch": 1, "loss": 1}]
+    assert metrics.records(tmp_path / "none.jsonl") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
 
 
-def test_a_resume_drops_only_its_own_records_of_runs_started_in_one_second(tmp_path, monkeypatch):
-    """A finetune and a lora run started in the same second: resuming the finetune keeps the lora run's lines, and
-    a line that is not UTF-8 is kept, not a crash."""
-    monkeypatch.setattr(trainer.time, "strftime", lambda fmt: "2024-01-01T00:00:00")
-    finetune, lora = trainer.Progress(), trainer.Progress()
-    assert finetune.run != lora.run
-    monkeypatch.chdir(tmp_path)
-    Path(metrics.FILE).write_bytes(b"caf\xe9\n")
-    for option, progress in (("finetune", finetune), ("lora", lora)):
-        for epoch in range(2):
-            metrics.append(metrics.FILE, {"run": progress.run, "option": option, "epochs": 2, "lr": 1e-3,
-                                          "epoch": epoch})
-    trainer.drop_metrics_after(dataclasses.replace(finetune, epoch=0), "finetune", 2, 1e-3)
-    kept = Path(metrics.FILE).read_bytes().splitlines()
-    assert kept[0] == b"caf\xe9"
-    assert [(r["option"], r["epoch"]) for r in map(json.loads, kept[1:])] == [("finetune", 0), ("lora", 0), ("lora", 1)]
+def test_runs_appending_side_by_side_lose_no_line(tmp_path):
+    """Four processes append 200 records each to one file that already holds 100,000 lines: all 800 are there,
+    whole, and every earlier line is kept (rewriting the file to add a line lost most of them)."""
+    path = tmp_path / "metrics.jsonl"
+    earlier = b"".join(b'{"run": "earlier", "epoch": %d}\n' % i for i in range(100_000))
+    path.write_bytes(earlier)
+    script = ("import sys, metrics\n"
+              "for i in range(200):\n"
+              "    metrics.append(sys.argv[1], {'run': sys.argv[2], 'epoch': i, 'pad': 'x' * 5000})\n")
+    root = Path(metrics.__file__).parent
+    writers = [subprocess.Popen([sys.executable, "-c", script, str(path), f"w{k}"], cwd=root) for k in range(4)]
+    assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    data = path.read_bytes()
+    assert data.startswith(earlier)
+    added = [json.loads(line) for line in data[len(earlier):].splitlines()]
+    assert sorted((r["run"], r["epoch"]) for r in added) == sorted((f"w{k}", i) for k in range(4) for i in range(200))
+
+
+def test_a_failed_append_leaves_nothing_of_its_record(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(b'{"run": "a", "epoch": 0}\n')
+    real_write = os.write
+
+    def half_then_full(descriptor: int, data: bytes) -> int:
+        if len(data) > 20:
+            return real_write(descriptor, data[:20])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(metrics.os, "write", half_then_full)
+    with pytest.raises(InputError, match=r"cannot write .*metrics\.jsonl: no space left on its device"):
+        metrics.append(path, {"run": "a", "epoch": 1, "loss": 0.5})
+    assert path.read_bytes() == b'{"run": "a", "epoch": 0}\n'

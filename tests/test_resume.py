@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import blocked_linear
+import metrics
 import run_llama
 import trainer
 from run_llama import InputError
@@ -93,9 +94,10 @@ def test_lora_run_stopped_after_an_epoch_resumes_to_the_same_weights(tmp_path: P
     run_llama.main(flags + ["--resume"])
     assert "resume from lora-2-0.01-last.pt after epoch 0" in capsys.readouterr().out
     assert_same_run(whole, stopped, "lora-2-0.01")
-    for name in ("sst-dev-lora-output.txt", "sst-test-lora-output.txt", "metrics.jsonl"):
-        lines_whole, lines_stopped = ((d / name).read_text().splitlines() for d in (whole, stopped))
-        assert len(lines_whole) == len(lines_stopped) and (name == "metrics.jsonl" or lines_whole == lines_stopped)
+    for name in ("sst-dev-lora-output.txt", "sst-test-lora-output.txt"):
+        assert (whole / name).read_text() == (stopped / name).read_text()
+    epochs = [[r["epoch"] for r in metrics.records(d / metrics.FILE)] for d in (whole, stopped)]
+    assert epochs == [[0, 1], [0, 1]]
 
 
 def test_run_killed_while_training_leaves_a_checkpoint_to_resume_from(tmp_path: Path, monkeypatch,
@@ -151,20 +153,26 @@ def finetune_flags(model_path: str, tokenizer_model: str) -> list[str]:
             "4", "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model]
 
 
-def test_resume_drops_the_metrics_recorded_after_the_last_checkpoint(tmp_path: Path, monkeypatch, capsys,
-                                                                       asset: GetAsset, model_path: str,
-                                                                       tokenizer_model: str):
+def test_resume_supersedes_the_metrics_recorded_after_the_last_checkpoint(tmp_path: Path, monkeypatch,
+                                                                            asset: GetAsset, model_path: str,
+                                                                            tokenizer_model: str):
+    """The interrupted run's epoch 1 stays in metrics.jsonl, which is only appended to, and metrics.records reads
+    the one the resumed run recorded."""
     monkeypatch.chdir(tmp_path)
     sst(asset, tmp_path, 8)
     flags = finetune_flags(model_path, tokenizer_model)
     (tmp_path / "metrics.jsonl").write_text('{"run": "an earlier run", "epoch": 1}\n')
     crash_before_the_last_checkpoint_of(1, monkeypatch, flags)
-    epochs = lambda: [(r["run"] == "an earlier run", r["epoch"]) for r in map(json.loads, open("metrics.jsonl"))]
-    assert epochs() == [(True, 1), (False, 0), (False, 1)]
+    before = (tmp_path / "metrics.jsonl").read_bytes()
+    interrupted = [json.loads(line) for line in before.splitlines()]
+    assert [(r["run"] == "an earlier run", r["epoch"]) for r in interrupted] == [(True, 1), (False, 0), (False, 1)]
     run_llama.main(flags + ["--resume"])
-    assert "note: removed 1 line(s) of metrics.jsonl that this run appended after its last checkpoint (epoch 0)" \
-        in capsys.readouterr().out
-    assert epochs() == [(True, 1), (False, 0), (False, 1)]  # epoch 1 once, as trained again
+    after = (tmp_path / "metrics.jsonl").read_bytes()
+    assert after.startswith(before)
+    appended = [json.loads(line) for line in after[len(before):].splitlines()]
+    assert [(r.get("epoch"), r.get("resumed_after")) for r in appended] == [(None, 0), (1, None)]
+    assert [r["epoch"] for r in metrics.records("metrics.jsonl")] == [1, 0, 1]
+    assert metrics.records("metrics.jsonl")[2] == appended[1] != interrupted[2]  # epoch 1 once, as trained again
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
@@ -187,8 +195,8 @@ def test_resume_on_another_training_file_is_refused(tmp_path: Path, interrupted:
     train = tmp_path / "data" / "sst-train.txt"
     train.write_text(train.read_text().replace("4 |||", "0 |||"))  # same path, same flags, other labels
     before = files_and_bytes(tmp_path)
-    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run on another "
-                                              r"data/sst-train\.txt \(its sha256 differs\)"):
+    with pytest.raises(InputError, match=r"--resume: finetune-2-0\.001-last\.pt was written by a run whose --train "
+                                         r"held other bytes than data/sst-train\.txt holds \(their sha256 differs"):
         run_llama.main(flags + ["--resume"])
     assert files_and_bytes(tmp_path) == before
 
@@ -196,10 +204,11 @@ def test_resume_on_another_training_file_is_refused(tmp_path: Path, interrupted:
 def test_last_checkpoint_of_an_earlier_version_is_refused_saying_so(interrupted: list[str]):
     flags = interrupted
     saved = torch.load("finetune-2-0.001-last.pt", weights_only=True)
-    del saved["train_sha256"]
+    del saved["inputs_sha256"]
     torch.save(saved, "finetune-2-0.001-last.pt")
     with pytest.raises(InputError, match=r"finetune-2-0\.001-last\.pt: written by an earlier minllama, which did "
-                                              r"not record the sha256 of the training data: train it again"):
+                                         r"not record the sha256 of the dev set, tokenizer and base checkpoint: train "
+                                         r"it again"):
         run_llama.main(flags + ["--resume"])
 
 

@@ -312,7 +312,7 @@ def test_default_and_derived_paths():
         "lora-3-2e-05.png")
     assert (lora.lora_rank, lora.lora_alpha, lora.lora_dropout, lora.lora_all_projections, lora.resume) == (
         4, 1.0, 0.0, False, False)
-    assert options.parse_args(["--train", "elsewhere/reviews.txt"]).option == "generate"  # nothing to derive
+    assert options.parse_args(["--option", "generate"]).temperature == [0.0, 1.0]  # nothing to derive
     parsed = options.arg_parser().parse_args(["--option", "lora", "--train", "data/sst-train.txt"])  # as given
     assert (parsed.dev, parsed.dev_out, hasattr(parsed, "filepath")) == (None, None, False)
     with pytest.raises(SystemExit):
@@ -389,6 +389,12 @@ def test_a_byte_order_mark_and_blank_lines_at_the_end_are_read_as_if_absent(tmp_
         run_llama.create_data(str(marked), tokenizer, 5)
 
 
+def applicable(option: str, *flags: str) -> list[str]:
+    """Of `flags` (each with its value), those that --option takes: run_llama.py refuses the others."""
+    pairs = zip(flags[::2], flags[1::2])
+    return [item for flag, value in pairs if option in options.APPLIES_TO.get(flag, (option,)) for item in (flag, value)]
+
+
 # ---- the run's files, checked before any work ----
 def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
@@ -409,7 +415,7 @@ def test_outputs_never_overwrite_inputs_or_each_other(tmp_path: Path, monkeypatc
          "--dev_out finetune-5-2e-05-last.pt and the last checkpoint finetune-5-2e-05-last.pt are one file"),
         (["--dev_out", "o.txt", "--test_out", "o.txt"],
          "--dev_out o.txt and --test_out o.txt are one file: give each output its own path"),
-        (["--option", "generate", "--generated_sentence_low_temp_out", "g.txt",
+        (["--option", "generate", "--train", "data/cfimdb-train.txt", "--generated_sentence_low_temp_out", "g.txt",
           "--generated_sentence_high_temp_out", "g.txt"],
          "--generated_sentence_low_temp_out g.txt and --generated_sentence_high_temp_out g.txt are one file"),
     ]:
@@ -477,7 +483,7 @@ def test_tokenizer_bigger_than_the_model_is_refused(tmp_path: Path, monkeypatch,
     stories260k = str(asset("stories260K.bin"))  # a real llama2.c model with its own 512-piece vocabulary
     for option in ("generate", "prompt"):
         with pytest.raises(InputError, match=r"tokenizer.* has 32000 pieces, more than the 512 embeddings"):
-            run_llama.main(["--option", option, "--train", "data/sst-train.txt",
+            run_llama.main(["--option", option, *applicable(option, "--train", "data/sst-train.txt"),
                             "--pretrained-model-path", stories260k, "--tokenizer-model", tokenizer_model])
     assert files(tmp_path) == before
 
@@ -503,7 +509,7 @@ def test_a_tokenizer_smaller_than_the_model_is_refused_before_any_work(tmp_path:
     for option in ("generate", "prompt", "finetune", "lora"):
         with pytest.raises(InputError, match=r"small\.model has 400 pieces, fewer than the 32000 embeddings of the "
                                              r"model .*: they do not belong together"):
-            run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--epochs", "1",
+            run_llama.main(["--option", option, *applicable(option, "--train", "data/sst-train.txt", "--epochs", "1"),
                             "--pretrained-model-path", model_path, "--tokenizer-model", small_tokenizer])
     assert files(tmp_path) == before
 
@@ -523,8 +529,8 @@ def test_weights_whose_logits_overflow_are_one_line_naming_the_model(tmp_path: P
     before = files(tmp_path)
     for option in ("generate", "prompt"):
         with pytest.raises(InputError, match=r"^loud\.pt: the model computes logits that hold NaN or infinity"):
-            run_llama.main(["--option", option, "--train", "data/sst-train.txt", "--pretrained-model-path", "loud.pt",
-                            "--tokenizer-model", tokenizer_model])
+            run_llama.main(["--option", option, *applicable(option, "--train", "data/sst-train.txt"),
+                            "--pretrained-model-path", "loud.pt", "--tokenizer-model", tokenizer_model])
     assert files(tmp_path) == before
 
 
