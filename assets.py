@@ -122,7 +122,7 @@ def find(path: str | os.PathLike) -> Asset | None:
 
 def unheld_descriptor(path: str | os.PathLike) -> str | None:
     """Why `path`, which does not exist, cannot be had, when it names a file descriptor (/dev/fd/N, /proc/PID/fd/…):
-    a FIFO or pipe is never missing, it is one this process was not given; None for any other path."""
+    no file is missing there, but a pipe this process was not given; None for any other path."""
     if not re.match(r"/(dev|proc/[^/]+)/fd/", os.path.abspath(path)):
         return None
     return (f"{os.fspath(path)} names a file descriptor this process does not hold: a `<(…)` is open only in the "
