@@ -11,6 +11,8 @@ import argparse
 import hashlib
 import http.client
 import os
+import re
+import stat
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,16 @@ def find(path: str | os.PathLike) -> Asset | None:
     return None
 
 
+def unheld_descriptor(path: str | os.PathLike) -> str | None:
+    """Why `path`, which does not exist, cannot be had, when it names a file descriptor (/dev/fd/N, /proc/PID/fd/…):
+    no file is missing there, but a pipe this process was not given; None for any other path."""
+    if not re.match(r"/(dev|proc/[^/]+)/fd/", os.path.abspath(path)):
+        return None
+    return (f"{os.fspath(path)} names a file descriptor this process does not hold: a `<(…)` is open only in the "
+            "command it is written in, and its path, once resolved or handed to another process, names nothing; "
+            "give the file's own path")
+
+
 def ensure(path: str | os.PathLike) -> Path:
     """Return `path`, fetching it first if it is missing and is a known asset. Raise InputError otherwise, and for a
     URL or a link to a missing file, which is the user's to mend, not to be replaced."""
@@ -129,6 +141,8 @@ def ensure(path: str | os.PathLike) -> Path:
     if path.is_symlink():
         raise InputError(f"{path} is a link to {os.readlink(path)}, which does not exist: mend or remove the "
                                 "link")
+    if problem := unheld_descriptor(path):
+        raise InputError(problem)
     asset = find(path)
     if asset is None:
         raise InputError(f"{path} does not exist, and it is not a known asset ({', '.join(ASSETS)})")
@@ -139,7 +153,7 @@ def ensure(path: str | os.PathLike) -> Path:
 def fetch(asset: Asset, dest: Path) -> None:
     """Download `asset` to `dest` from its URLs in order, or copy it from the mirror; raise InputError on failure."""
     mirror = os.environ.get(MIRROR_ENV)
-    sources: list[str | Path] = [Path(mirror) / asset.name] if mirror else list(asset.urls)
+    sources: list[str | Path] = [mirror_entry(mirror, asset)] if mirror else list(asset.urls)
     failures = []
     for source in sources:
         try:
@@ -150,6 +164,20 @@ def fetch(asset: Asset, dest: Path) -> None:
     where = f"the mirror {MIRROR_ENV}={mirror}" if mirror else f"any URL (or set {MIRROR_ENV} to a folder that has it)"
     raise InputError(f"could not fetch {asset.name} from {where}:\n" + "\n".join(failures) +
                      f"\nDownload it by hand from {' or '.join(asset.urls)} and put it at {dest.absolute()}")
+
+
+def mirror_entry(mirror: str, asset: Asset) -> Path:
+    """The mirror's copy of `asset`. One that is there but is not a regular file is an InputError naming it, before
+    it is opened: a FIFO would hang the copy until something wrote to it."""
+    entry = Path(mirror) / asset.name
+    try:
+        mode = entry.stat().st_mode
+    except OSError:
+        return entry  # missing or unreadable: the copy says so, with the URLs to fetch it from by hand
+    if not stat.S_ISREG(mode):
+        raise InputError(f"{entry} is {files.kind(mode)}, not a file: the mirror {MIRROR_ENV}={mirror} must hold "
+                         f"{asset.name} as a file")
+    return entry
 
 
 def _open(source: str | Path) -> tuple[BinaryIO, int | None]:

@@ -51,8 +51,9 @@ Workloads (batch sizes are the course's):
   first      a process's first generate call against its second, 20 greedy tokens after a 3-token prompt, in
              both semantics: the first pays once what a process sets up (the few-row kernel's timing)
 
-Needs transformers and greenlet (requirements-test.txt), tokenizer.model and data/sst-train.txt (fetched as
-run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR). Not part of the test suite.
+Needs transformers and greenlet (requirements-test.txt), and the public files each workload reads (NEEDS), fetched
+as run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR: one that cannot be had is one line, before any work, that
+names it and the workload. Not part of the test suite.
 """
 import argparse
 import ctypes
@@ -103,14 +104,54 @@ LR = 2e-5
 # behaves differently from one that did not), which moved zero-shot speeds by ±20% from one process to the next
 # here. With these settings neither implementation page-faults in steady state. Linux (glibc) only.
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 36)}
+NEEDS = {  # workload -> the public files it reads (asset)
+    "llama2c": ("llama2c/run.c", "llama2c/tokenizer.bin", "tokenizer.model"),
+    "generate": ("tokenizer.model",),
+    "finetune": (),
+    "zeroshot": ("tokenizer.model", "data/sst-label-mapping.json"),
+    "epoch": ("tokenizer.model", "data/sst-train.txt"),
+    "first": ("tokenizer.model",),
+}
 
 
 def asset(name: str) -> Path:
-    """A public file the benchmark reads: from $MINLLAMA_ASSET_MIRROR if set, else where run_llama.py keeps it."""
+    """A public file the benchmark reads: from $MINLLAMA_ASSET_MIRROR if set, else where run_llama.py keeps it
+    (fetched if missing). One the mirror lacks, or holds as anything but a file, is an InputError naming it."""
     import assets
+    import files
 
     mirror = os.environ.get(assets.MIRROR_ENV)
-    return Path(mirror) / name if mirror else assets.ensure(name)
+    if not mirror:
+        return assets.ensure(name)
+    path = Path(mirror) / name
+    if not path.is_file():
+        what = f"is {files.kind(path.stat().st_mode)}, not a file" if path.exists() else "is missing"
+        raise files.InputError(f"{path} {what} (the mirror {assets.MIRROR_ENV}={mirror})")
+    return path
+
+
+def missing_asset(workloads: list[str]) -> str | None:
+    """Why one of the public files these workloads read cannot be had (asset), naming the workload; or None."""
+    import files
+
+    for workload in workloads:
+        for name in NEEDS[workload]:
+            try:
+                asset(name)
+            except files.InputError as e:
+                return f"the {workload} workload needs {name}: {e}"
+    return None
+
+
+def at_least_one(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (rounds, repeats, threads)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def peak_rss_mb() -> float:
@@ -439,8 +480,10 @@ def build_runomp(folder: Path) -> Path | str:
         return f"no C compiler found ({compiler}; set CC to name one)"
     shutil.copyfile(asset("llama2c/run.c"), folder / "run.c")
     proc = subprocess.run([compiler, *RUNOMP_BUILD], cwd=folder, capture_output=True, text=True)
-    if proc.returncode:
-        return f"`{compiler} {' '.join(RUNOMP_BUILD)}` failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    if proc.returncode:  # the compiler's first error, without the source lines and carets that follow it
+        lines = [line.strip() for line in proc.stderr.splitlines() if line.strip()]
+        first = next((line for line in lines if "error" in line), lines[0] if lines else f"status {proc.returncode}")
+        return f"{compiler} cannot compile {asset('llama2c/run.c')}: {first}"
     return folder / "runomp"
 
 
@@ -637,11 +680,11 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
                         help="The workloads to run (default: all of them).")
     rounds = ", ".join(f"{name} {n}" for name, n in ROUNDS.items())
-    parser.add_argument("--rounds", type=int,
+    parser.add_argument("--rounds", type=at_least_one,
                         help=f"Turns of every implementation, each in fresh processes (default: {rounds}).")
-    parser.add_argument("--repeats", type=int, default=3,
+    parser.add_argument("--repeats", type=at_least_one, default=3,
                         help="Timed samples per process; epoch always takes one (default: %(default)s).")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+    parser.add_argument("--threads", type=at_least_one, default=os.cpu_count(),
                         help="The threads torch uses, torch.set_num_threads (default: all %(default)s CPUs).")
     parser.add_argument("--default-malloc", action="store_true",
                         help=f"Run the workloads without setting {', '.join(MALLOC)} (see MALLOC).")
@@ -658,6 +701,8 @@ def main() -> None:
 
     if args.baseline and not (args.baseline / "bench.py").is_file():
         sys.exit(f"--baseline {args.baseline}: no bench.py there; name a checkout of minllama")
+    if problem := missing_asset(args.workloads):
+        sys.exit(problem)
     env = {} if args.default_malloc else MALLOC
     m = machine()
     print(f"machine: {m['cpu']}, {m['cores']} cores, Python {m['python']}, torch {m['torch']}, "
@@ -682,7 +727,7 @@ def main() -> None:
         for workload in workloads:
             impls = implementations(workload, args.baseline is not None)
             results[workload] = {impl: [] for impl in impls}
-            rounds = args.rounds or ROUNDS[workload]
+            rounds = ROUNDS[workload] if args.rounds is None else args.rounds
             for r in range(rounds):
                 for impl in random.sample(impls, len(impls)):
                     repeats = 1 if workload == "epoch" else args.repeats

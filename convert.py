@@ -127,7 +127,7 @@ def check_output(out: str, to: str, inputs: list[Path]) -> None:
     for path, folder in [(out, to == "hf"), *inside]:
         problem = files.output_problem(path, folder)
         if problem:
-            raise InputError(f"cannot write {path}: {problem}"
+            raise InputError(f"cannot write {path or 'OUT'}: {problem}"
                              + (" (--to hf writes a folder)" if folder and problem.startswith("it is") else ""))
     for target in targets:
         for path in inputs:
@@ -155,9 +155,10 @@ def read_for_export(path: Path) -> tuple[LlamaConfig, dict[str, torch.Tensor], d
 
 
 def export(checkpoint: str, to: str, out: str) -> None:
-    """Write the Llama of `checkpoint` (fetched if missing) to `out` in the format `to`, and say what was written."""
+    """Write the Llama of `checkpoint` (fetched if missing) to `out` in the format `to`, and say what was written.
+    An output that cannot be written is refused before the checkpoint is fetched or read."""
+    check_output(out, to, [Path(checkpoint)])
     path = assets.ensure(checkpoint)
-    check_output(out, to, [path])
     config, state_dict, classifier, inputs = read_for_export(path)
     check_output(out, to, inputs)
     if to == "hf":

@@ -4,8 +4,9 @@ correct!" or says what differs.
 It runs the course's stories42M.pt (or the checkpoint given with --pretrained-model-path) on two fixed rows of token
 ids and compares the logits (of the last position) and the final hidden states with those in sanity_check.data,
 which the course computed from stories42M.pt with its reference implementation, whose attention has no mask: so the
-check is always of that semantics (LlamaConfig.causal=False), and a checkpoint of other sizes is refused as such.
-Both files are fetched if missing (see assets.py).
+check is always of that semantics (LlamaConfig.causal=False), and a checkpoint of other sizes is refused as such. One
+of its sizes with other weights (trained anew, say) gives other outputs whatever the implementation: a mismatch names
+both causes. Both files are fetched if missing (see assets.py).
 """
 import argparse
 import sys
@@ -72,7 +73,10 @@ def check(checkpoint: str, data: str) -> int:
         logits, hidden_states = model(torch.tensor(SENT_IDS, device=model.output.weight.device))
     problems = compare({"logits": logits, "hidden_states": hidden_states}, expected)
     if problems:
-        print("Your Llama implementation does not match the reference:\n  " + "\n  ".join(problems), file=sys.stderr)
+        print(f"The outputs of {checkpoint} do not match {data}:\n  " + "\n  ".join(problems) + f"\n{data} holds the "
+              f"outputs of the published stories42M.pt: if {checkpoint} is not that file (other weights of its sizes), "
+              "its weights alone make them differ; if it is, your Llama implementation does not match the reference",
+              file=sys.stderr)
         return 1
     print("Your Llama implementation is correct!")
     return 0

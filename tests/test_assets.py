@@ -173,9 +173,9 @@ def test_table_covers_the_small_assets_with_hashes():
     assert run_c.sha256 == "9c4f2d5c6ae01b71726d1cc37530d71e60bff0ec7cc012565f16a43c1ca658bd"
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "assets.py"), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_fetches_all_small_assets_from_mirror(tmp_path, asset, asset_cache):
@@ -234,3 +234,25 @@ def test_the_tests_find_public_files_in_the_repository_root(tmp_path: Path, asse
                              "-k", "llama_vocabulary or round_trip"], cwd=checkout, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and "2 passed" in result.stdout and "skipped" not in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("make, kind", [(os.mkfifo, "a FIFO"), (os.mkdir, "a folder")])
+def test_a_mirror_entry_that_is_not_a_file_is_one_line_and_leaves_nothing(tmp_path, make, kind):
+    """A FIFO in the mirror hung the copy (opened before it was looked at) and left a .part file when killed."""
+    mirror, work = tmp_path / "mirror", tmp_path / "work"
+    mirror.mkdir(), work.mkdir()
+    make(mirror / "tokenizer.model")
+    env = {"PATH": "/usr/bin:/bin", assets.MIRROR_ENV: str(mirror)}
+    try:
+        result = cli("tokenizer.model", cwd=work, env=env, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the copy from the mirror hung, leaving {sorted(p.name for p in work.iterdir())}")
+    assert result.returncode == 1 and list(work.iterdir()) == []
+    assert result.stderr == (f"error: {mirror / 'tokenizer.model'} is {kind}, not a file: the mirror "
+                             f"{assets.MIRROR_ENV}={mirror} must hold tokenizer.model as a file\n")
+
+
+def test_a_file_descriptor_this_process_lacks_is_said_so():
+    """/dev/fd/63 of a `<(…)` given to another command is neither missing nor an asset to fetch."""
+    with pytest.raises(InputError, match=r"^/dev/fd/987654 names a file descriptor this process does not hold"):
+        assets.ensure("/dev/fd/987654")

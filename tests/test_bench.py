@@ -1,5 +1,6 @@
 """bench.py's report and its --baseline checks (the benchmark itself is not run here: it takes minutes)."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,3 +137,41 @@ def test_first_call_rows_give_the_median_ratio_its_rounds_and_the_bound():
                       ("course", "causal"))
     assert "1.20×" in course and "≤ 1.5× met (rounds 1.10–9.00)" in course and "2/3" in course
     assert "1.60×" in causal and "≤ 1.5× NOT MET (rounds 1.40–1.70)" in causal
+
+
+@pytest.mark.parametrize("flag, value", [("--repeats", "0"), ("--rounds", "0"), ("--rounds", "-1"),
+                                         ("--threads", "0")])
+def test_counts_below_one_are_usage_errors(monkeypatch, capsys, flag, value):
+    """--rounds 0 ran each workload's default rounds; --repeats 0 and --threads 0 ended in tracebacks."""
+    monkeypatch.setattr(sys, "argv", ["bench.py", flag, value])
+    monkeypatch.setattr(bench, "machine", lambda: pytest.fail("the benchmark started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert e.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"bench.py: error: argument {flag}: must be at least 1, got {value}"
+
+
+def test_a_file_the_mirror_lacks_is_named_with_its_workload_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "tokenizer.model").write_bytes(b"")  # only looked for here
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(tmp_path))
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--workloads", "generate", "llama2c"])
+    monkeypatch.setattr(bench, "machine", lambda: pytest.fail("the benchmark started"))
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert e.value.code == (f"the llama2c workload needs llama2c/run.c: {tmp_path / 'llama2c' / 'run.c'} is missing "
+                            f"(the mirror MINLLAMA_ASSET_MIRROR={tmp_path})")
+
+
+@pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None, reason="no C compiler")
+def test_a_run_c_that_does_not_compile_is_one_line_with_the_compilers_first_error(tmp_path, monkeypatch):
+    mirror = tmp_path / "mirror"
+    (mirror / "llama2c").mkdir(parents=True)
+    (mirror / "llama2c" / "run.c").write_text("int main(void) { return undeclared; }\n")
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(mirror))
+    (tmp_path / "build").mkdir()
+    why = bench.build_runomp(tmp_path / "build")
+    assert isinstance(why, str) and "\n" not in why and "^" not in why
+    compiler = os.environ.get("CC", "cc")
+    assert re.fullmatch(f"{re.escape(compiler)} cannot compile {re.escape(str(mirror / 'llama2c' / 'run.c'))}: "
+                        r"run\.c:1:\d+: error: .*undeclared.*", why), why

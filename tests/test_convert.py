@@ -327,3 +327,27 @@ def test_an_output_link_is_written_through_and_stays_a_link(tmp_path):
     assert (tmp_path / "link.bin").is_symlink() and os.readlink(tmp_path / "link.bin") == "target.bin"
     assert (tmp_path / "target.bin").read_bytes() == (tmp_path / name).read_bytes() != b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.pt", "target.bin", "link.bin", name])
+
+
+@pytest.mark.parametrize("to", ["hf", "llama2c"])
+def test_an_empty_output_path_is_refused_before_the_checkpoint_is_fetched(tmp_path, capsys, monkeypatch, to):
+    """OUT from an unset variable ("$OUTDIR") is "": refused in one line, before stories42M.pt is fetched or read."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINLLAMA_ASSET_MIRROR", str(tmp_path / "no-mirror"))  # a fetch would fail in many lines
+    assert convert.main(["stories42M.pt", "--to", to, ""]) == 1
+    what = "a folder" if to == "hf" else "a file"
+    assert capsys.readouterr().err == (f"error: cannot write OUT: the path is empty (an unset shell variable?): "
+                                       f"name {what}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stdout_on_a_full_device_is_one_line_after_a_whole_export(tmp_path):
+    save_checkpoint(tmp_path / "model.pt", asdict(LLAMA2C_CONFIG), random_model(LLAMA2C_CONFIG).state_dict())
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, str(REPO / "convert.py"), "model.pt", "--to", "llama2c", "out.bin"],
+                                cwd=tmp_path, stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: ") and "No space left on device" in result.stderr, result.stderr
+    assert all_logits(load_pretrained(tmp_path / "out.bin")).shape == (2, 16, 61)  # the export itself is whole

@@ -2,9 +2,15 @@
 import shutil
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 import sanity_check
+from checkpoint import save_checkpoint
+from config import LlamaConfig
+from llama import Llama, load_pretrained
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,3 +59,27 @@ def test_missing_files_are_fetched_by_the_check(tmp_path: Path, capsys, asset, a
     assert sanity_check.main("stories260K.bin", "sanity_check.data") == 1  # fetched, then refused: 512 pieces
     assert "vocab_size=512, not 32000" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sanity_check.data", "stories260K.bin"]
+
+
+def test_other_weights_of_the_right_sizes_are_named_as_a_cause(tmp_path: Path, capsys, monkeypatch, model_path: str):
+    """A checkpoint of stories42M's sizes with other weights cannot give sanity_check.data's outputs, whatever the
+    implementation: the mismatch says so. Built tiny: the tests' model stands for stories42M (its sizes are the
+    checked ones here, and its outputs the expected data), and another draw of its weights for the other checkpoint."""
+    monkeypatch.setattr(sanity_check, "STORIES42M", LlamaConfig(**torch.load(model_path)["model_args"]))
+    model = load_pretrained(model_path, causal=False)
+    with torch.no_grad():
+        logits, hidden_states = model(torch.tensor(sanity_check.SENT_IDS))
+    data = tmp_path / "expected.data"
+    torch.save({"logits": logits, "hidden_states": hidden_states}, data)
+    assert sanity_check.main(model_path, str(data)) == 0
+    assert capsys.readouterr().out == "Your Llama implementation is correct!\n"
+
+    other = tmp_path / "other.pt"
+    torch.manual_seed(1)
+    save_checkpoint(other, asdict(model.config), Llama(model.config).state_dict())
+    assert sanity_check.main(str(other), str(data)) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"The outputs of {other} do not match {data}:" and lines[1].startswith("  logits: max ")
+    assert lines[-1] == (f"{data} holds the outputs of the published stories42M.pt: if {other} is not that file "
+                         "(other weights of its sizes), its weights alone make them differ; if it is, your Llama "
+                         "implementation does not match the reference")

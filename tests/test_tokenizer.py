@@ -1,5 +1,9 @@
 """Tokenizer against the real Llama 2 tokenizer.model (which the tests fetch through assets.py), and its error paths."""
 import io
+import os
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -118,3 +122,48 @@ def test_bad_arguments(tok: Tokenizer, tokenizer_model: str):
         Tokenizer(max_len=0, tokenizer_model=tokenizer_model)
     with pytest.raises(TypeError, match="expects a str"):
         tok.encode([1, 2, 3], bos=True, eos=False)
+
+
+@pytest.mark.parametrize("path", ["/dev/fd/987654", "/proc/self/fd/pipe:[4026531840]"])
+def test_a_file_descriptor_this_process_lacks_is_not_reported_missing(path: str):
+    """`<(…)` gives /dev/fd/63, open only in the command it is written in; resolved (Path.resolve) it becomes
+    /proc/PID/fd/pipe:[N], which names nothing: neither is a tokenizer to fetch."""
+    with pytest.raises(InputError) as e:
+        Tokenizer(tokenizer_model=path)
+    assert str(e.value).startswith(f"{path} names a file descriptor this process does not hold: a `<(…)` is open ")
+    assert "fetch" not in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content, error", [(b"", "an empty file"), (b"junk", r"\(truncated or another kind")])
+def test_a_fifo_tokenizer_says_what_it_held(tmp_path: Path, content: bytes, error: str):
+    fifo = tmp_path / "tokenizer.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=fifo.write_bytes, args=(content,))
+    writer.start()
+    with pytest.raises(InputError, match=f"{fifo} is not a sentencepiece model.*{error}"):
+        Tokenizer(tokenizer_model=str(fifo))
+    writer.join()
+
+
+def test_undecoded_command_line_bytes_are_read_as_utf8(tok: Tokenizer):
+    """Under an ASCII locale (LC_ALL=C, UTF-8 mode off) Python keeps the bytes of `café` in sys.argv as lone
+    surrogates; they are decoded as UTF-8, and what is not UTF-8 is one line that shows where."""
+    assert tok.encode("caf\udcc3\udca9", bos=True, eos=False) == tok.encode("café", bos=True, eos=False)
+    with pytest.raises(InputError) as e:
+        tok.encode("abc\udcff", bos=True, eos=False)
+    assert str(e.value) == 'the text "abc\\xff" is not valid UTF-8 (invalid start byte at byte 3)'
+    with pytest.raises(InputError, match=r'^the text "…x{30}\\xc3…" is not valid UTF-8 \(invalid continuation byte '
+                                         r'at byte 40\)$'):
+        tok.encode("x" * 40 + "\udcc3(", bos=False, eos=False)
+    with pytest.raises(InputError, match=r'^the text "a\\ud800…" holds a lone surrogate \(U\+D800 at character 1\)'):
+        tok.encode("a\ud800b", bos=False, eos=False)
+
+
+def test_an_undecoded_prompt_under_an_ascii_locale(tmp_path: Path, tokenizer_model: str, tok: Tokenizer):
+    script = "import sys; from tokenizer import Tokenizer; print(Tokenizer(tokenizer_model=sys.argv[1]).encode(" \
+             "sys.argv[2], True, False))"
+    env = {"PATH": os.environ["PATH"], "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    result = subprocess.run([sys.executable, "-c", script, tokenizer_model, "café"], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == str(tok.encode("café", True, False)), result.stderr
