@@ -45,12 +45,14 @@ base model with the adapters merged in.
 
 Reading trusts nothing in the file and checks each fact once. The file is read by files.read (`read_file`), so a FIFO
 works too; a torch.save zip is unpickled from those bytes, once the CRC-32 of every entry matches, by
-torch.load(weights_only=True), which unpickles tensors and plain data only. Every tensor must be finite
-(`check_finite`); model_args are checked by LlamaConfig.from_model_args (hidden_dim, which llama2.c's train.py leaves
-out, from w1's rows); the tensors' names and shapes by the table TENSORS (`_course_state_dict`). A file that cannot
-be used raises files.InputError, naming the file and what it is: missing parts, corrupt (damaged or truncated), legacy
-(torch.save's old non-zip format), unsafe (pickled code), another kind of file, tensors that do not fit or that hold
-NaN or infinity. Writing goes through files.write_atomically (a temporary name, then renamed), so a process killed at
+torch.load(weights_only=True), which unpickles tensors and plain data only. Its objects are walked once each
+(`_tensors`, bounded in depth and number), and every tensor must hold values, of a dtype checkpoints hold, finite
+(`check_tensors`); model_args are checked by LlamaConfig.from_model_args (hidden_dim, which llama2.c's train.py leaves
+out, from w1's rows); the tensors' names and shapes by the table TENSORS (`_course_state_dict`); a classifier
+checkpoint's other fields by FIELDS, for what reads them. A file that cannot be used raises files.InputError, naming
+the file and what it is: missing parts, corrupt (damaged or truncated), legacy (torch.save's old non-zip format),
+unsafe (pickled code), another kind of file, tensors that do not fit or that hold NaN or infinity, fields out of
+range. Writing goes through files.write_atomically (a temporary name, then renamed), so a process killed at
 any moment leaves the previous file whole.
 """
 import hashlib
@@ -70,7 +72,7 @@ from typing import BinaryIO, NamedTuple
 import numpy as np
 import torch
 
-from config import ClassifierConfig, LlamaConfig, fits_type
+from config import ATTENTION_PROJECTIONS, ClassifierConfig, LlamaConfig, fits_type, lora_problem, shown
 import files
 from files import InputError, write_atomically
 from rope import precompute_freqs
@@ -127,6 +129,11 @@ LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # ..
 SAVED = {"model_args": dict, "model_config": dict, "label_names": list, "args": dict, "epoch": int,
          "best_dev_acc": float}  # what each classifier checkpoint holds besides its weights, with its type
 SAVED_LAST = {"optim": dict, "rng": list, "run": str, "metrics": list, "inputs_sha256": dict}  # and the last one
+MAX_DEPTH = 100  # how deeply a torch.save file's objects may nest: a checkpoint's deepest are 5 ('rng/0/python/1/0')
+MAX_OBJECTS = 10**7  # the items its dicts, lists and tuples may hold in all: a checkpoint's are some thousands
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")  # the weights' dtypes
+SAVED_DTYPES = {*(getattr(torch, name) for name in FLOAT_DTYPES), torch.int64, torch.int32, torch.int16, torch.int8,
+                torch.uint8, torch.bool}  # the tensors' dtypes: the weights', an optimizer's steps, the generators'
 RECORDED_SINCE = {"base_digest": "the digest of the LoRA base model's weights",
                   "inputs_sha256": "the sha256 of the dev set, tokenizer and base checkpoint"}  # earlier ones lack
 
@@ -163,8 +170,8 @@ def read_file(path: str | os.PathLike) -> bytes:
 
 def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> object:
     """What the torch.save file `path` (whose bytes are `data`, if read already) holds, on the CPU, once the
-    archive's checksums match, its pickle holds only tensors and plain data (weights_only), and its floating-point
-    tensors are finite."""
+    archive's checksums match, its pickle holds only tensors and plain data (weights_only), and its tensors pass
+    check_tensors."""
     data = read_file(path) if data is None else data
     if data.startswith(LEGACY_MAGIC):
         raise InputError(f"{path}: legacy torch.save format (a pickle, as PyTorch wrote before 1.6), which has "
@@ -179,7 +186,7 @@ def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> objec
     if bad_entry is not None:
         raise InputError(f"{path}: corrupt: the bytes of {bad_entry!r} do not match their CRC-32 checksum")
     try:
-        with warnings.catch_warnings():  # torch ≥ 2.14 warns on loading a sparse tensor, which check_finite refuses
+        with warnings.catch_warnings():  # torch ≥ 2.14 warns on loading a sparse tensor, which check_tensors refuses
             warnings.filterwarnings("ignore", "Validating sparse tensor invariants", UserWarning)
             saved = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # the checksums match, so the file is as torch.save (or someone else) wrote it
@@ -190,7 +197,7 @@ def read_torch_file(path: str | os.PathLike, data: bytes | None = None) -> objec
                                   f"({found[0] if found else 'not allowed by torch.load(weights_only=True)'}), which "
                                   "unpickling could turn into running code; it was not loaded") from None
         raise InputError(f"{path}: not a readable torch.save file ({_first_line(e)})") from None
-    check_finite(_tensors(saved), path)
+    check_tensors(_tensors(saved, path), path)
     return saved
 
 
@@ -199,25 +206,53 @@ def _first_line(error: Exception) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
-def _tensors(obj: object, name: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) of every tensor in nested dicts, lists and tuples; names join keys with "/"."""
-    if isinstance(obj, torch.Tensor):
-        yield name, obj
-    elif isinstance(obj, (dict, list, tuple)):
-        for key, value in obj.items() if isinstance(obj, dict) else enumerate(obj):
-            yield from _tensors(value, f"{name}/{key}" if name else str(key))
+def _tensors(saved: object, source: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every tensor in the nested dicts, lists and tuples `saved` (read from `source`), named by
+    the keys on the first path to it, joined with "/".
+
+    Each object is visited once, however often it is referred to (x = [x, x], 64 times over, is 65 lists, not 2⁶⁴
+    paths), from a stack rather than by recursion; objects nested more than MAX_DEPTH deep, or more than
+    MAX_OBJECTS items in all, are refused, naming the file.
+    """
+    seen, items = set(), 0
+    stack: list[tuple[object, str, object, int]] = [(saved, "", None, 0)]  # object, its parent's name, key, depth
+    while stack:
+        obj, parent, key, depth = stack.pop()
+        if id(obj) in seen or not isinstance(obj, (torch.Tensor, dict, list, tuple)):
+            continue
+        seen.add(id(obj))  # `saved` holds every object, so no id is reused during the walk
+        name = "" if depth == 0 else f"{parent}/{key}" if parent else str(key)
+        if isinstance(obj, torch.Tensor):
+            yield name, obj
+            continue
+        if depth == MAX_DEPTH:
+            raise InputError(f"{source}: not a checkpoint: its objects nest more than {MAX_DEPTH} deep (under "
+                             f"{shown(name.split('/')[0])})")
+        children = list(obj.items() if isinstance(obj, dict) else enumerate(obj))
+        items += len(children)
+        if items > MAX_OBJECTS:
+            raise InputError(f"{source}: not a checkpoint: it holds more than {MAX_OBJECTS} objects in its dicts, "
+                             "lists and tuples")
+        stack.extend((value, name, child, depth + 1) for child, value in reversed(children))
 
 
-def check_finite(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str | os.PathLike) -> None:
-    """Refuse the first floating-point tensor holding NaN or infinity, naming it and `source`; and sparse tensors,
-    which no checkpoint holds."""
+def check_tensors(tensors: typing.Iterable[tuple[str, torch.Tensor]], source: str | os.PathLike) -> None:
+    """Refuse the first tensor that is not of a checkpoint (naming it, its dtype and device, and `source`): one
+    without values (on PyTorch's meta device), sparse, of a dtype that is not SAVED_DTYPES (float8, complex, ...),
+    or of floating point holding NaN or infinity."""
     for name, tensor in tensors:
+        if tensor.device.type != "cpu":  # torch.load(map_location="cpu") moves every tensor that has values
+            raise InputError(f"{source}: tensor {name!r} ({tensor.dtype}) is on the {tensor.device.type} device, "
+                             "which holds its shape but no values")
         if tensor.layout != torch.strided:
             raise InputError(f"{source}: tensor {name!r} is stored as {tensor.layout}, not as a dense tensor")
+        if tensor.dtype not in SAVED_DTYPES:
+            raise InputError(f"{source}: tensor {name!r} holds {tensor.dtype} (on {tensor.device}), which no "
+                             f"checkpoint holds: weights are {', '.join(FLOAT_DTYPES)}")
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
             raise InputError(f"{source}: tensor {name!r} holds {nan} NaN and {inf} infinite value(s) out of "
-                                  f"{tensor.numel()}: the weights are damaged")
+                             f"{tensor.numel()}: the weights are damaged")
 
 
 def _course_checkpoint(ckpt: object, path: str | os.PathLike, overrides: dict) -> LlamaCheckpoint:
@@ -253,10 +288,47 @@ def save_classifier_checkpoint(path: str | os.PathLike, saved: dict, last: bool 
     write_atomically(Path(path), lambda f: torch.save(saved, f))
 
 
+def _is_epoch(value: object) -> bool:
+    """Whether `value` is an epoch: an int (not a bool) from 0."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_record(value: object) -> bool:
+    """Whether `value` is a metrics record that metrics.plot draws: a dict with an epoch and finite numbers under
+    PLOTTED."""
+    return isinstance(value, dict) and _is_epoch(value.get("epoch")) \
+        and all(fits_type(value.get(key), float) for key in PLOTTED)
+
+
+def _is_flag(item: tuple[object, object]) -> bool:
+    """Whether `item` is a flag of vars(args): a str, and None, a bool, a number, a str or a list of them."""
+    name, value = item
+    plain = (type(None), bool, int, float, str)
+    return isinstance(name, str) and (isinstance(value, plain) or isinstance(value, (list, tuple))
+                                      and all(isinstance(v, plain) for v in value))
+
+
+PLOTTED = ("loss", "train_acc", "dev_acc")  # what metrics.plot reads of a record, besides its epoch
+SHA256 = re.compile("[0-9a-f]{64}")
+# what the fields of a classifier checkpoint hold besides their type, for what reads them: key -> (test of the value,
+# or with `each` of each item of the list or dict, what it must be)
+FIELDS = {
+    "epoch": (_is_epoch, False, "an epoch (an int from 0)"),
+    "best_dev_acc": (lambda acc: 0.0 <= acc <= 1.0, False, "an accuracy (a float in [0, 1])"),
+    "inputs_sha256": (lambda item: isinstance(item[0], str) and isinstance(item[1], str) and SHA256.fullmatch(item[1]),
+                      True, "an input's sha256 (a flag's name and 64 hexadecimal digits)"),
+    "base_digest": (SHA256.fullmatch, False, "a sha256 (64 hexadecimal digits)"),
+    "label_names": (lambda name: isinstance(name, str), True, "a label name (a str)"),
+    "metrics": (_is_record, True, f"a metrics record (a dict of an int 'epoch' from 0 and finite numbers {PLOTTED})"),
+    "args": (_is_flag, True, "a flag (a name, and None, a bool, a number, a str or a list of them)"),
+}
+
+
 def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -> dict:
     """`saved` (read from `path`, or about to be written there), once checked to be a classifier checkpoint of
-    run_llama.py: SAVED (and SAVED_LAST if `last`) with their types, "model" or "lora" (with "base_digest") of
-    floating-point tensors, and model_config the fields of a ClassifierConfig."""
+    run_llama.py: SAVED (and SAVED_LAST if `last`) with their types and FIELDS' values, "model" or "lora" (with
+    "base_digest") of floating-point tensors, model_args a LlamaConfig's, and model_config a ClassifierConfig's
+    (`_classifier_config`)."""
     kind = "a last checkpoint" if last else "a checkpoint"
     if not isinstance(saved, dict):
         raise InputError(f"{path}: not {kind} of run_llama.py --option finetune or lora: it holds a "
@@ -273,11 +345,48 @@ def _classifier_checkpoint(saved: object, path: str | os.PathLike, last: bool) -
     for key, value_type in expected.items():
         if not isinstance(saved[key], value_type):
             raise InputError(f"{path}: {key!r} is a {type(saved[key]).__name__}, not a {value_type.__name__}")
-    config, config_types = saved["model_config"], typing.get_type_hints(ClassifierConfig)
-    if config.keys() != config_types.keys() or not all(fits_type(v, config_types[k]) for k, v in config.items()):
-        raise InputError(f"{path}: 'model_config' {config} is not a ClassifierConfig's fields")
+        usable, each, what = FIELDS.get(key, (None, False, ""))
+        value = saved[key]
+        if usable and not each and not usable(value):
+            raise InputError(f"{path}: {key!r} is {shown(value)}, not {what}")
+        for index, item in (value.items() if isinstance(value, dict) else enumerate(value)) if usable and each else ():
+            if not usable((index, item) if isinstance(value, dict) else item):
+                raise InputError(f"{path}: {key!r} item {shown(index)} is {shown(item)}, not {what}")
     check_state_dict(saved[weights], f"{path}: {weights!r}")
+    _classifier_config(saved, weights, str(path))
     return saved
+
+
+def _classifier_config(saved: dict, weights: str, path: str) -> None:
+    """Refuse a classifier checkpoint whose model_config is not a ClassifierConfig's fields, or not one that builds
+    the classifier of its weights (`weights`, "model" or "lora"), labels and model_args; and model_args that
+    LlamaConfig.from_model_args refuses."""
+    config, config_types = saved["model_config"], typing.get_type_hints(ClassifierConfig)
+    if config.keys() != config_types.keys():
+        raise InputError(f"{path}: 'model_config' has the keys {shown(list(config))}, not a ClassifierConfig's "
+                         f"{list(config_types)}")
+    for key, value in config.items():
+        if not fits_type(value, config_types[key]):
+            expected = getattr(config_types[key], "__name__", str(config_types[key]))
+            raise InputError(f"{path}: 'model_config' {key}={shown(value)} is not a finite {expected}")
+    llama = _config(saved["model_args"], f"{path}: 'model_args'", {})
+    labels, targets, option = config["num_labels"], config["lora_targets"], "lora" if weights == "lora" else "finetune"
+    head = saved[weights].get(CLASSIFIER_HEAD[0])
+    head_shape = (labels, llama.dim) if head is None else tuple(head.shape)  # a missing head: load_weights refuses it
+    wrong = [  # (whether it is wrong, what)
+        (config["option"] != option, f"option={config['option']!r}, but its weights are {option}'s"),
+        (labels < 1, f"num_labels={labels}"),
+        (labels != len(saved["label_names"]), f"num_labels={labels}, but it has {len(saved['label_names'])} labels"),
+        (head_shape != (labels, llama.dim), f"num_labels={labels}, but its classifier head has shape {head_shape}"),
+        (not 0.0 <= config["hidden_dropout_prob"] < 1.0, f"hidden_dropout_prob={config['hidden_dropout_prob']}"),
+        (config["causal"] != llama.causal, f"causal={config['causal']}, but 'model_args' say causal={llama.causal}"),
+        (option == "lora" and not 0 < len(targets) == len({*targets} & {*ATTENTION_PROJECTIONS}),
+         f"lora_targets={shown(targets)}: not distinct names among {ATTENTION_PROJECTIONS}"),
+        (option == "lora", lora_problem(config["lora_rank"], config["lora_alpha"], config["lora_dropout"])),
+    ]
+    problem = next((what for is_wrong, what in wrong if is_wrong and what), None)
+    if problem:
+        raise InputError(f"{path}: 'model_config' {problem}")
 
 
 def check_state_dict(state_dict: object, source: str) -> None:
@@ -426,7 +535,7 @@ def _read_bin(data: bytes, path: str | os.PathLike, overrides: dict) -> LlamaChe
         offset += 4 * n
     for name in ROTARY_TABLES:
         state_dict.pop(name, None)
-    check_finite(state_dict.items(), path)
+    check_tensors(state_dict.items(), path)
     if shared:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"]
     return LlamaCheckpoint(model_args, config, state_dict, {})

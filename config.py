@@ -4,6 +4,7 @@ and the attention projections LoRA may adapt. This module imports no other modul
 """
 import math
 import os
+import reprlib
 import sys
 import typing
 from dataclasses import dataclass, fields
@@ -15,6 +16,18 @@ ATTENTION_PROJECTIONS = ("compute_query", "compute_key", "compute_value", "compu
 DEFAULT_TARGETS = ("compute_query", "compute_value")  # LoRA's targets by default: the paper's choice (§7.1, Table 5)
 # model_args that the course's LlamaConfig accepts and that change nothing here: key -> the only value allowed
 IGNORED_COURSE_ARGS = {"use_cache": None, "position_embedding_type": "rotary"}
+# RMSNorm's eps: from float32's smallest normal number (RMSNorm normalises in float32, where a smaller eps is lost
+# or subnormal) to 0.1, 10⁴ times Llama 2's 1e-5 (a larger one outweighs the mean square it is added to, and the
+# normalised vectors shrink towards 0: 1e308 makes every one of them 0, and every logit equal)
+NORM_EPS_RANGE = (2.0**-126, 0.1)
+_SHOWN = reprlib.Repr()  # a value in a message: a few levels, items and characters, in bounded time whatever it is
+_SHOWN.maxlevel, _SHOWN.maxstring, _SHOWN.maxother, _SHOWN.maxlong = 3, 60, 60, 60
+
+
+def shown(value: object) -> str:
+    """repr(value) cut short (reprlib), for a message: a file's value may be huge, nested, or a list holding the
+    same list twice at each of 64 levels, whose repr would never end."""
+    return _SHOWN.repr(value)
 
 
 def swiglu_hidden_dim(dim: int, multiple_of: int) -> int:
@@ -29,7 +42,7 @@ def drop_ignored_course_args(model_args: dict, source: str) -> dict:
     for key in ignored:
         value, allowed = model_args[key], IGNORED_COURSE_ARGS[key]
         if allowed is not None and value != allowed:
-            raise ValueError(f"{source}: model_args {key}={value!r}: only {allowed!r} is implemented")
+            raise ValueError(f"{source}: model_args {key}={shown(value)}: only {allowed!r} is implemented")
     if ignored:
         print(f"note: {source}: model_args {ignored} are not used by this implementation; ignored", file=sys.stderr)
     return {key: value for key, value in model_args.items() if key not in IGNORED_COURSE_ARGS}
@@ -100,8 +113,9 @@ class LlamaConfig:
             raise ValueError(f"LlamaConfig.hidden_dim must be positive, got {self.hidden_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LlamaConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.layer_norm_eps <= 0:
-            raise ValueError(f"LlamaConfig.layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if not NORM_EPS_RANGE[0] <= self.layer_norm_eps <= NORM_EPS_RANGE[1]:
+            raise ValueError(f"LlamaConfig.layer_norm_eps must be in [{NORM_EPS_RANGE[0]:.3g}, {NORM_EPS_RANGE[1]}] "
+                             f"(NORM_EPS_RANGE), got {self.layer_norm_eps}")
         if self.dim % self.n_heads:
             raise ValueError(f"LlamaConfig.dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
@@ -123,7 +137,10 @@ class LlamaConfig:
         causal=True): a dict of this class's fields, each of its field's type (an int is no bool, a float is
         finite), in range (__post_init__), and with rotary tables that fit in this machine's memory, so that an
         absurd size is refused before anything is allocated. Keys of the course's LlamaConfig that change nothing
-        here (IGNORED_COURSE_ARGS) are dropped with a one-line notice. Every refusal is a ValueError naming `source`.
+        here (IGNORED_COURSE_ARGS) are dropped with a one-line notice. A model saved as causal (causal=True, as
+        run_llama.py --causal saves a classifier it trains) is refused in the course's semantics (overrides
+        causal=False), which would silently compute another function of its weights; a model saved without the mask
+        may be run with it (causal=True), as Llama 2 computes it. Every refusal is a ValueError naming `source`.
         """
         if not isinstance(model_args, dict) or not all(isinstance(key, str) for key in model_args):
             raise ValueError(f"{source}: model_args is a {type(model_args).__name__}, not a dict of named sizes")
@@ -131,11 +148,14 @@ class LlamaConfig:
         types = typing.get_type_hints(cls)
         unknown = sorted(args.keys() - types.keys())
         if unknown:
-            raise ValueError(f"{source}: unknown model_args {unknown}; expected a subset of {sorted(types)}")
+            raise ValueError(f"{source}: unknown model_args {shown(unknown)}; expected a subset of {sorted(types)}")
         for key, value in args.items():
             if not fits_type(value, types[key]):
                 expected = getattr(types[key], "__name__", str(types[key]))
-                raise ValueError(f"{source}: model_args {key}={value!r} is not a finite {expected}")
+                raise ValueError(f"{source}: model_args {key}={shown(value)} is not a finite {expected}")
+        if args.get("causal") is True and overrides.get("causal") is False:
+            raise ValueError(f"{source} was saved as a causal model (model_args causal=True): pass --causal "
+                             "(causal=True); without it, its weights would compute what they were not trained to")
         try:
             config = cls(**{**args, **overrides})
         except ValueError as e:

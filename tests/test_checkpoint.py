@@ -1,6 +1,9 @@
 """Tests for checkpoint.py: every format round-trips, the .bin layouts match llama2.c's, bad files are refused."""
 import builtins
+import contextlib
 import hashlib
+import re
+import signal
 import struct
 import zipfile
 from dataclasses import asdict
@@ -9,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
 from checkpoint import (LoraCheckpointError, read_classifier_checkpoint, read_llama, save_checkpoint,
                         save_classifier_checkpoint, weights_digest, write_llama2c_bin)
 from config import ClassifierConfig
@@ -275,7 +279,7 @@ def classifier_checkpoint(last: bool) -> dict:
              "args": {"lr": 1e-5}, "epoch": 1, "best_dev_acc": 0.5}
     if last:
         saved |= {"rng": [{"torch": torch.get_rng_state()}], "run": "2024-01-01T00:00:00", "metrics": [],
-                  "train_sha256": "0" * 64}
+                  "inputs_sha256": {"train": "0" * 64}}
     return saved
 
 
@@ -411,3 +415,139 @@ def test_a_checkpoint_is_opened_and_read_once(tmp_path, monkeypatch):
     for name in ("c.pt", "m.bin"):
         read_llama(tmp_path / name)
     assert [Path(file).name for file in opened] == ["c.pt", "m.bin"]
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Fail with TimeoutError what takes longer than `seconds` (a walk over 2⁶⁴ paths would never end)."""
+    def expire(*_):
+        raise TimeoutError(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def shared_pairs(levels: int) -> list:
+    """x = [x, x], `levels` times over, from a tensor: `levels` + 1 objects, 2^levels paths to the tensor."""
+    x = [torch.zeros(2)]
+    for _ in range(levels):
+        x = [x, x]
+    return x
+
+
+def with_pickle(path: Path, pickle: bytes) -> None:
+    """A torch.save zip at `path` whose data.pkl is `pickle` (written out, as torch.save would overflow C's stack)."""
+    torch.save({}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {info.filename: archive.read(info) for info in archive.infolist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, pickle if name.endswith("/data.pkl") else data)
+
+
+def test_objects_referred_to_many_times_are_walked_once(tmp_path):
+    torch.save({"model_args": ARGS, "model": random_state_dict(True), "extra": shared_pairs(64)}, tmp_path / "c.pt")
+    with deadline(20):
+        assert_same_state(read_llama(tmp_path / "c.pt").state_dict, random_state_dict(True))
+    torch.save({"model_args": ARGS, "model": random_state_dict(True), "x": shared_pairs(64)}, tmp_path / "nan.pt")
+    saved = torch.load(tmp_path / "nan.pt", weights_only=True)
+    saved["x"][0][1][0][0][0] = torch.tensor([0.0, float("nan")])  # the tensor under every path, named by the first
+    torch.save(saved, tmp_path / "nan.pt")
+    with deadline(20), pytest.raises(InputError, match=r"nan\.pt: tensor 'x/0/0/0/0/0' holds 1 NaN"):
+        read_llama(tmp_path / "nan.pt")
+
+
+@pytest.mark.parametrize("depth", [3000, 1_000_000])
+def test_deeply_nested_objects_are_refused_in_one_line(tmp_path, depth):
+    nested = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."  # a list in a list, `depth` deep
+    with_pickle(tmp_path / "c.pt", nested)
+    with pytest.raises(InputError, match=r"c\.pt: not a checkpoint: its objects nest more than 100 deep \(under '0'\)"):
+        read_llama(tmp_path / "c.pt")
+
+
+def test_too_many_objects_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_OBJECTS", 100)
+    torch.save({"model_args": ARGS, "model": random_state_dict(True), "x": list(range(80))}, tmp_path / "c.pt")
+    with pytest.raises(InputError, match=r"c\.pt: not a checkpoint: it holds more than 100 objects"):
+        read_llama(tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("tensor, error", [
+    (torch.empty(16, device="meta"), r"tensor 'model/norm\.weight' \(torch\.float32\) is on the meta device"),
+    (torch.zeros(16, dtype=torch.float8_e4m3fn), r"tensor 'model/norm\.weight' holds torch\.float8_e4m3fn \(on cpu\)"),
+    (torch.zeros(16, dtype=torch.float8_e5m2), r"tensor 'model/norm\.weight' holds torch\.float8_e5m2 \(on cpu\)"),
+    (torch.zeros(16, dtype=torch.complex64), r"tensor 'model/norm\.weight' holds torch\.complex64"),
+])
+def test_tensors_without_values_or_of_other_dtypes_are_refused(tmp_path, tensor, error):
+    torch.save({"model_args": ARGS, "model": {**random_state_dict(True), "norm.weight": tensor}}, tmp_path / "c.pt")
+    with pytest.raises(InputError, match=rf"c\.pt: {error}"):
+        read_llama(tmp_path / "c.pt")
+    saved = classifier_checkpoint(last=True)
+    saved["optim"]["state"] = {0: {"step": torch.tensor(1.0), "exp_avg": tensor}}
+    torch.save(saved, tmp_path / "last.pt")
+    in_optimizer = error.replace(r"model/norm\.weight", "optim/state/0/exp_avg")
+    with pytest.raises(InputError, match=rf"last\.pt: {in_optimizer}"):
+        read_classifier_checkpoint(tmp_path / "last.pt", last=True)
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("change, error", [
+    (dict(epoch=-5), r"'epoch' is -5, not an epoch \(an int from 0\)"),
+    (dict(epoch=True), r"'epoch' is True, not an epoch"),
+    (dict(best_dev_acc=NAN), r"'best_dev_acc' is nan, not an accuracy \(a float in \[0, 1\]\)"),
+    (dict(best_dev_acc=1.5), r"'best_dev_acc' is 1\.5, not an accuracy"),
+    (dict(metrics=["junk"]), r"'metrics' item 0 is 'junk', not a metrics record"),
+    (dict(metrics=[{"epoch": 0, "loss": 0.5, "train_acc": 0.5, "dev_acc": 0.5},
+                   {"epoch": 1, "loss": NAN, "train_acc": 0.5, "dev_acc": 0.5}]), r"'metrics' item 1 is \{.*not a"),
+    (dict(metrics=[{"epoch": "0", "loss": 0.5, "train_acc": 0.5, "dev_acc": 0.5}]), r"'metrics' item 0 is"),
+    (dict(inputs_sha256={"train": "abc"}), r"'inputs_sha256' item 'train' is 'abc', not an input's sha256"),
+    (dict(label_names=["a", 2, "c"]), r"'label_names' item 1 is 2, not a label name"),
+    (dict(args={"lr": shared_pairs(64)}), r"'args' item 'lr' is \[\[\[\[\.\.\.\], \[\.\.\.\]\], .*\]\], not a flag"),
+    (dict(model_args={**ARGS, "layer_norm_eps": 1e308}), r"'model_args': bad model sizes: .*layer_norm_eps"),
+    (dict(model_args={**ARGS, "causal": True}), r"'model_config' causal=False, but 'model_args' say causal=True"),
+    (dict(label_names=["a", "b"]), r"'model_config' num_labels=3, but it has 2 labels"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", num_labels=4))), r"'model_config' num_labels=4, but it has 3 labels"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, option="lora"))), r"'model_config' option='lora', but its weights are finetune's"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, hidden_dropout_prob=1.5))), r"'model_config' hidden_dropout_prob=1\.5"),
+    (dict(model_config={**asdict(ClassifierConfig("base.pt", 3)), "num_labels": shared_pairs(64)}),
+     r"'model_config' num_labels=\[\[\[\[\.\.\.\], .*\]\] is not a finite int"),
+])
+def test_plain_fields_of_a_classifier_checkpoint_are_checked(tmp_path, change, error):
+    saved = classifier_checkpoint(last=True) | change
+    torch.save(saved, tmp_path / "last.pt")
+    with deadline(20), pytest.raises(InputError, match=rf"last\.pt: {error}"):
+        read_classifier_checkpoint(tmp_path / "last.pt", last=True)
+    with deadline(20), pytest.raises(InputError, match=rf"writing .*c\.pt: {error}"):
+        save_classifier_checkpoint(tmp_path / "c.pt", saved, last=True)
+
+
+def test_absurd_norm_eps_is_refused(tmp_path):
+    for eps in (1e308, 0.5, 1e-300):
+        save_checkpoint(tmp_path / "c.pt", ARGS, random_state_dict(True))
+        saved = torch.load(tmp_path / "c.pt", weights_only=True)
+        saved["model_args"]["layer_norm_eps"] = eps
+        torch.save(saved, tmp_path / "c.pt")
+        with pytest.raises(InputError, match=rf"c\.pt: bad model sizes: LlamaConfig\.layer_norm_eps must be in "
+                                             rf"\[1\.18e-38, 0\.1\] \(NORM_EPS_RANGE\), got {re.escape(str(eps))}"):
+            read_llama(tmp_path / "c.pt")
+    for eps in (1e-5, 1e-6, 0.1):
+        save_checkpoint(tmp_path / "c.pt", dict(ARGS, layer_norm_eps=eps), random_state_dict(True))
+        assert read_llama(tmp_path / "c.pt").config.layer_norm_eps == eps
+
+
+def test_a_causal_checkpoint_is_not_read_in_the_course_semantics(tmp_path):
+    save_checkpoint(tmp_path / "causal.pt", dict(ARGS, causal=True), random_state_dict(True))
+    with pytest.raises(InputError, match=r"causal\.pt was saved as a causal model \(model_args causal=True\): "
+                                         r"pass --causal"):
+        read_llama(tmp_path / "causal.pt", causal=False)
+    assert read_llama(tmp_path / "causal.pt", causal=True).config.causal
+    assert read_llama(tmp_path / "causal.pt").config.causal  # what it says, where nothing is asked
+    save_checkpoint(tmp_path / "course.pt", dict(ARGS, causal=False), random_state_dict(True))
+    assert read_llama(tmp_path / "course.pt", causal=True).config.causal  # Llama 2's mask on any model
+    assert not read_llama(tmp_path / "course.pt", causal=False).config.causal

@@ -230,7 +230,7 @@ def test_output_that_is_an_input_is_refused(tmp_path, capsys):
 def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
     base = random_model(LLAMA2C_CONFIG)
     save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
-    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora")
+    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", causal=True)  # as the base was saved
     torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, ["a", "b", "c"], 0, 0.5),
                tmp_path / "lora.pt")
     before = (tmp_path / "base.pt").read_bytes()

@@ -88,6 +88,33 @@ def reshaped(saved: dict) -> None:
     saved["model"]["norm.weight"] = saved["model"]["norm.weight"][:-1]
 
 
+def nested(depth: int) -> list:
+    """A list in a list ..., `depth` deep."""
+    inner = []
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+def deeply_nested(path: Path, model_path: str, _: Path) -> None:
+    saved = saved_model(model_path)
+    saved["extra"] = nested(3000)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(10_000)  # pickling recurses in C, one level per list
+    try:
+        torch.save(saved, path)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def shared_pairs(levels: int) -> list:
+    """x = [x, x], `levels` times over: `levels` + 1 lists, 2^levels paths to the innermost."""
+    x = []
+    for _ in range(levels):
+        x = [x, x]
+    return x
+
+
 BAD_MODELS = {
     "truncated.pt": (lambda p, m, _: p.write_bytes(Path(m).read_bytes()[:50_000]), "corrupt"),
     "random.pt": (lambda p, m, _: p.write_bytes(torch.randint(0, 256, (5000,), generator=torch.Generator()
@@ -108,12 +135,22 @@ BAD_MODELS = {
     "huge-context.pt": (changed(lambda s: s["model_args"].update(max_seq_len=10**12)),
                         "max_seq_len=1000000000000: the rotary tables"),
     "list.pt": (lambda p, m, _: torch.save([torch.zeros(2)], p), "not a checkpoint"),
+    "deep.pt": (deeply_nested, "not a checkpoint: its objects nest more than 100 deep (under 'extra')"),
+    "meta.pt": (changed(lambda s: s["model"].update({"norm.weight": torch.empty(32, device="meta")})),
+                "tensor 'model/norm.weight' (torch.float32) is on the meta device"),
+    "float8.pt": (changed(lambda s: s["model"].update({"norm.weight": torch.zeros(32, dtype=torch.float8_e4m3fn)})),
+                  "tensor 'model/norm.weight' holds torch.float8_e4m3fn (on cpu)"),
+    "huge-eps.pt": (changed(lambda s: s["model_args"].update(layer_norm_eps=1e308)),
+                    "layer_norm_eps must be in [1.18e-38, 0.1] (NORM_EPS_RANGE), got 1e+308"),
+    "causal.pt": (changed(lambda s: s["model_args"].update(causal=True)),
+                  "was saved as a causal model (model_args causal=True): pass --causal"),
     "short.bin": (wrong_size_bin, "wrong size"),
     "lora.pt": (lora_checkpoint, "LoRA"),
     "folder.pt": (lambda p, m, _: p.mkdir(), "is a folder"),
     "tokenizer.model": (lambda p, m, mirror: shutil.copyfile(mirror / "tokenizer.model", p), "not a checkpoint"),
 }
-CONVERT_READS = {"lora.pt"}  # convert.py exports a LoRA checkpoint (merged onto its base): not an error there
+# convert.py exports a LoRA checkpoint (merged onto its base), and a causal model as what it is: no error there
+CONVERT_READS = {"lora.pt", "causal.pt"}
 
 # ---- bad tokenizer models ----
 BAD_TOKENIZERS = {
@@ -154,6 +191,10 @@ BAD_RESUMES = {
     "crc": (corrupt_last, "CRC-32"),
     "non-finite": (last_with(nan_optimizer_state), "'optim/state/0/exp_avg' holds 0 NaN and 1 infinite"),
     "no-rng": (last_with(lambda s: s.pop("rng")), "lacks ['rng']"),
+    "negative-epoch": (last_with(lambda s: s.update(epoch=-5)), "'epoch' is -5, not an epoch (an int from 0)"),
+    "nan-accuracy": (last_with(lambda s: s.update(best_dev_acc=float("nan"))), "'best_dev_acc' is nan, not an"),
+    "junk-metrics": (last_with(lambda s: s.update(metrics=["junk"])), "'metrics' item 0 is 'junk', not a metrics"),
+    "shared-args": (last_with(lambda s: s["args"].update(lr=shared_pairs(64))), "'args' item 'lr' is [[[[...]"),
     "a-model": (lambda p, last, model: shutil.copyfile(model, p), "not a last checkpoint"),
     "other-data": (lambda p, last, _: shutil.copyfile(last, p), "another data/sst-train.txt"),
 }
@@ -292,3 +333,18 @@ def test_the_worker_runs_commands_as_python_does(cases: dict[str, dict], mirror:
         result = subprocess.run([sys.executable, case["script"], *case["args"]], cwd=case["cwd"], env=env,
                                 capture_output=True, text=True, timeout=300)
         assert (result.returncode, result.stderr) == (case["status"], case["stderr"])
+
+
+def test_objects_referred_to_many_times_cost_no_more_than_once(tmp_path: Path, mirror: Path, model_path: str,
+                                                               tokenizer_model: str):
+    """A checkpoint whose extra field is x = [x, x] 64 times over (65 lists, 2⁶⁴ paths) is read like any other."""
+    saved = saved_model(model_path)
+    saved["extra"] = shared_pairs(64)
+    torch.save(saved, tmp_path / "shared.pt")
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(mirror)}
+    for script, args in [("convert.py", ["shared.pt", "--to", "llama2c", "out.bin"]),
+                         ("run_llama.py", ["--option", "generate", "--max_new_tokens", "2", "--pretrained-model-path",
+                                           "shared.pt", "--tokenizer-model", tokenizer_model])]:
+        result = subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr

@@ -323,7 +323,7 @@ def test_train_from_a_fifo_is_read_once_and_hashed_as_read(tmp_path: Path, asset
                                           "--dev_out", "dev.txt", "--test_out", "test.txt"], timeout=120)
     assert result["returncode"] == 0, result["stderr"]
     saved = torch.load(tmp_path / "finetune-1-2e-05-last.pt", weights_only=True)
-    assert saved["train_sha256"] == hashlib.sha256(data).hexdigest()
+    assert saved["inputs_sha256"]["train"] == hashlib.sha256(data).hexdigest()
 
 
 def run_python(folder: Path, argv: list, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
