@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import options
 from test_run_llama import SCRIPT, GetAsset, copy_head
 
 RUNNER = Path(__file__).resolve().parent / "fork_runner.py"
@@ -119,11 +120,32 @@ CASES = {
     "dropout nan": Case(["--hidden_dropout_prob", "nan"], 2, r"--hidden_dropout_prob must be in \[0, 1\), got nan"),
     "dropout negative": Case(["--hidden_dropout_prob", "-0.1"], 2, r"--hidden_dropout_prob must be in \[0, 1\)"),
     "lora_rank zero": Case(["--option", "lora", "--lora_rank", "0"], 2, r"--lora_rank must be at least 1, got 0"),
-    "lora_alpha zero": Case(["--lora_alpha", "0"], 2, r"--lora_alpha must be a positive number, got 0\.0"),
-    "lora_alpha nan": Case(["--lora_alpha", "nan"], 2, r"--lora_alpha must be a positive number, got nan"),
-    "lora_alpha inf": Case(["--lora_alpha", "inf"], 2, r"--lora_alpha must be a positive number, got inf"),
-    "lora_dropout 1": Case(["--lora_dropout", "1"], 2, r"--lora_dropout must be in \[0, 1\), got 1\.0"),
-    "lora_dropout -inf": Case(["--lora_dropout=-inf"], 2, r"--lora_dropout must be in \[0, 1\), got -inf"),
+    "lora_alpha zero": Case(["--option", "lora", "--lora_alpha", "0"], 2, r"--lora_alpha must be a positive number, got 0\.0"),
+    "lora_alpha nan": Case(["--option", "lora", "--lora_alpha", "nan"], 2, r"--lora_alpha must be a positive number, got nan"),
+    "lora_alpha inf": Case(["--option", "lora", "--lora_alpha", "inf"], 2, r"--lora_alpha must be a positive number, got inf"),
+    "lora_dropout 1": Case(["--option", "lora", "--lora_dropout", "1"], 2, r"--lora_dropout must be in \[0, 1\), got 1\.0"),
+    "lora_dropout -inf": Case(["--option", "lora", "--lora_dropout=-inf"], 2, r"--lora_dropout must be in \[0, 1\), got -inf"),
+    "lr beyond float32": Case(["--lr", "1e308"], 2, r"--lr 1e\+308 is more than float32, in which the weights are "
+                                                    r"updated, holds \(3\.4e\+38\)"),
+    "lora_alpha beyond float32": Case(["--option", "lora", "--lora_alpha", "1e308"], 2,
+                                      r"--lora_alpha 1e\+308 over --lora_rank 4, the adapters' scale, is more than "
+                                      r"float32 holds"),
+    "temperature 1e-45": Case(["--option", "generate", "--temperature", "1e-45"], 2,
+                              r"--temperature 1e-45 is below 1e-06, where sampling is greedy decoding: pass 0"),
+    "temperature 1e-300": Case(["--option", "generate", "--temperature", "0", "1e-300"], 2,
+                               r"--temperature 1e-300 is below 1e-06"),
+    **{f"{flag} with --option {option}": Case(["--option", option, flag, *value], 2,
+                                             rf"{flag} does not apply to --option {option}, only to --option {only}: "
+                                             "leave it out")
+       for option, flag, value, only in (
+           ("prompt", "--prompt", ["Hello"], "generate"), ("prompt", "--temperature", ["0.5"], "generate"),
+           ("prompt", "--resume", [], "finetune or lora"), ("prompt", "--lora_rank", ["8"], "lora"),
+           ("prompt", "--epochs", ["3"], "finetune or lora"), ("prompt", "--lr", ["1e-3"], "finetune or lora"),
+           ("generate", "--resume", [], "finetune or lora"), ("generate", "--dev_out", ["d.txt"],
+                                                                 "prompt or finetune or lora"),
+           ("generate", "--lora_alpha", ["2"], "lora"), ("generate", "--max_sentence_len", ["2"],
+                                                         "prompt or finetune or lora"),
+           ("finetune", "--lora_dropout", ["0.1"], "lora"))},
     "unknown option": Case(["--option", "pretrain"], 2, r"argument --option: invalid choice: 'pretrain'"),
     "paths not derivable": Case(["--train", "reviews.txt"], 2, r"--train reviews\.txt is not named NAME-train\.txt"),
     # an output that is an input of the run, or another output
@@ -168,7 +190,8 @@ CASES = {
                                            2, r"--generated_sentence_high_temp_out model\.pt would overwrite"),
     # an output that cannot be written
     "dev_out is a folder": Case(["--dev_out", "data"], 1, r"cannot write --dev_out data: it is a folder"),
-    "dev_out is empty": Case(["--dev_out", ""], 1, r"cannot write --dev_out : it is a folder"),
+    "dev_out is empty": Case(["--dev_out", ""], 1, r"cannot write --dev_out : the path is empty \(an unset shell "
+                                                   r"variable\?\): name a file"),
     "dev_out in a missing folder": Case(["--dev_out", "missing/o.txt"], 1, r"the folder .*/missing does not exist"),
     "dev_out under a file": Case(["--dev_out", "data/sst-dev.txt/o.txt"], 1,
                                  r"cannot write --dev_out .*: .*data/sst-dev\.txt is not a folder"),
@@ -212,6 +235,10 @@ CASES = {
                                    write("data/sst-dev.txt", b"5 ||| too good\n")),
     "dev label not an integer": Case([], 1, r"data/sst-dev\.txt:1: the label 'four' is not an integer",
                                      write("data/sst-dev.txt", b"four ||| good\n")),
+    **{f"dev label {label}": Case([], 1, rf"data/sst-dev\.txt:1: the label '{re.escape(label)}' is not an integer "
+                                         "written in the digits 0-9", write("data/sst-dev.txt", f"{label} ||| good\n"
+                                                                             .encode()))
+       for label in ("+1", "\u0661", "0_1", "1.0")},
     "dev without separator": Case([], 1, r"data/sst-dev\.txt:1: expected 'label \|\|\| sentence'",
                                   write("data/sst-dev.txt", b"4 | good\n")),
     "train with a placeholder label": Case([], 1, r"data/sst-train\.txt:1: label -1 is not one of 0 … 4 \(",
@@ -234,10 +261,16 @@ CASES = {
                                                  r"--max_sentence_len 1020 is too long because the prompt after the "
                                                  r"sentence takes (\d+) tokens: pass --max_sentence_len \d+ or less",
                                                  write("data/sst-dev.txt", LONG_SENTENCE.encode())),
+    "lora_rank beyond the model, before the data": Case(["--option", "lora", "--lora_rank", "100"], 1,
+                                                        r"^error: --lora_rank 100: LoRA rank must be",
+                                                        write("data/sst-train.txt", b"7 ||| a bad label\n")),
     # found while training
     "lr so large that training diverges": Case(["--lr", "1e30", "--batch_size", "2"], 1,
                                                r"epoch 0: the training loss became nan, so nothing of this epoch was "
                                                r"saved; try a lower --lr than 1e\+30"),
+    "lora_alpha so large that training diverges": Case(["--option", "lora", "--lora_alpha", "1e30", "--batch_size",
+                                                        "2"], 1, r"epoch 0: .*; try a lower --lr than 2e-05 or "
+                                                                 r"--lora_alpha than 1e\+30"),
 }
 
 
@@ -256,6 +289,14 @@ def run_script(asset_cache: Path) -> Iterator[Callable[[Path, list[str]], dict]]
     yield run
     runner.stdin.close()
     runner.wait(timeout=60)
+
+
+def command_line(flags: list[str]) -> list[str]:
+    """BASE and then `flags`, without the flags of BASE that the --option of `flags` does not take."""
+    option = flags[flags.index("--option") + 1] if "--option" in flags else BASE[1]
+    base = [item for flag, value in zip(BASE[::2], BASE[1::2])
+            if option in options.APPLIES_TO.get(flag, (option,)) for item in (flag, value)]
+    return base + flags
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bool, str]]:
@@ -287,7 +328,7 @@ def test_hostile_input_is_one_line_and_changes_no_file(tmp_path: Path, asset: Ge
         pytest.skip(f"cannot make it here: {e}")
     before = snapshot(tmp_path)
     try:
-        result = run_script(tmp_path, BASE + case.flags)
+        result = run_script(tmp_path, command_line(case.flags))
     finally:
         for p in tmp_path.iterdir():
             if p.is_file() and not p.is_symlink():
@@ -368,15 +409,34 @@ def test_a_closed_pipe_and_a_name_that_is_not_utf_8(tmp_path: Path, asset: GetAs
     """`... | head -1` ends quietly; under a strict UTF-8 stdout a name that is not UTF-8 is printed escaped; an
     output link is written through, and a name of 244 bytes is written."""
     work_folder(tmp_path, asset, model_path, tokenizer_model)
-    command = f"{shlex.join([sys.executable, str(SCRIPT), *BASE])} --option generate | head -1"
+    command = f"{shlex.join([sys.executable, str(SCRIPT), *command_line(['--option', 'generate'])])} | head -1"
     result = subprocess.run(command, shell=True, cwd=tmp_path, capture_output=True, timeout=300)
     assert result.returncode == 0 and b"Error" not in result.stderr, result.stderr
     (tmp_path / "mine.txt").write_text("old")
     (tmp_path / "link.txt").symlink_to("mine.txt")
     name = b"caf\xe9" + b"e" * 236 + b".txt"
-    result = run_python(tmp_path, [SCRIPT, *BASE, "--option", "prompt", "--dev_out", "link.txt", "--test_out", name],
+    result = run_python(tmp_path, [SCRIPT, *command_line(["--option", "prompt"]), "--dev_out", "link.txt",
+                                   "--test_out", name],
                         env={"PYTHONIOENCODING": "utf-8"})
     assert result.returncode == 0, result.stderr
     assert b"to caf\\udce9e" in result.stdout
     assert (tmp_path / "link.txt").is_symlink() and (tmp_path / "mine.txt").read_text().endswith(" This movie is \n")
     assert os.path.getsize(os.path.join(os.fsencode(tmp_path), name)) > 0
+
+
+def test_stdout_closed_or_on_a_full_device(tmp_path: Path, asset: GetAsset, model_path: str, tokenizer_model: str):
+    """With stdout closed (>&-) the run does its work and ends well; with stdout on a full device it ends in one
+    line, and the files it wrote are whole."""
+    work_folder(tmp_path, asset, model_path, tokenizer_model)
+    command = shlex.join([sys.executable, str(SCRIPT), *command_line(["--option", "generate", "--max_new_tokens",
+                                                                      "3"])])
+    closed = subprocess.run(f"{command} >&-", shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr
+    assert (tmp_path / "generated-sentence-temp-0.txt").read_text().startswith("I have wanted to see this thriller")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    full = subprocess.run(f"{command} >/dev/full", shell=True, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    lines = full.stderr.splitlines()
+    assert full.returncode == 1 and lines[-1] == "error: cannot write to standard output: No space left on device"
+    assert [line for line in lines if "error" in line.lower()] == lines[-1:], full.stderr
