@@ -4,19 +4,30 @@ prompt on SST and CFIMDB; finetune on SST and CFIMDB), each run over seeds, thei
     python reproduce.py                            # 10 seeds (the course's count), the course's semantics, the CPU
     python reproduce.py --causal --use_gpu         # run_llama.py --causal, on a GPU
     python reproduce.py --seeds 2 --epochs 1       # a quick trial (the table says it is not the course's commands)
-    python reproduce.py -- --max_sentence_len 64   # flags after -- are appended to every run_llama.py command
+    python reproduce.py -- --dtype bfloat16        # flags after -- are appended to every run_llama.py command
+
+Only four of run_llama.py's flags may follow --: --dtype, --group_by_length, --hidden_dropout_prob and --lr, which
+change how the runs compute or train (the table then says it is not the course's commands), not which files they
+read and write, nor what the table reads. The others are refused before any run: those reproduce.py sets itself
+(--option, the data, the outputs, --seed, --epochs and --batch_size, which are its own flags, ...), and those that
+change the generated text or the sentences (--prompt, --temperature, --max_new_tokens, --top_k, --stream,
+--max_sentence_len) or apply to --option lora only, which none of the commands runs. --seeds is at most 1000.
 
 Each (command, seed) runs `python run_llama.py` with the command's flags, `--seed`, and absolute paths to the data,
 tokenizer and checkpoint, in its own folder OUT/runs/COMMAND/seed-SEED, so that the files it names (predictions,
 finetune-5-2e-05.pt, metrics.jsonl, ...) land there; its output goes to run_llama.log beside them, and run.json records
-its flags, whether it finished, and its wall time. Generation at temperature 0 and zero-shot prompting do not depend
-on the seed, so they run once, with the first seed (which also draws the one sampled continuation shown).
+its flags (their paths relative to OUT, and where OUT was), whether it finished, and its wall time. Generation at
+temperature 0 and zero-shot prompting do not depend on the seed, so they run once, with the first seed (which also
+draws the one sampled continuation shown).
 
-A rerun of the same command skips the runs that finished, after checking their outputs (each prediction file has one
-`pred ||| ...` line per line of its data file, every pred a label), runs again those whose outputs do not check, and
-continues an interrupted fine-tune with run_llama.py --resume when its -last.pt is there. Once a fine-tune has
-finished and its predictions check, its two checkpoints (about 1 GB together for stories42M) are deleted unless
---keep-checkpoints: the table needs only the predictions.
+Stopped by Ctrl-C, SIGTERM or SIGHUP, reproduce.py stops the run under way (SIGTERM, and waits for it to end) and
+ends with one line. A rerun of the same command skips the runs that finished, after checking their outputs (each
+prediction file has one `pred ||| ...` line per line of its data file, every pred a label as run_llama.py writes it:
+ASCII digits), runs again those whose outputs or run.json do not check, and continues an interrupted fine-tune with
+run_llama.py --resume when its -last.pt is there. OUT may be moved or copied meanwhile, alone or with the files the
+runs read: a run's recorded flags are its flags when their paths name its files from where OUT is, or where it was.
+Once a fine-tune has finished and its predictions check, its two checkpoints (about 1 GB together for stories42M) are
+deleted unless --keep-checkpoints: the table needs only the predictions.
 
 Accuracy is computed here from the prediction files against the gold labels of the data files, line by line; a file
 whose labels are placeholders (some -1, or all one value: cfimdb-test.txt's are all 0) is not scored.
@@ -27,13 +38,17 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import assets
 import files
@@ -45,11 +60,20 @@ from splits import placeholder_labels, read_gold, read_label_names
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
 COURSE_SEEDS = 10  # the course reports mean (std) over 10 seeds
+MAX_SEEDS = 1000  # 2003 runs, more than a table needs; planned and checked in seconds
 FIRST_SEED = DEFAULT_SEED  # run_llama.py's default --seed, so the first run of each command is exactly the README's
-# flags reproduce.py sets itself: passed after --, they would make the runs something other than the table's
+# run_llama.py's flags after --, each in one of three sets (tests/test_reproduce.py checks that every flag is):
+# those reproduce.py sets itself, --epochs and --batch_size through its own flags; refused after --
 RESERVED = {"--option", "--train", "--dev", "--test", "--label-names", "--dev_out", "--test_out", "--seed",
             "--pretrained-model-path", "--tokenizer-model", "--generated_sentence_low_temp_out",
-            "--generated_sentence_high_temp_out", "--resume", "--use_gpu", "--causal"}
+            "--generated_sentence_high_temp_out", "--resume", "--use_gpu", "--causal", "--epochs", "--batch_size"}
+# those that change the text generate writes (which the table shows as the course's prompt continued at temperatures
+# 0 and 1), the sentences every run reads, or apply to --option lora, which no command runs; refused after --
+CHANGING = {"--prompt", "--temperature", "--max_new_tokens", "--top_k", "--stream", "--max_sentence_len",
+            "--lora_rank", "--lora_alpha", "--lora_dropout", "--lora_all_projections"}
+# those that change how the runs compute or train, not which files they read and write: a trial, as the table says
+ALLOWED = ("--dtype", "--group_by_length", "--hidden_dropout_prob", "--lr")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # each stops the run under way, then reproduce.py
 
 
 @dataclass(frozen=True)
@@ -104,18 +128,20 @@ COURSE_FIGURES: dict[tuple[str, str], tuple[float, float | None] | None] = {
 
 
 class OutputError(InputError):
-    """A run's outputs are missing, incomplete or not what run_llama.py writes: the run must go again."""
+    """A run's outputs or its run.json are missing, incomplete or not what run_llama.py and reproduce.py write: the
+    run must go again."""
 
 
 # ---- the runs ----
 @dataclass(frozen=True)
 class Run:
-    """One command with one seed: the run_llama.py flags, and the folder it runs in."""
+    """One command with one seed: the run_llama.py flags, the folder it runs in, and OUT, which holds that folder."""
 
     command: Command
     seed: int
     argv: tuple[str, ...]
     folder: Path
+    out: Path
 
     @property
     def title(self) -> str:
@@ -146,7 +172,7 @@ def plan(seeds: list[int], out: str, data_dir: str, epochs: int | None, batch_si
             if seed == seeds[0] or not command.deterministic:
                 folder = Path(out) / "runs" / command.name / f"seed-{seed}"
                 runs.append(Run(command, seed, command_argv(command, seed, data_dir, epochs, batch_size, run_flags),
-                                folder))
+                                folder, Path(out)))
     return runs
 
 
@@ -156,25 +182,58 @@ def run_args(run: Run) -> argparse.Namespace:
     return parse_args(list(run.argv), check_files=False)
 
 
+def portable(argv: tuple[str, ...], out: str | Path) -> tuple[str, ...]:
+    """argv with each absolute path made relative to the folder `out` (its absolute path), as run.json records it:
+    the same wherever out and the files it names are moved or copied together."""
+    base = Path(out).resolve()
+    return tuple(os.path.relpath(arg, base) if os.path.isabs(arg) else arg for arg in argv)
+
+
+def state_problem(state: object) -> str | None:
+    """What makes `state` something other than a record write_state writes, or None."""
+    if not isinstance(state, dict):
+        return "not a JSON object"
+    if not isinstance(state.get("argv"), list) or not all(isinstance(arg, str) for arg in state["argv"]):
+        return "no 'argv' list of flags"
+    if not isinstance(state.get("out"), str):
+        return "no 'out' path"
+    if not isinstance(state.get("finished"), bool):
+        return "no 'finished' true or false"
+    seconds = state.get("seconds")
+    if state["finished"] and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
+                              or not 0 <= seconds < math.inf):
+        return f"'seconds' is {seconds!r}, not a wall time"
+    if state["finished"] and not isinstance(state.get("resumed"), bool):
+        return "no 'resumed' true or false"
+    return None
+
+
 def read_state(run: Run) -> dict | None:
-    """run.json of an earlier attempt, or None; one with other flags is an error (pick another --out)."""
+    """run.json of an earlier attempt, or None. One that is not a record write_state writes raises OutputError (the
+    run goes again); one of a run with other flags, InputError (pick another --out). The flags are the same when
+    their paths name the same files from where OUT is (moved or copied with them) or from where it was (alone)."""
     path = run.folder / "run.json"
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-        recorded = tuple(state["argv"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise InputError(f"{path}: not a run record written by reproduce.py ({e}); delete it to run again")
-    if recorded != run.argv:
+        state = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or nested too deeply
+        raise OutputError(f"{path} is not JSON ({e})") from None
+    if problem := state_problem(state):
+        raise OutputError(f"{path}: {problem}")
+    recorded = tuple(state["argv"])
+    if recorded not in (portable(run.argv, run.out), portable(run.argv, state["out"])):
         raise InputError(f"{path}: this folder holds a run with other flags ({' '.join(recorded)}); pass "
-                             "another --out, or delete the folder to run it again")
+                         "another --out, or delete the folder to run it again")
     return state
 
 
 def write_state(run: Run, state: dict) -> None:
-    write_atomically(run.folder / "run.json",
-                     lambda f: f.write(json.dumps({"argv": list(run.argv), **state}, indent=1).encode("utf-8")))
+    """Record the run's state in its run.json, with its flags as portable makes them and where OUT is."""
+    record = {"argv": list(portable(run.argv, run.out)), "out": str(run.out.resolve()), **state}
+    write_atomically(run.folder / "run.json", lambda f: f.write(json.dumps(record, indent=1).encode("utf-8")))
 
 
 def checkpoints(run: Run) -> tuple[Path, Path] | None:
@@ -188,6 +247,57 @@ def delete_checkpoints(run: Run) -> None:
         path.unlink(missing_ok=True)
 
 
+class Children:
+    """Runs run_llama.py's processes (`run`), one at a time, and takes SIGTERM, SIGINT and SIGHUP while `stoppable`
+    lasts: between runs, each raises KeyboardInterrupt, as Ctrl-C does; during one, it ends the child (SIGTERM; a
+    second signal, SIGKILL), and `run` raises KeyboardInterrupt once the child has ended. No exception is raised
+    while a child starts, so none can leave one running."""
+
+    def __init__(self) -> None:
+        self.running = False  # whether `run` is starting or waiting for a child
+        self.child: subprocess.Popen | None = None
+        self.stopped = False  # whether a signal came during this run
+
+    def stop(self, signum: int, frame: object) -> None:
+        """The signal handler."""
+        if not self.running:
+            raise KeyboardInterrupt
+        if self.child is not None and self.stopped:
+            self.child.kill()
+        elif self.child is not None:
+            self.child.terminate()
+        self.stopped = True
+
+    @contextlib.contextmanager
+    def stoppable(self) -> Iterator[None]:
+        """While this lasts, STOP_SIGNALS go to `stop`; one that is ignored (nohup's SIGHUP) stays ignored."""
+        previous = {number: signal.signal(number, self.stop) for number in STOP_SIGNALS
+                    if signal.getsignal(number) != signal.SIG_IGN}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    def run(self, argv: list[str], cwd: Path, output: TextIO) -> int:
+        """Run argv in cwd, its stdout and stderr to `output`, and return its exit code; KeyboardInterrupt once it
+        has ended, if a signal stopped it."""
+        self.running, self.stopped = True, False
+        try:
+            child = self.child = subprocess.Popen(argv, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+            if self.stopped:  # the signal came while it started
+                child.terminate()
+            code = child.wait()
+        finally:
+            self.running, self.child = False, None
+        if self.stopped:
+            raise KeyboardInterrupt
+        return code
+
+
+CHILDREN = Children()
+
+
 def execute(run: Run, resume: bool) -> float:
     """Run run_llama.py in the run's folder, its output appended to run_llama.log; return its wall time."""
     argv = [sys.executable, str(RUN_LLAMA), *run.argv] + ["--resume"] * resume
@@ -196,7 +306,7 @@ def execute(run: Run, resume: bool) -> float:
         out.write(f"$ {' '.join(argv)}\n")
         out.flush()
         start = time.perf_counter()
-        code = subprocess.run(argv, cwd=run.folder, stdout=out, stderr=subprocess.STDOUT).returncode
+        code = CHILDREN.run(argv, run.folder, out)
         seconds = time.perf_counter() - start
     if code != 0:
         lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
@@ -208,7 +318,8 @@ def execute(run: Run, resume: bool) -> float:
 # ---- reading outputs ----
 def read_predictions(path: Path, num_labels: int, expected: int) -> list[int]:
     """The prediction of each line of a run_llama.py output file, `pred ||| ...`; the text after the separator is
-    not read. Raises OutputError unless there are `expected` lines, each a label 0 … num_labels − 1."""
+    not read. Raises OutputError unless there are `expected` lines, each a label 0 … num_labels − 1 as run_llama.py
+    writes it: ASCII digits, without a sign, a separator or a leading zero."""
     if not path.is_file():
         raise OutputError(f"{path} is missing")
     text = path.read_bytes().decode("utf-8", errors="replace")
@@ -217,13 +328,14 @@ def read_predictions(path: Path, num_labels: int, expected: int) -> list[int]:
     lines = text.split("\n")[:-1]
     if len(lines) != expected:
         raise OutputError(f"{path}: {len(lines)} lines where its data file has {expected}")
+    labels = {str(label): label for label in range(num_labels)}
     preds = []
     for lineno, line in enumerate(lines, 1):
         pred, separator, _ = line.partition(" ||| ")
-        if not separator or not pred.isdigit() or int(pred) >= num_labels:
+        if not separator or pred not in labels:
             raise OutputError(f"{path}:{lineno}: expected 'pred ||| ...' with pred in 0 … {num_labels - 1}, "
                               f"found {line[:40]!r}")
-        preds.append(int(pred))
+        preds.append(labels[pred])
     return preds
 
 
@@ -276,7 +388,10 @@ def time_left(pending: list[Run], timings: dict[str, list[float]]) -> str:
 
 def finished(run: Run) -> tuple[dict | None, str]:
     """The run's state if it finished and its outputs check, else None; and why it must run (again)."""
-    state = read_state(run)
+    try:
+        state = read_state(run)
+    except OutputError as e:
+        return None, f"its run.json does not check: {e}"
     if state is None:
         return None, "not run yet"
     if not state.get("finished"):
@@ -411,7 +526,8 @@ def reproduce_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reproduce.py", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=COURSE_SEEDS,
-                        help="Runs of each fine-tune, one per seed (default: %(default)s, the course's count).")
+                        help=f"Runs of each fine-tune, one per seed, at most {MAX_SEEDS} (default: %(default)s, the "
+                             "course's count).")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED,
                         help="The seeds are this one and the next ones (default: %(default)s).")
     parser.add_argument("--causal", action="store_true", help="Pass --causal to run_llama.py.")
@@ -437,14 +553,10 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
     parser = reproduce_parser()
     args = parser.parse_args(argv[:split])
     args.run_llama_args = argv[split + 1:]
-    if args.seeds < 1:
-        parser.error(f"--seeds must be at least 1, got {args.seeds}")
-    given = {flag.split("=")[0] for flag in args.run_llama_args if flag.startswith("--")}
-    # an abbreviation too (--see), which a parser allowing them would take for the flag (--seed)
-    reserved = {flag: sorted(name for name in RESERVED if name.startswith(flag)) for flag in sorted(given)}
-    if refused := [flag if flag in RESERVED else f"{flag} (for {', '.join(names)})"
-                   for flag, names in reserved.items() if names]:
-        parser.error(f"{', '.join(refused)} after -- : reproduce.py sets those itself (see --help)")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        parser.error(f"--seeds must be in 1 … {MAX_SEEDS}, got {args.seeds}")
+    if problem := refused_after_dashes(args.run_llama_args):
+        parser.error(problem)
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
     if os.path.lexists(args.out) and (problem := files.output_problem(args.out, folder=True)):
@@ -455,6 +567,29 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
                       "--tokenizer-model", str(Path(args.tokenizer_model).resolve()),
                       *["--causal"] * args.causal, *["--use_gpu"] * args.use_gpu, *args.run_llama_args)
     return args
+
+
+def refused_after_dashes(run_llama_args: list[str]) -> str | None:
+    """Why reproduce.py refuses these flags after --, in one line, or None: a flag of RESERVED or CHANGING, or an
+    abbreviation of one (--see), which a parser allowing them would take for the flag (--seed)."""
+    set_here, changing = [], []
+    for flag in sorted({arg.split("=")[0] for arg in run_llama_args if arg.startswith("--")} - set(ALLOWED)):
+        names = sorted(name for name in RESERVED | CHANGING if name.startswith(flag))
+        if names:
+            shown = flag if flag in RESERVED | CHANGING else f"{flag} (for {', '.join(names)})"
+            (set_here if RESERVED.intersection(names) else changing).append(shown)
+    reasons = []
+    if set_here:
+        reasons.append(f"{', '.join(set_here)} after -- : reproduce.py sets those itself (see --help)")
+    if changing:
+        reasons.append(f"{', '.join(changing)} after -- : they change what the runs generate or read (only "
+                       f"{', '.join(ALLOWED)} may follow --; see --help)")
+    return "; ".join(reasons) or None
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """The seeds, listed, or their range where there are more than the course's count."""
+    return ", ".join(map(str, seeds)) if len(seeds) <= COURSE_SEEDS else f"{seeds[0]} … {seeds[-1]} ({len(seeds)})"
 
 
 def refusal(argv: tuple[str, ...]) -> str | None:
@@ -472,17 +607,20 @@ def refusal(argv: tuple[str, ...]) -> str | None:
 def main(argv: list[str] | None = None) -> None:
     args = get_reproduce_args(sys.argv[1:] if argv is None else argv)
     runs = plan(args.seed_list, args.out, args.data_dir, args.epochs, args.batch_size, args.run_flags)
-    for run in runs:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
+    # a command's runs differ in --seed only, so its first and last seed's runs stand for all of them
+    ends = [run for run in runs if run.seed in (args.seed_list[0], args.seed_list[-1])]
+    for run in ends:  # run_llama.py's own parser refuses bad flags now, not hours into the runs
         if problem := refusal(run.argv):
             reproduce_parser().error(f"run_llama.py refuses the flags of {run.command.name}: {problem}")
+    print(f"seeds: {seeds_text(args.seed_list)}; {len(runs)} runs; semantics: "
+          f"{'causal' if args.causal else 'default'}; runs and results in {args.out}", flush=True)
     needed = {args.pretrained_model_path, args.tokenizer_model}
-    needed |= {getattr(run_args(run), name) for run in runs if run.command.task
+    needed |= {getattr(run_args(run), name) for run in ends if run.command.task
                for name in ("dev", "test", "label_names", "train")}
     for path in sorted(needed):  # fetched once, before any run, where they are known public files
         assets.ensure(path)
-    print(f"seeds: {', '.join(map(str, args.seed_list))}; semantics: {'causal' if args.causal else 'default'}; "
-          f"runs and results in {args.out}")
-    states = run_all(runs, args.keep_checkpoints)
+    with CHILDREN.stoppable():
+        states = run_all(runs, args.keep_checkpoints)
     numbers = {"semantics": "causal" if args.causal else "default", "seeds": args.seed_list,
                "overrides": args.overrides, "model": str(Path(args.pretrained_model_path).resolve()),
                "tokenizer": str(Path(args.tokenizer_model).resolve()), "data_dir": str(Path(args.data_dir).resolve()),
@@ -495,4 +633,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    files.cli(main, "interrupted: run the same command again to go on where it stopped")
+    files.cli(main, "stopped: run the same command again to go on where it stopped")

@@ -1,8 +1,10 @@
 """reproduce.py end to end on a tiny random Llama, the real tokenizer and the first lines of the real data: two
 seeds, one epoch, killed during a fine-tune and run again; and its checks of outputs and flags, in-process."""
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import statistics
@@ -14,8 +16,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import options
 import reproduce
 import run_llama
+import splits
 from files import InputError
 from llama import load_pretrained
 from tokenizer import Tokenizer
@@ -199,7 +203,7 @@ def write(path: Path, text: str) -> Path:
 
 def test_overrides_go_where_they_mean_something(tmp_path: Path):
     args = reproduce.get_reproduce_args(["--seeds", "3", "--epochs", "1", "--batch_size", "4", "--data-dir",
-                                         str(tmp_path), "--", "--max_sentence_len", "32"])
+                                         str(tmp_path), "--", "--dtype", "bfloat16"])
     assert args.seed_list == [1337, 1338, 1339] and args.out == "reproduce-default"
     runs = plan(args)
     assert [(run.command.name, run.seed) for run in runs] == [
@@ -210,7 +214,7 @@ def test_overrides_go_where_they_mean_something(tmp_path: Path):
     assert "--batch_size" not in generate and "--epochs" not in prompt
     assert prompt[prompt.index("--batch_size") + 1] == "4" and finetune[finetune.index("--epochs") + 1] == "1"
     assert finetune[finetune.index("--train") + 1] == str(tmp_path / "sst-train.txt")
-    assert finetune[-2:] == ("--max_sentence_len", "32") and runs[3].folder == Path("reproduce-default/runs/"
+    assert finetune[-2:] == ("--dtype", "bfloat16") and runs[3].folder == Path("reproduce-default/runs/"
                                                                                        "finetune-sst/seed-1337")
     course = plan(reproduce.get_reproduce_args(["--causal", "--use_gpu"]))[4]
     assert course.argv[:len(course.command.flags)] == tuple(
@@ -219,11 +223,11 @@ def test_overrides_go_where_they_mean_something(tmp_path: Path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--seeds", "0"], "--seeds must be in 1 … 1000, got 0"),
     (["--", "--seed", "3"], "--seed after -- : reproduce.py sets those itself"),
     (["--", "--dev_out=mine.txt"], "--dev_out after --"),
     (["--", "--see", "7"], "--see (for --seed) after -- : reproduce.py sets those itself"),
-    (["--", "--max_sentence_len", "64", "--se=7"], "--se (for --seed) after -- : reproduce.py sets those itself"),
+    (["--", "--dtype", "bfloat16", "--se=7"], "--se (for --seed) after -- : reproduce.py sets those itself"),
     (["--seed", "42"], "unrecognized arguments: --seed 42"),  # not --seeds 42: 87 runs
 ])
 def test_bad_flags_are_refused(capsys, argv: list[str], message: str):
@@ -294,3 +298,190 @@ def test_the_working_folder_s_files_are_not_the_runs(tmp_path: Path, monkeypatch
     with pytest.raises(Planned):
         reproduce.main(["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data"),
                         "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model])
+
+
+# ---- a stopped reproduce.py stops its run ----
+def children(pid: int) -> dict[int, str]:
+    """The command line of each process whose parent is `pid`, from /proc."""
+    found = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat_file.read_text().rsplit(")", 1)[1].split()[1])  # after the command's name: state, ppid
+            if parent == pid:
+                found[int(stat_file.parent.name)] = (stat_file.parent / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, IndexError):  # a process that ended meanwhile
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux's /proc to find the child")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["TERM", "HUP", "INT"])
+def test_a_signal_stops_the_run_under_way_too(tmp_path: Path, asset: GetAsset, asset_cache: Path, model_path: str,
+                                              tokenizer_model: str, signum: int):
+    """kill -TERM (timeout's), a hangup or Ctrl-C sent to reproduce.py alone ends its run_llama.py as well, and
+    reproduce.py with one line: nothing is left running that a rerun would run again beside it."""
+    for name, lines in HEADS.items():
+        copy_head(asset, tmp_path, name, lines)
+    command = [sys.executable, str(SCRIPT), "--seeds", "1", "--epochs", "1", "--out", str(tmp_path / "out"),
+               "--pretrained-model-path", model_path, "--tokenizer-model", tokenizer_model,
+               "--data-dir", str(tmp_path / "data")]
+    env = {**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}
+    with open(tmp_path / "stdout.txt", "w") as stdout, open(tmp_path / "stderr.txt", "w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=stdout, stderr=stderr,
+                                   start_new_session=True)  # its own process group, which its child joins
+    try:
+        deadline = time.monotonic() + 300  # a limit for a busy machine, not the expected time
+        while (not any("run_llama.py" in line for line in children(process.pid).values())
+               and process.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.005)
+        assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
+        process.send_signal(signum)
+        code = process.wait(timeout=120)
+        with pytest.raises(ProcessLookupError):  # no process of its group is left: its child ended before it
+            os.killpg(process.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    assert code == 1 and (tmp_path / "stderr.txt").read_text() == (
+        "stopped: run the same command again to go on where it stopped\n")
+    states = [json.loads(path.read_text()) for path in (tmp_path / "out" / "runs").glob("*/seed-*/run.json")]
+    assert states and not all(state["finished"] for state in states)  # the run under way: a rerun runs it again
+
+
+# ---- flags after -- ----
+def test_every_run_llama_flag_is_decided_after_dashes():
+    """Each of run_llama.py's flags is set by reproduce.py, refused, or allowed after --, and only one of them."""
+    flags = {name for action in options.arg_parser()._actions for name in action.option_strings} - {"-h", "--help"}
+    allowed = set(reproduce.ALLOWED)
+    assert flags == reproduce.RESERVED | reproduce.CHANGING | allowed
+    assert not reproduce.RESERVED & reproduce.CHANGING and not allowed & (reproduce.RESERVED | reproduce.CHANGING)
+
+
+@pytest.mark.parametrize("after, message", [
+    (["--max_sentence_len", "4"], "--max_sentence_len after -- : they change what the runs generate or read (only "
+                                  "--dtype, --group_by_length, --hidden_dropout_prob, --lr may follow --; see --help)"),
+    (["--prompt", "Hello"], "--prompt after -- : they change"),
+    (["--temperature", "0.7"], "--temperature after -- : they change"),
+    (["--max_new_tokens=5", "--top_k", "3", "--stream"], "--max_new_tokens, --stream, --top_k after -- : they change"),
+    (["--lora_rank", "8"], "--lora_rank after -- : they change"),
+    (["--tem", "0.7"], "--tem (for --temperature) after -- : they change"),
+    (["--epochs", "2"], "--epochs after -- : reproduce.py sets those itself (see --help)"),
+    (["--batch_size", "2", "--prompt", "x"], "--batch_size after -- : reproduce.py sets those itself (see --help); "
+                                             "--prompt after -- : they change"),
+])
+def test_flags_that_change_what_the_runs_write_are_refused_up_front(capsys, after: list[str], message: str):
+    with pytest.raises(SystemExit) as e:
+        reproduce.get_reproduce_args(["--", *after])
+    err = capsys.readouterr().err.splitlines()
+    assert e.value.code == 2 and err[0].startswith("usage: reproduce.py ")  # the usage, then one line
+    assert err[-1].startswith("reproduce.py: error: ") and message in err[-1]
+
+
+def test_the_flags_allowed_after_dashes_reach_every_run(tmp_path: Path):
+    after = ["--dtype", "bfloat16", "--group_by_length", "--hidden_dropout_prob", "0.1", "--lr=1e-4"]
+    args = reproduce.get_reproduce_args(["--seeds", "2", "--data-dir", str(tmp_path), "--", *after])
+    assert args.overrides == after
+    for run in plan(args):
+        assert run.argv[-len(after):] == tuple(after) and reproduce.refusal(run.argv) is None
+
+
+# ---- label names, as run_llama.py reads them ----
+def test_label_names_with_a_byte_order_mark_are_read_as_run_llama_reads_them(tmp_path: Path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        write(data / f"sst-{split}.txt", "1 ||| a\n0 ||| b\n")
+    write(data / "sst-label-mapping.json", '\ufeff["bad", "good"]')
+    assert reproduce.read_label_names is splits.read_label_names  # the one reader
+    run = plan(reproduce.get_reproduce_args(["--out", str(tmp_path / "out"), "--data-dir", str(data)]))[1]
+    assert run.command.name == "prompt-sst"
+    run.folder.mkdir(parents=True)
+    for name in ("sst-dev-prompting-output.txt", "sst-test-prompting-output.txt"):
+        write(run.folder / name, "1 ||| a\n1 ||| b\n")
+    assert reproduce.outputs(run) == {"dev": [1, 1], "test": [1, 1]}
+
+
+# ---- run.json: paths relative to --out ----
+def finished_run(out: Path, data: Path, index: int = 3) -> reproduce.Run:
+    """Run `index` of the plan for this --out and --data-dir, its run.json written as a finished run's."""
+    run = plan(reproduce.get_reproduce_args(["--out", str(out), "--data-dir", str(data)]))[index]
+    run.folder.mkdir(parents=True, exist_ok=True)
+    reproduce.write_state(run, {"finished": True, "seconds": 1.0, "resumed": False})
+    return run
+
+
+def test_a_moved_or_copied_out_keeps_its_finished_runs(tmp_path: Path):
+    first = tmp_path / "first"
+    run = finished_run(first / "out", first / "data")
+    recorded = json.loads((run.folder / "run.json").read_text())
+    assert str(tmp_path) not in " ".join(recorded["argv"]) and "../data/sst-train.txt" in recorded["argv"]
+    # copied with the files it names: the same paths relative to it
+    shutil.copytree(first, tmp_path / "second")
+    copied = plan(reproduce.get_reproduce_args(["--out", str(tmp_path / "second" / "out"), "--data-dir",
+                                                str(tmp_path / "second" / "data")]))[3]
+    assert reproduce.read_state(copied)["finished"]
+    # moved alone: the same files as from where it was
+    shutil.move(first / "out", tmp_path / "elsewhere" / "out")
+    moved = plan(reproduce.get_reproduce_args(["--out", str(tmp_path / "elsewhere" / "out"), "--data-dir",
+                                               str(first / "data")]))[3]
+    assert reproduce.read_state(moved)["finished"]
+    # other files: other flags
+    other = plan(reproduce.get_reproduce_args(["--out", str(tmp_path / "elsewhere" / "out"), "--data-dir",
+                                               str(tmp_path / "other")]))[3]
+    with pytest.raises(InputError, match="this folder holds a run with other flags"):
+        reproduce.read_state(other)
+
+
+# ---- a damaged run.json or prediction file: the run goes again ----
+@pytest.mark.parametrize("damage, problem", [
+    (lambda state: state.pop("seconds"), "'seconds' is None, not a wall time"),
+    (lambda state: state.update(seconds="3"), "'seconds' is '3', not a wall time"),
+    (lambda state: state.update(seconds=True), "'seconds' is True, not a wall time"),
+    (lambda state: state.pop("resumed"), "no 'resumed' true or false"),
+    (lambda state: state.update(finished="yes"), "no 'finished' true or false"),
+    (lambda state: state.pop("argv"), "no 'argv' list of flags"),
+    (lambda state: state.pop("out"), "no 'out' path"),
+], ids=["no seconds", "seconds a string", "seconds true", "no resumed", "finished a string", "no argv", "no out"])
+def test_a_damaged_run_json_runs_again(tmp_path: Path, damage, problem: str):
+    run = finished_run(tmp_path / "out", tmp_path / "data", index=0)
+    for name in ("generated-sentence-temp-0.txt", "generated-sentence-temp-1.txt"):
+        write(run.folder / name, run_llama.PREFIX + " and more")
+    assert reproduce.finished(run) == (reproduce.read_state(run), "finished")
+    state = json.loads((run.folder / "run.json").read_text())
+    damage(state)
+    (run.folder / "run.json").write_text(json.dumps(state))
+    assert reproduce.finished(run) == (None, f"its run.json does not check: {run.folder / 'run.json'}: {problem}")
+
+
+@pytest.mark.parametrize("text", ["{", "[" * 100_000, "\xff", "NaN", "[]"],
+                         ids=["cut", "deep", "latin-1", "NaN", "list"])
+def test_a_run_json_that_is_no_record_runs_again(tmp_path: Path, text: str):
+    run = finished_run(tmp_path / "out", tmp_path / "data")
+    (run.folder / "run.json").write_bytes(text.encode("latin-1"))
+    state, why = reproduce.finished(run)
+    assert state is None and why.startswith(f"its run.json does not check: {run.folder / 'run.json'}")
+
+
+@pytest.mark.parametrize("pred", ["²", "١", "+1", "0_1", "01", " 1", "9" * 5000])
+def test_a_prediction_is_one_of_the_labels_as_run_llama_writes_them(tmp_path: Path, pred: str):
+    with pytest.raises(reproduce.OutputError, match=r":2: expected 'pred \|\|\| \.\.\.' with pred in 0 … 4"):
+        reproduce.read_predictions(write(tmp_path / "bad.txt", f"3 ||| a\n{pred} ||| b\n"), 5, 2)
+
+
+# ---- many seeds ----
+def test_more_seeds_than_a_table_needs_are_refused(capsys):
+    with pytest.raises(SystemExit) as e:
+        reproduce.get_reproduce_args(["--seeds", "20000"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == "reproduce.py: error: --seeds must be in 1 … 1000, got 20000"
+
+
+def test_the_plan_is_printed_before_any_fetch(tmp_path: Path, monkeypatch, capsys):
+    def fetch(path: str) -> None:
+        raise Planned
+    monkeypatch.setattr(reproduce.assets, "ensure", fetch)
+    with pytest.raises(Planned):
+        reproduce.main(["--seeds", "1000", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
+    assert capsys.readouterr().out == ("seeds: 1337 … 2336 (1000); 2003 runs; semantics: default; runs and results "
+                                       f"in {tmp_path / 'out'}\n")
