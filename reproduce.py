@@ -4,7 +4,7 @@ prompt on SST and CFIMDB; finetune on SST and CFIMDB), each run over seeds, thei
     python reproduce.py                            # 10 seeds (the course's count), the course's semantics, the CPU
     python reproduce.py --causal --use_gpu         # run_llama.py --causal, on a GPU
     python reproduce.py --seeds 2 --epochs 1       # a quick trial (the table says it is not the course's commands)
-    python reproduce.py -- --dtype bfloat16        # flags after -- are appended to every run_llama.py command
+    python reproduce.py -- --dtype bfloat16        # flags after -- go to every command that takes them
 
 Only four of run_llama.py's flags may follow --: --dtype, --group_by_length, --hidden_dropout_prob and --lr, which
 change how the runs compute or train (the table then says it is not the course's commands), not which files they
@@ -55,7 +55,7 @@ import files
 from config import DEFAULT_CHECKPOINT, DEFAULT_SEED, DEFAULT_TOKENIZER
 from files import InputError, write_atomically
 from metrics import machine
-from options import PREFIX, TRAINING_OPTIONS, parse_args
+from options import APPLIES_TO, PREFIX, TRAINING_OPTIONS, parse_args
 from splits import placeholder_labels, read_gold, read_label_names
 
 RUN_LLAMA = Path(__file__).resolve().parent / "run_llama.py"
@@ -151,7 +151,8 @@ class Run:
 def command_argv(command: Command, seed: int, data_dir: str, epochs: int | None, batch_size: int | None,
                  run_flags: tuple[str, ...]) -> tuple[str, ...]:
     """The command's flags with the data files under data_dir (absolute: the run's working directory is its own
-    folder), the --epochs and --batch_size overrides, the seed, then run_flags, which every run gets."""
+    folder), the --epochs and --batch_size overrides, the seed, then those of run_flags that its --option takes
+    (run_llama.py refuses the others)."""
     data_dir = Path(data_dir).resolve()
     flags = [str(data_dir / flag.removeprefix("data/")) if flag.startswith("data/") else flag
              for flag in command.flags]
@@ -160,7 +161,18 @@ def command_argv(command: Command, seed: int, data_dir: str, epochs: int | None,
         flags[flags.index("--epochs") + 1] = str(epochs)
     if batch_size is not None and option != "generate":
         flags[flags.index("--batch_size") + 1] = str(batch_size)
-    return (*flags, "--seed", str(seed), *run_flags)
+    return (*flags, "--seed", str(seed), *taken_by(option, run_flags))
+
+
+def taken_by(option: str, run_flags: tuple[str, ...]) -> list[str]:
+    """Of run_flags, the flags (with their values) that run_llama.py --option takes (options.APPLIES_TO)."""
+    kept, taken = [], True
+    for item in run_flags:
+        if item.startswith("--"):
+            taken = option in APPLIES_TO.get(item.split("=")[0], (option,))
+        if taken:
+            kept.append(item)
+    return kept
 
 
 def plan(seeds: list[int], out: str, data_dir: str, epochs: int | None, batch_size: int | None,

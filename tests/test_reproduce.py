@@ -378,12 +378,15 @@ def test_flags_that_change_what_the_runs_write_are_refused_up_front(capsys, afte
     assert err[-1].startswith("reproduce.py: error: ") and message in err[-1]
 
 
-def test_the_flags_allowed_after_dashes_reach_every_run(tmp_path: Path):
+def test_the_flags_allowed_after_dashes_reach_every_run_that_takes_them(tmp_path: Path):
     after = ["--dtype", "bfloat16", "--group_by_length", "--hidden_dropout_prob", "0.1", "--lr=1e-4"]
+    taken = {"generate": ["--dtype", "bfloat16"], "prompt": ["--dtype", "bfloat16", "--group_by_length"],
+             "finetune": after}
     args = reproduce.get_reproduce_args(["--seeds", "2", "--data-dir", str(tmp_path), "--", *after])
     assert args.overrides == after
     for run in plan(args):
-        assert run.argv[-len(after):] == tuple(after) and reproduce.refusal(run.argv) is None
+        option = run.argv[run.argv.index("--option") + 1]
+        assert run.argv[-len(taken[option]):] == tuple(taken[option]) and reproduce.refusal(run.argv) is None
 
 
 # ---- label names, as run_llama.py reads them ----
