@@ -168,7 +168,8 @@ def validate_args(args: argparse.Namespace, check_files: bool = True) -> None:
     if not 0.0 < args.lr < math.inf:
         parser.error(f"--lr must be a positive finite number, got {args.lr}")
     if args.lr > FLOAT32_MAX:
-        parser.error(f"--lr {args.lr} is more than float32, in which the weights are updated, holds ({FLOAT32_MAX:.3g})")
+        parser.error(f"--lr {args.lr} is more than float32, in which the weights are updated, holds "
+                     f"({FLOAT32_MAX:.3g})")
     if not 0.0 <= args.hidden_dropout_prob < 1.0:
         parser.error(f"--hidden_dropout_prob must be in [0, 1), got {args.hidden_dropout_prob}")
     args.temperature = args.temperature or [0.0, 1.0]

@@ -292,7 +292,8 @@ def test_classifier_checkpoint_round_trip(tmp_path, last):
     assert_same_state(read["model"], saved["model"])
     assert_same_state(read_llama(tmp_path / "c.pt").state_dict, random_state_dict(shared=True))  # its Llama, as a Llama
     if not last:  # a best checkpoint is not one that --resume can go on from
-        with pytest.raises(InputError, match=r"c\.pt: not a last checkpoint of run_llama\.py.*lacks \['metrics'"):
+        with pytest.raises(InputError, match=r"c\.pt: not a last checkpoint of run_llama\.py.*lacks "
+                                             r"\['inputs_sha256', 'metrics'"):
             read_classifier_checkpoint(tmp_path / "c.pt", last=True)
 
 
@@ -301,7 +302,8 @@ def test_classifier_checkpoint_that_could_not_be_read_back_is_not_written(tmp_pa
     saved["epoch"] = 1.0
     with pytest.raises(InputError, match=r"writing .*c\.pt: 'epoch' is a float, not a int"):
         save_classifier_checkpoint(tmp_path / "c.pt", saved)
-    with pytest.raises(InputError, match=r"writing .*c\.pt: not a last checkpoint.*lacks \['metrics', 'rng'"):
+    with pytest.raises(InputError, match=r"writing .*c\.pt: not a last checkpoint.*lacks "
+                                         r"\['inputs_sha256', 'metrics', 'rng'"):
         save_classifier_checkpoint(tmp_path / "c.pt", classifier_checkpoint(last=False), last=True)
     assert list(tmp_path.iterdir()) == []
 
@@ -512,9 +514,12 @@ NAN = float("nan")
     (dict(model_args={**ARGS, "layer_norm_eps": 1e308}), r"'model_args': bad model sizes: .*layer_norm_eps"),
     (dict(model_args={**ARGS, "causal": True}), r"'model_config' causal=False, but 'model_args' say causal=True"),
     (dict(label_names=["a", "b"]), r"'model_config' num_labels=3, but it has 2 labels"),
-    (dict(model_config=asdict(ClassifierConfig("base.pt", num_labels=4))), r"'model_config' num_labels=4, but it has 3 labels"),
-    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, option="lora"))), r"'model_config' option='lora', but its weights are finetune's"),
-    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, hidden_dropout_prob=1.5))), r"'model_config' hidden_dropout_prob=1\.5"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", num_labels=4))),
+     r"'model_config' num_labels=4, but it has 3 labels"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, option="lora"))),
+     r"'model_config' option='lora', but its weights are finetune's"),
+    (dict(model_config=asdict(ClassifierConfig("base.pt", 3, hidden_dropout_prob=1.5))),
+     r"'model_config' hidden_dropout_prob=1\.5"),
     (dict(model_config={**asdict(ClassifierConfig("base.pt", 3)), "num_labels": shared_pairs(64)}),
      r"'model_config' num_labels=\[\[\[\[\.\.\.\], .*\]\] is not a finite int"),
 ])

@@ -189,7 +189,8 @@ def test_lora_classifier_exports_its_merged_llama(tmp_path, capsys):
     assert (expected - all_logits(base)).abs().max() > 1e-3  # the adapters change the model
     torch.save(checkpoint_data(model, {}, config, ["a", "b", "c"], 0, 0.5), tmp_path / "lora.pt")
     assert convert.main([str(tmp_path / "lora.pt"), "--to", "llama2c", str(tmp_path / "merged.bin")]) == 0
-    assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "classifier head (classifier_head.weight (3, 32), classifier_head.bias (3,)) was not" in out
     assert (all_logits(load_pretrained(str(tmp_path / "merged.bin"), causal=True)) - expected).abs().max() < 1e-5
     with pytest.raises(InputError, match="holds only its adapters"):
         load_pretrained(str(tmp_path / "lora.pt"), causal=True)
@@ -230,7 +231,8 @@ def test_output_that_is_an_input_is_refused(tmp_path, capsys):
 def test_lora_base_that_is_the_output_or_missing_is_refused(tmp_path, capsys):
     base = random_model(LLAMA2C_CONFIG)
     save_checkpoint(tmp_path / "base.pt", asdict(base.config), base.state_dict())
-    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", causal=True)  # as the base was saved
+    # causal, as the base was saved
+    config = ClassifierConfig(str(tmp_path / "base.pt"), num_labels=3, option="lora", causal=True)
     torch.save(checkpoint_data(LlamaEmbeddingClassifier(config), {}, config, ["a", "b", "c"], 0, 0.5),
                tmp_path / "lora.pt")
     before = (tmp_path / "base.pt").read_bytes()

@@ -1,4 +1,5 @@
-"""metrics.jsonl is appended line by line, by runs side by side too, and read by metrics.records; the picture is drawn with matplotlib and skipped, with a note, without it."""
+"""metrics.jsonl is appended line by line, by runs side by side too, and read by metrics.records; the picture is
+drawn with matplotlib and skipped, with a note, without it."""
 import errno
 import json
 import os

@@ -344,7 +344,8 @@ def test_numeric_flags_are_checked_as_they_are_parsed(capsys, flags: list[str], 
 
 @pytest.mark.parametrize("file, content, message", [
     ("sst-dev.txt", b"3 ||| fine\nthree ||| not a number\n", r"data/sst-dev\.txt:2: the label 'three' is not an int"),
-    ("sst-dev.txt", b"3 ||| fine\n\n4 ||| after a blank line\n", r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence'"),
+    ("sst-dev.txt", b"3 ||| fine\n\n4 ||| after a blank line\n",
+     r"data/sst-dev\.txt:2: expected 'label \|\|\| sentence'"),
     ("sst-train.txt", b"7 ||| too many stars\n", r"data/sst-train\.txt:1: label 7 is not one of 0 … 4"),
     ("sst-test.txt", b"", r"data/sst-test\.txt: empty file"),
     ("sst-label-mapping.json", b'["bad", "good"', r"data/sst-label-mapping\.json:1: not valid JSON"),
@@ -392,7 +393,8 @@ def test_a_byte_order_mark_and_blank_lines_at_the_end_are_read_as_if_absent(tmp_
 def applicable(option: str, *flags: str) -> list[str]:
     """Of `flags` (each with its value), those that --option takes: run_llama.py refuses the others."""
     pairs = zip(flags[::2], flags[1::2])
-    return [item for flag, value in pairs if option in options.APPLIES_TO.get(flag, (option,)) for item in (flag, value)]
+    return [item for flag, value in pairs if option in options.APPLIES_TO.get(flag, (option,))
+            for item in (flag, value)]
 
 
 # ---- the run's files, checked before any work ----
