@@ -87,3 +87,11 @@ def test_a_failed_append_leaves_nothing_of_its_record(tmp_path, monkeypatch):
     with pytest.raises(InputError, match=r"cannot write .*metrics\.jsonl: no space left on its device"):
         metrics.append(path, {"run": "a", "epoch": 1, "loss": 0.5})
     assert path.read_bytes() == b'{"run": "a", "epoch": 0}\n'
+
+
+def test_plot_draws_label_names_as_text(tmp_path):
+    """A label name with $ signs is text, not matplotlib's math (which failed on "$\\foo$" after training)."""
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "curves.png"
+    assert metrics.plot(RECORDS, [0, 1], [0, 1], ["$\\foo$", "5$"], path)
+    assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

@@ -294,6 +294,28 @@ def test_bad_input_exits_nonzero_naming_the_line(tmp_path: Path, asset: GetAsset
 
 
 # ---- the same errors and choices, in-process ----
+def test_a_fine_tunes_own_names_carry_a_seed_other_than_the_courses():
+    """The course's seed keeps the course's names; another puts -seedN into the checkpoints, the plot and the derived
+    prediction files, so that the runs of a seed sweep in one folder write apart. Zero-shot predictions draw nothing
+    at random, and keep their names."""
+    course = options.parse_args(["--option", "finetune", "--train", "data/sst-train.txt"])
+    seed = options.parse_args(["--option", "finetune", "--train", "data/sst-train.txt", "--seed", "7"])
+    assert (course.filepath, course.dev_out) == ("finetune-5-2e-05.pt", "sst-dev-finetuning-output.txt")
+    assert (seed.filepath, seed.last_filepath, seed.plot_filepath, seed.dev_out, seed.test_out) == (
+        "finetune-5-2e-05-seed7.pt", "finetune-5-2e-05-seed7-last.pt", "finetune-5-2e-05-seed7.png",
+        "sst-dev-finetuning-output-seed7.txt", "sst-test-finetuning-output-seed7.txt")
+    prompt = options.parse_args(["--option", "prompt", "--train", "data/sst-train.txt", "--seed", "7"])
+    assert prompt.dev_out == "sst-dev-prompting-output.txt"
+
+
+def test_each_temperature_has_a_file_of_its_own():
+    """0.5 and 0.50000000001 went to one file, generated-sentence-temp-0.5.txt, the second replacing the first."""
+    args = options.parse_args(["--option", "generate", "--temperature", "0.5", "0.50000000001", "2", "1e-05"])
+    assert options.generation_outputs(args) == {
+        0.5: "generated-sentence-temp-0.5.txt", 0.50000000001: "generated-sentence-temp-0.50000000001.txt",
+        2.0: "generated-sentence-temp-2.txt", 1e-05: "generated-sentence-temp-1e-05.txt"}
+
+
 def test_default_and_derived_paths():
     course = options.parse_args(["--option", "prompt"])
     assert (course.train, course.dev, course.test, course.label_names, course.dev_out, course.test_out) == (
