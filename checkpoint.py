@@ -16,7 +16,7 @@ its rotary layout (`half_split_rows`).
 
 Classifier checkpoints of run_llama.py --option finetune and lora (reader `read_classifier_checkpoint`, writer
 `save_classifier_checkpoint`; trainer.py fills them, classifier.load_weights loads their weights), named after
---option, --epochs, --lr:
+--option, --epochs, --lr (and -seedN after them for a --seed other than the course's 1337):
     finetune-{epochs}-{lr}.pt       the checkpoint of the best dev accuracy, written whenever it improves
     finetune-{epochs}-{lr}-last.pt  the checkpoint of the last epoch, written after each; --resume goes on from it
 Both are a torch.save of plain data (torch.load(..., weights_only=True) reads them): a dict of SAVED and weights,

@@ -132,7 +132,8 @@ def arg_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--lora_all_projections", action="store_true",
                         help="--option lora: adapt all four attention projections, not only query and value.")
     parser.add_argument("--resume", action="store_true",
-                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt, if any.")
+                        help="finetune, lora: go on from the last checkpoint {option}-{epochs}-{lr}-last.pt "
+                             "({option}-{epochs}-{lr}-seedN-last.pt for a --seed other than 1337), if any.")
     return parser
 
 

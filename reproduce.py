@@ -573,6 +573,11 @@ def get_reproduce_args(argv: list[str]) -> argparse.Namespace:
     args.out = args.out or f"reproduce-{'causal' if args.causal else 'default'}"
     if os.path.lexists(args.out) and (problem := files.output_problem(args.out, folder=True)):
         parser.error(f"--out {args.out}: {problem}: name a folder for the runs and the results")
+    for flag, path in (("--pretrained-model-path", args.pretrained_model_path),
+                       ("--tokenizer-model", args.tokenizer_model)):
+        if os.path.exists(path) and not os.path.isfile(path):
+            parser.error(f"{flag} {path} is not a regular file (a FIFO or <(...)?), which the runs, each a process of "
+                         "its own, cannot all read: give the file's path")
     args.overrides = [item for flag, value in (("--epochs", args.epochs), ("--batch_size", args.batch_size))
                       if value is not None for item in (flag, str(value))] + args.run_llama_args
     args.run_flags = ("--pretrained-model-path", str(Path(args.pretrained_model_path).resolve()),

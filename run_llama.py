@@ -13,8 +13,10 @@ known files that are missing are fetched before any work (see assets.py). Every 
 name and then renamed, so an interrupted run leaves no half-written output. --option finetune and --option lora
 write the checkpoint of the best dev accuracy, {option}-{epochs}-{lr}.pt, and that of the last epoch, which --resume
 goes on from (their contents: checkpoint.py); they append a line per epoch to metrics.jsonl, and at the end, with
-matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py). Before any work, options.validate_args checks every flag and
-refuses an output that is an input of the run or another output, or that cannot be written. At a given --seed,
+matplotlib, draw {option}-{epochs}-{lr}.png (metrics.py); a --seed other than the course's enters those names and the
+derived predictions' (-seedN). Before any work, options.validate_args checks every flag (refusing those the --option
+does not take) and refuses an output that is an input of the run or another output, or that cannot be written; then
+the run locks its outputs against other runs in the same folder (files.claim). At a given --seed,
 generate, prompt and finetune write the files that the course's own run_llama.py writes on these modules (the same
 random draws in the same order: docs/semantics.md).
 """

@@ -488,3 +488,16 @@ def test_the_plan_is_printed_before_any_fetch(tmp_path: Path, monkeypatch, capsy
         reproduce.main(["--seeds", "1000", "--out", str(tmp_path / "out"), "--data-dir", str(tmp_path)])
     assert capsys.readouterr().out == ("seeds: 1337 … 2336 (1000); 2003 runs; semantics: default; runs and results "
                                        f"in {tmp_path / 'out'}\n")
+
+
+def test_a_stream_for_the_model_or_tokenizer_is_refused_up_front(tmp_path: Path, capsys):
+    """Each run reads them in a process of its own: a FIFO could be read by one, and /dev/fd/N names nothing in the
+    children (it was reported there as missing, with a hint to fetch it)."""
+    fifo = tmp_path / "tokenizer.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as e:
+        reproduce.get_reproduce_args(["--tokenizer-model", str(fifo), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"reproduce.py: error: --tokenizer-model {fifo} is not a regular file (a FIFO or <(...)?), which the runs, "
+        "each a process of its own, cannot all read: give the file's path")
