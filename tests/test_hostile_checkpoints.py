@@ -24,7 +24,7 @@ import run_llama
 from checkpoint import write_llama2c_bin
 from classifier import LlamaEmbeddingClassifier
 from config import ClassifierConfig
-from test_run_llama import GetAsset, copy_head
+from test_run_llama import GetAsset, applicable, copy_head
 from trainer import checkpoint_data
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,7 +196,7 @@ BAD_RESUMES = {
     "junk-metrics": (last_with(lambda s: s.update(metrics=["junk"])), "'metrics' item 0 is 'junk', not a metrics"),
     "shared-args": (last_with(lambda s: s["args"].update(lr=shared_pairs(64))), "'args' item 'lr' is [[[[...]"),
     "a-model": (lambda p, last, model: shutil.copyfile(model, p), "not a last checkpoint"),
-    "other-data": (lambda p, last, _: shutil.copyfile(last, p), "another data/sst-train.txt"),
+    "other-data": (lambda p, last, _: shutil.copyfile(last, p), "whose --train held other bytes than data/sst-train.txt"),
 }
 
 
@@ -222,8 +222,9 @@ def mirror(asset: GetAsset, asset_cache: Path) -> Path:
 
 
 def run_flags(option: str, model: str, tokenizer: str) -> list[str]:
-    return ["--option", option, "--train", "data/sst-train.txt", "--epochs", "1", "--lr", "0.001",
-            "--batch_size", "4", "--pretrained-model-path", model, "--tokenizer-model", tokenizer]
+    return ["--option", option, *applicable(option, "--train", "data/sst-train.txt", "--epochs", "1", "--lr", "0.001",
+                                            "--batch_size", "4"),
+            "--pretrained-model-path", model, "--tokenizer-model", tokenizer]
 
 
 def command(option: str, model: str, tokenizer: str) -> tuple[str, list[str]]:

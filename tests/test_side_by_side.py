@@ -3,6 +3,7 @@ that it ends with its own results or another that would write them is refused at
 to, never rewritten; and --resume refuses what would make it compute other than the interrupted run."""
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -30,16 +31,18 @@ def start(cwd: Path, mirror: Path, flags: list[str], log: str) -> subprocess.Pop
                                 stderr=subprocess.STDOUT)
 
 
-def wait_for_lock(folder: Path, process: subprocess.Popen) -> None:
-    """Until `process` holds its outputs in `folder` (its lock file is there)."""
-    deadline = time.monotonic() + 60
+def hold(folder: Path, process: subprocess.Popen) -> None:
+    """Wait until `process` holds its outputs in `folder` (its lock file is there), then stop it (SIGSTOP), locks
+    held, so that what is started beside it meets it running however fast the host."""
+    deadline = time.monotonic() + 120
     while not (folder / files.LOCKS).exists() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert process.poll() is None, "the first run ended before the second started: give it more work"
+        time.sleep(0.005)
+    assert process.poll() is None, "it ended before it was held"
+    process.send_signal(signal.SIGSTOP)
 
 
 def sweep_flags(model_path: str, tokenizer_model: str, seed: int) -> list[str]:
-    return ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "3", "--lr", "0.001",
+    return ["--option", "finetune", "--train", "data/sst-train.txt", "--epochs", "2", "--lr", "0.001",
             "--batch_size", "4", "--seed", str(seed), "--pretrained-model-path", model_path,
             "--tokenizer-model", tokenizer_model]
 
@@ -54,9 +57,9 @@ def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_p
     sweep = tmp_path / "sweep"
     for folder in (sweep, tmp_path / "solo-1", tmp_path / "solo-2"):
         folder.mkdir()
-        sst(asset, folder, 160)
+        sst(asset, folder, 24)
     first = start(sweep, asset_cache, sweep_flags(model_path, tokenizer_model, 1), "1.log")
-    wait_for_lock(sweep, first)
+    hold(sweep, first)
     again = subprocess.run([sys.executable, str(SCRIPT), *sweep_flags(model_path, tokenizer_model, 1)], cwd=sweep,
                            env={**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}, capture_output=True,
                            text=True, timeout=120)
@@ -64,7 +67,7 @@ def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_p
     assert (f"is being written by another run (PID {first.pid})" in again.stderr
             and again.stderr.startswith("error: --dev_out sst-dev-finetuning-output-seed1.txt ")), again.stderr
     second = start(sweep, asset_cache, sweep_flags(model_path, tokenizer_model, 2), "2.log")
-    assert first.poll() is None, "the first run ended before the second started: give it more work"
+    first.send_signal(signal.SIGCONT)
     assert (first.wait(timeout=600), second.wait(timeout=600)) == (0, 0), (sweep / "2.log").read_text()
     for seed in (1, 2):
         monkeypatch.chdir(tmp_path / f"solo-{seed}")
@@ -73,11 +76,11 @@ def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_p
         solo = tmp_path / f"solo-{seed}"
         for name in (f"sst-dev-finetuning-output-seed{seed}.txt", f"sst-test-finetuning-output-seed{seed}.txt"):
             assert (sweep / name).read_bytes() == (solo / name).read_bytes(), name
-        for name in (f"finetune-3-0.001-seed{seed}.pt", f"finetune-3-0.001-seed{seed}-last.pt"):
+        for name in (f"finetune-2-0.001-seed{seed}.pt", f"finetune-2-0.001-seed{seed}-last.pt"):
             ours, theirs = (torch.load(d / name, weights_only=True) for d in (sweep, solo))
             assert ours["epoch"] == theirs["epoch"] and ours["args"]["seed"] == seed
             assert all(torch.equal(t, theirs["model"][k]) for k, t in ours["model"].items()), name
-    one, two = (torch.load(sweep / f"finetune-3-0.001-seed{s}.pt", weights_only=True) for s in (1, 2))
+    one, two = (torch.load(sweep / f"finetune-2-0.001-seed{s}.pt", weights_only=True) for s in (1, 2))
     assert not torch.equal(one["model"]["classifier_head.weight"], two["model"]["classifier_head.weight"])
     assert not (sweep / files.LOCKS).exists()  # the last run to let go removed it
 
@@ -85,22 +88,21 @@ def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_p
 def test_an_lr_sweep_records_every_epoch_and_keeps_every_earlier_line(tmp_path: Path, asset: GetAsset,
                                                                       asset_cache: Path, model_path: str,
                                                                       tokenizer_model: str):
-    """Three fine-tunes at once over a metrics.jsonl of 100,000 earlier lines: all 9 epoch records arrive, whole,
+    """Three fine-tunes at once over a metrics.jsonl of 100,000 earlier lines: all 6 epoch records arrive, whole,
     after the earlier lines, which are kept byte for byte (reading and renaming the file lost most of them)."""
-    sst(asset, tmp_path, 40)
+    sst(asset, tmp_path, 16)
     earlier = b"".join(b'{"run": "earlier", "epoch": %d, "loss": 1.0}\n' % i for i in range(100_000))
     (tmp_path / metrics.FILE).write_bytes(earlier)
     lrs = ("1e-3", "2e-3", "3e-3")
-    runs = [start(tmp_path, asset_cache, finetune_flags(model_path, tokenizer_model)[:-8] +
-                  ["--epochs", "3", "--lr", lr, "--batch_size", "4", "--pretrained-model-path", model_path,
-                   "--tokenizer-model", tokenizer_model, "--dev_out", f"dev-{lr}.txt", "--test_out", f"test-{lr}.txt"],
-                  f"{lr}.log") for lr in lrs]
+    runs = [start(tmp_path, asset_cache, [*finetune_flags(model_path, tokenizer_model), "--lr", lr, "--dev_out",
+                                          f"dev-{lr}.txt", "--test_out", f"test-{lr}.txt"], f"{lr}.log")
+            for lr in lrs]
     assert [run.wait(timeout=600) for run in runs] == [0, 0, 0], [(tmp_path / f"{lr}.log").read_text() for lr in lrs]
     data = (tmp_path / metrics.FILE).read_bytes()
     assert data.startswith(earlier)
     added = [json.loads(line) for line in data[len(earlier):].splitlines()]
-    assert sorted((r["lr"], r["epoch"]) for r in added) == sorted((float(lr), e) for lr in lrs for e in range(3))
-    assert len(metrics.records(tmp_path / metrics.FILE)) == 100_000 + 9
+    assert sorted((r["lr"], r["epoch"]) for r in added) == sorted((float(lr), e) for lr in lrs for e in range(2))
+    assert len(metrics.records(tmp_path / metrics.FILE)) == 100_000 + 6
 
 
 @pytest.mark.parametrize("change, message", [

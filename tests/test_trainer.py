@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 import run_llama
 from run_llama import InputError
-from test_run_llama import SCRIPT, GetAsset, copy_head, files, plotted
+from test_run_llama import SCRIPT, GetAsset, applicable, copy_head, files, plotted
 from trainer import TORCHRUN_ENV, split_among_processes
 
 
@@ -94,7 +94,7 @@ def test_a_stray_torchrun_variable_is_one_line_saying_what_to_unset(tmp_path: Pa
     for name in ("sst-train.txt", "sst-dev.txt", "sst-test.txt", "sst-label-mapping.json"):
         shutil.copy(asset(f"data/{name}"), tmp_path)
     env = {name: value for name, value in os.environ.items() if name not in TORCHRUN_ENV} | stray
-    result = subprocess.run([sys.executable, SCRIPT, "--option", option, "--epochs", "1",
+    result = subprocess.run([sys.executable, SCRIPT, "--option", option, *applicable(option, "--epochs", "1"),
                              "--train", "sst-train.txt", "--pretrained-model-path", model_path,
                              "--tokenizer-model", tokenizer_model], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
