@@ -50,6 +50,8 @@ Workloads (batch sizes are the course's):
              with --group_by_length
   first      a process's first generate call against its second, 20 greedy tokens after a 3-token prompt, in
              both semantics: the first pays once what a process sets up (the few-row kernel's timing)
+  record     microseconds per epoch record added to a metrics.jsonl of 10 and of 10,000 earlier lines, in the
+             current folder's file system: metrics.append against the whole-file rewrite it replaced
 
 Needs transformers and greenlet (requirements-test.txt), and the public files each workload reads (NEEDS), fetched
 as run_llama.py does, or read from $MINLLAMA_ASSET_MIRROR: one that cannot be had is one line, before any work, that
@@ -87,16 +89,18 @@ WORKLOADS = {  # workload -> its implementations, in the order they take turns
     "zeroshot": ("causal", "course", "transformers"),
     "epoch": ("random", "grouped"),
     "first": ("course", "causal"),
+    "record": ("append", "rewrite"),
 }
 BASELINE_WORKLOADS = ("generate", "finetune", "zeroshot")  # those that --baseline runs from the other checkout too
 # rounds of fresh processes: zero-shot speeds vary by ±5–10% from one process to the next here, and it is quick
-ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3, "first": 5}
+ROUNDS = {"llama2c": 5, "generate": 3, "finetune": 3, "zeroshot": 6, "epoch": 3, "first": 5, "record": 3}
 GEN_TOKENS = (75, 256)
 FIRST_PROMPT, FIRST_TOKENS = 3, 20  # the first workload: 20 new tokens after the prompt's first 3 tokens
 DECODE_TOKENS = 256  # the llama2c workload
 RUNOMP_BUILD = ["-Ofast", "-fopenmp", "-march=native", "run.c", "-lm", "-o", "runomp"]  # llama2.c's Makefile
 FINETUNE_BATCH, ZEROSHOT_BATCH, SEQLEN = 80, 10, 64
 EPOCH_SENTENCES, EPOCH_BATCH = 800, 80
+RECORD_LINES, RECORDS = (10, 10_000), 200  # the record workload: earlier lines of metrics.jsonl, records timed
 NUM_LABELS = 5  # SST-5
 LR = 2e-5
 # glibc's malloc hands blocks of more than a few MB back to the OS when they are freed, and the next batch page-faults
@@ -111,6 +115,7 @@ NEEDS = {  # workload -> the public files it reads (asset)
     "zeroshot": ("tokenizer.model", "data/sst-label-mapping.json"),
     "epoch": ("tokenizer.model", "data/sst-train.txt"),
     "first": ("tokenizer.model",),
+    "record": (),
 }
 
 
@@ -445,12 +450,36 @@ def bench_first(impl: str, checkpoint: str, repeats: int) -> dict:
     return {"first": [(first / second, contested_first or contested_second)], "seconds": [(second, False)]}
 
 
+def bench_record(impl: str, checkpoint: str, repeats: int) -> dict:
+    """Microseconds per epoch record added to a metrics.jsonl of RECORD_LINES earlier lines: metrics.append (one
+    O_APPEND write and an fsync, under a lock) against the rewrite it replaced (the whole file read, written anew
+    beside it with an fsync, and renamed onto it: files.write_atomically)."""
+    import files
+    import metrics
+
+    record = {"run": "2026-12-07T00:00:00-0123abcd", "option": "finetune", "epochs": 5, "lr": LR, "epoch": 3,
+              "loss": 1.2345, "train_acc": 0.5, "dev_acc": 0.4, "seconds": 12.3}
+    line = json.dumps(record).encode() + b"\n"
+    add = {"append": lambda path: metrics.append(path, record),
+           "rewrite": lambda path: files.write_atomically(path, lambda f: f.write(path.read_bytes() + line))}[impl]
+    samples = {}
+    with tempfile.TemporaryDirectory(dir=".") as tmp:  # the disk a run writes to, not a RAM-backed /tmp
+        for lines in RECORD_LINES:
+            path = Path(tmp) / f"{lines}.jsonl"
+            path.write_bytes(line * lines)
+            samples[f"record {lines}"] = []
+            for _ in range(repeats):
+                _, seconds, contested = timed(lambda: [add(path) for _ in range(RECORDS)])
+                samples[f"record {lines}"].append((seconds / RECORDS * 1e6, contested))
+    return samples
+
+
 def child(workload: str, impl: str, checkpoint: str, repeats: int, threads: int) -> None:
     """Run one workload × implementation and print its samples and peak RSS as one JSON line."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     bench = {"llama2c": bench_llama2c, "generate": bench_generate, "finetune": bench_finetune,
-             "zeroshot": bench_zeroshot, "epoch": bench_epoch, "first": bench_first}[workload]
+             "zeroshot": bench_zeroshot, "epoch": bench_epoch, "first": bench_first, "record": bench_record}[workload]
     result = bench(impl, checkpoint, repeats)
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
 
@@ -653,6 +682,15 @@ def table(results: dict[str, dict[str, list[dict]]], baseline: str) -> list[str]
             rows.append((f"  {impl}, second call {second:.2f} s", "", "", f"{ratio:.2f}×",
                          f"first / second: ≤ 1.5× {met} (rounds {min(rounds):.2f}–{max(rounds):.2f})",
                          rss("first", impl), clean))
+    if "record" in results:
+        rows.append(("metrics.jsonl: one epoch record, µs", "", "", "", "", "", ""))
+        for lines in RECORD_LINES:
+            (append, clean), (rewrite, _) = (stat("record", impl, f"record {lines}") for impl in WORKLOADS["record"])
+            met = "met" if append <= rewrite else "NOT MET"
+            rows.append((f"  after {lines} lines: append, rewrite {rewrite:.0f}", f"{append:.0f}", "",
+                         f"{rewrite / append:.2f}×", f"rewrite / append: ≥ 1× {met} "
+                         f"({spread('record', 'rewrite', 'append', f'record {lines}')})", rss("record", "append"),
+                         clean))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) if i in (0, 4) else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
              for row in rows]

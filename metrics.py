@@ -61,6 +61,7 @@ def append(path: str | os.PathLike, record: dict) -> None:
                 written = 0
                 while written < len(line):
                     written += os.write(descriptor, line[written:])
+                os.fsync(descriptor)  # on disk before the checkpoints that follow it, as write_atomically's files
             except OSError:
                 os.ftruncate(descriptor, size)
                 raise
