@@ -32,7 +32,8 @@ deleted unless --keep-checkpoints: the table needs only the predictions.
 Accuracy is computed here from the prediction files against the gold labels of the data files, line by line; a file
 whose labels are placeholders (some -1, or all one value: cfimdb-test.txt's are all 0) is not scored.
 The table gives mean (sample standard deviation, n − 1) over the seeds beside the course's published figures, and goes
-to OUT/results.md, with the same numbers in OUT/results.json.
+to OUT/results.md, with the same numbers in OUT/results.json. While it runs, reproduce.py holds those two files
+(files.claim), so that a second one with the same --out is refused at once.
 """
 import argparse
 import contextlib
@@ -631,6 +632,19 @@ def main(argv: list[str] | None = None) -> None:
             reproduce_parser().error(f"run_llama.py refuses the flags of {run.command.name}: {problem}")
     print(f"seeds: {seeds_text(args.seed_list)}; {len(runs)} runs; semantics: "
           f"{'causal' if args.causal else 'default'}; runs and results in {args.out}", flush=True)
+    out = Path(args.out)
+    created = files.make_folders(out)
+    try:  # a second reproduce.py with this --out is refused at once, naming this one's PID
+        with files.claim({"--out's results.json": str(out / "results.json"),
+                          "--out's results.md": str(out / "results.md")}):
+            table(args, runs, ends, out)
+    finally:
+        files.remove_folders(created)  # only if still empty: nothing arrived in it
+
+
+def table(args: argparse.Namespace, runs: list[Run], ends: list[Run], out: Path) -> None:
+    """Fetch the public files the runs read, run them (those that have not finished), and write the table to
+    out/results.md and out/results.json."""
     needed = {args.pretrained_model_path, args.tokenizer_model}
     needed |= {getattr(run_args(run), name) for run in ends if run.command.task
                for name in ("dev", "test", "label_names", "train")}
@@ -642,12 +656,10 @@ def main(argv: list[str] | None = None) -> None:
                "overrides": args.overrides, "model": str(Path(args.pretrained_model_path).resolve()),
                "tokenizer": str(Path(args.tokenizer_model).resolve()), "data_dir": str(Path(args.data_dir).resolve()),
                "machine": machine(args.use_gpu), "use_gpu": args.use_gpu, **results(runs, states)}
-    out = Path(args.out)
     write_atomically(out / "results.json", lambda f: f.write(json.dumps(numbers, indent=1).encode("utf-8")))
     write_atomically(out / "results.md", lambda f: f.write(markdown(numbers).encode("utf-8")))
     print(markdown(numbers))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
-
 
 if __name__ == "__main__":
     files.cli(main, "stopped: run the same command again to go on where it stopped")

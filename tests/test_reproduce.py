@@ -501,3 +501,23 @@ def test_a_stream_for_the_model_or_tokenizer_is_refused_up_front(tmp_path: Path,
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"reproduce.py: error: --tokenizer-model {fifo} is not a regular file (a FIFO or <(...)?), which the runs, "
         "each a process of its own, cannot all read: give the file's path")
+
+
+def test_a_second_reproduce_with_the_same_out_is_refused_at_once(tmp_path: Path, monkeypatch):
+    """Two of them would run the same runs side by side in one folder: the second is refused before any work,
+    naming the first's PID."""
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time, files\n"
+                               "with files.claim({'results': sys.argv[1]}):\n"
+                               "    print('held', flush=True); time.sleep(60)\n", str(out / "results.json")],
+                              cwd=Path(reproduce.__file__).parent, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        monkeypatch.setattr(reproduce.assets, "ensure", lambda path: pytest.fail("work began"))
+        with pytest.raises(InputError, match=rf"^--out's results\.json {out}/results\.json is being "
+                                             rf"written by another run \(PID {holder.pid}\)"):
+            reproduce.main(["--seeds", "1", "--out", str(out), "--data-dir", str(tmp_path)])
+    finally:
+        holder.kill()
+        holder.wait()
