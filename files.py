@@ -16,9 +16,13 @@ or the new one, so a failed write keeps the last good checkpoint. A process kill
 temporary; the next one that writes into the same folder does (`remove_stale`): only names of that pattern, which
 nothing else makes, and only those whose process no longer exists.
 
+While a run works, it holds the files it will write against other runs (`claim`): a second run that would write one
+of them is refused at once, naming the first's PID, so that runs side by side in one folder each end with their own
+results.
+
 Every failure is an `InputError`, the run-wide error: one line that names what is wrong, which every module raises
 for what a command cannot work with. `cli` runs a command's main so that it ends with that line, never a traceback,
-also on Ctrl-C or a closed pipe (`| head -1`).
+also on Ctrl-C, a closed pipe (`| head -1`) or a stdout that cannot be written (a full device).
 """
 import codecs
 import contextlib
