@@ -358,11 +358,14 @@ def claim(outputs: dict[str, str]) -> Iterator[None]:
                 if folder_ not in held:
                     held[folder_] = _open_lock_file(os.path.join(folder_, LOCKS))
                 fcntl.lockf(held[folder_], fcntl.LOCK_EX | fcntl.LOCK_NB, 1, byte)
-            except (BlockingIOError, PermissionError):
+            except (BlockingIOError, PermissionError) as e:
+                if folder_ not in held:  # the lock file, another user's, cannot be opened for writing
+                    print(f"note: {role} {path} is not locked against other runs ({LOCKS}: {e.strerror})")
+                    continue
                 raise InputError(f"{role} {path} is being written by another run ({_holder(held[folder_], byte)}): "
                                  "wait for it to end, or give this run outputs of its own (docs/training.md, Runs "
                                  "side by side)") from None
-            except OSError as e:
+            except OSError as e:  # a file system without locks (ENOLCK)
                 print(f"note: {role} {path} is not locked against other runs ({e.strerror})")
         yield
     finally:

@@ -269,6 +269,9 @@ CASES = {
     "lr so large that training diverges": Case(["--lr", "1e30", "--batch_size", "2"], 1,
                                                r"epoch 0: the training loss became nan, so nothing of this epoch was "
                                                r"saved; try a lower --lr than 1e\+30"),
+    "lora lr so large that training diverges": Case(["--option", "lora", "--lr", "1e30", "--batch_size", "2"], 1,
+                                                    r"epoch 0: .*, so nothing of this epoch was saved; try a lower "
+                                                    r"--lr than 1e\+30 or --lora_alpha than 1\.0"),
 }
 
 

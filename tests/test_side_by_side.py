@@ -1,6 +1,7 @@
 """Runs side by side in one folder (a seed or lr sweep): each run holds its outputs while it runs (files.claim), so
 that it ends with its own results or another that would write them is refused at once; metrics.jsonl is appended
 to, never rewritten; and --resume refuses what would make it compute other than the interrupted run."""
+import errno
 import json
 import os
 import signal
@@ -48,6 +49,7 @@ def sweep_flags(model_path: str, tokenizer_model: str, seed: int) -> list[str]:
 
 
 def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_path: Path, monkeypatch,
+                                                                          request: pytest.FixtureRequest,
                                                                           asset: GetAsset, asset_cache: Path,
                                                                           model_path: str, tokenizer_model: str):
     """Seeds 1 and 2 started side by side in one folder end with the files of solo runs of their seeds, under names
@@ -59,6 +61,7 @@ def test_a_seed_sweep_in_one_folder_gives_each_run_the_results_of_its_seed(tmp_p
         folder.mkdir()
         sst(asset, folder, 24)
     first = start(sweep, asset_cache, sweep_flags(model_path, tokenizer_model, 1), "1.log")
+    request.addfinalizer(first.kill)  # a stopped run is not left behind by a failing assertion
     hold(sweep, first)
     again = subprocess.run([sys.executable, str(SCRIPT), *sweep_flags(model_path, tokenizer_model, 1)], cwd=sweep,
                            env={**os.environ, "MINLLAMA_ASSET_MIRROR": str(asset_cache)}, capture_output=True,
@@ -203,3 +206,21 @@ def test_the_lock_of_a_killed_run_is_gone_with_it(tmp_path: Path):
     with files.claim({"the output": str(tmp_path / "out.txt")}):
         assert (tmp_path / files.LOCKS).exists()
     assert not (tmp_path / files.LOCKS).exists()
+
+
+def test_where_locks_cannot_be_had_the_run_goes_on_after_a_note(tmp_path: Path, capsys):
+    """A file system without locks (ENOLCK), or a lock file another user made that cannot be opened for writing:
+    the run is not refused for it, and says that its outputs are not guarded."""
+    def fail(error: int, message: str):
+        def call(*args, **kwargs):
+            raise OSError(error, message)
+        return call
+
+    for module, name, error, why in ((files.fcntl, "lockf", errno.ENOLCK, "No locks available"),
+                                     (files.os, "open", errno.EACCES, ".minllama.lock: Permission denied")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, name, fail(error, why.split(": ")[-1]))
+            with files.claim({"the output": str(tmp_path / "out.txt")}):
+                pass
+        note = f"note: the output {tmp_path}/out.txt is not locked against other runs ({why})\n"
+        assert capsys.readouterr().out == note
