@@ -128,10 +128,9 @@ def asset(name: str) -> Path:
     mirror = os.environ.get(assets.MIRROR_ENV)
     if not mirror:
         return assets.ensure(name)
-    path = Path(mirror) / name
-    if not path.is_file():
-        what = f"is {files.kind(path.stat().st_mode)}, not a file" if path.exists() else "is missing"
-        raise files.InputError(f"{path} {what} (the mirror {assets.MIRROR_ENV}={mirror})")
+    path = assets.mirror_entry(mirror, assets.ASSETS[name])  # the mirror's check, as fetching makes it
+    if not path.exists():
+        raise files.InputError(f"{path} is missing (the mirror {assets.MIRROR_ENV}={mirror})")
     return path
 
 
